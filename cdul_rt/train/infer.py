@@ -1,0 +1,42 @@
+"""Batched classifier inference over image files (used by ``train --gt`` and ``predict``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+
+from cdul_rt.train.data import ImageFolderDataset, make_loader
+
+if TYPE_CHECKING:
+    import torch
+
+
+def predict_probs(
+    model: "torch.nn.Module",
+    files: Sequence[Path],
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    batch_size: int = 32,
+    workers: int = 0,
+    progress: bool = False,
+    desc: str = "predict",
+) -> np.ndarray:
+    """sigmoid(model(x)) for every file, in order, eval mode, no grad -> float32 [N, C]."""
+    import torch
+    from tqdm import tqdm
+
+    dataset = ImageFolderDataset(files, image_size, mean, std)
+    loader = make_loader(dataset, range(len(dataset)), batch_size, workers)
+    was_training = model.training
+    model.eval()
+    out = []
+    with torch.inference_mode():
+        for images, _ in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
+            out.append(torch.sigmoid(model(images)).float().numpy())
+    model.train(was_training)
+    if not out:
+        return np.zeros((0, 0), np.float32)
+    return np.concatenate(out, axis=0)

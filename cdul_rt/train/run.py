@@ -1,0 +1,162 @@
+"""A training run from start (or --resume) to the deployable model, with its run-folder outputs.
+
+Run folder: ``config.json``, ``checkpoint.pt`` (every epoch), ``metrics.jsonl`` (epoch 0 = initial pseudo labels),
+``refined_labels.<fmt>`` (every epoch, same format as the input label file), ``curves.png``, ``model.pt``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from cdul_rt.errors import CdulError
+from cdul_rt.metrics import mean_average_precision
+from cdul_rt.train import checkpoint as ckpt
+from cdul_rt.train.config import TrainConfig
+from cdul_rt.train.curves import plot_curves
+from cdul_rt.train.data import ImageFolderDataset, resolve_image_files
+from cdul_rt.train.infer import predict_probs
+from cdul_rt.train.trainer import Log, RunState, TrainInputs, new_state, restore_state, train_epoch
+
+
+class Evaluator:
+    """mAP of pseudo labels / predictions on the training images (``--gt``) and on a held-out set (``--val-*``)."""
+
+    def __init__(self, config: TrainConfig, train_files: Sequence[Path], train_paths: Sequence[str],
+                 inputs: TrainInputs):
+        from cdul_rt.groundtruth import load_ground_truth
+
+        self.config = config
+        self.classes = list(config.classes)
+        self.train_files = list(train_files)
+        self.train_targets = load_ground_truth(inputs.gt, train_paths, self.classes).targets if inputs.gt else None
+        self.val_files: list[Path] = []
+        self.val_targets = None
+        if (inputs.val_images is None) != (inputs.val_gt is None):
+            raise CdulError("--val-images and --val-gt go together; give both or neither")
+        if inputs.val_images is not None:
+            from cdul_rt.imageio import discover_images
+
+            root = Path(inputs.val_images)
+            self.val_files = list(discover_images(root))
+            if not self.val_files:
+                raise CdulError(f"--val-images {root} holds no images")
+            rel = [f.relative_to(root).as_posix() for f in self.val_files]
+            self.val_targets = load_ground_truth(inputs.val_gt, rel, self.classes).targets
+
+    @property
+    def active(self) -> bool:
+        return self.train_targets is not None or self.val_targets is not None
+
+    def pseudo(self, y_u: np.ndarray) -> dict[str, float]:
+        if self.train_targets is None:
+            return {}
+        return {"map_pseudo": mean_average_precision(y_u, self.train_targets, self.classes).map}
+
+    def predictions(self, model: Any) -> dict[str, float]:
+        out = {}
+        cfg = self.config
+        args = (cfg.image_size, cfg.mean, cfg.std, max(cfg.batch_size, 32), cfg.workers, cfg.progress)
+        if self.train_targets is not None:
+            probs = predict_probs(model, self.train_files, *args, desc="eval train")
+            out["map_pred_train"] = mean_average_precision(probs, self.train_targets, self.classes).map
+        if self.val_targets is not None:
+            probs = predict_probs(model, self.val_files, *args, desc="eval val")
+            out["map_pred_val"] = mean_average_precision(probs, self.val_targets, self.classes).map
+        return out
+
+
+def _model_meta(config: TrainConfig, epoch: int) -> dict[str, Any]:
+    """What predict / export need to rebuild the classifier and its preprocessing."""
+    return {
+        "arch": config.arch,
+        "classes": list(config.classes),
+        "image_size": config.image_size,
+        "mean": list(config.mean),
+        "std": list(config.std),
+        "resize": "bilinear, whole image to image_size x image_size (no crop)",
+        "epoch": epoch,
+        "config": config.to_dict(),
+    }
+
+
+def _write_refined(state: RunState, paths: list[str], classes: list[str], out: Path, meta: dict) -> None:
+    import torch
+
+    from cdul_rt.labelfile import write_label_file
+
+    y_u = torch.sigmoid(state.ytilde).numpy().astype(np.float32)
+    partial = out.with_name(out.stem + ".partial" + out.suffix)
+    write_label_file(partial, paths, classes, y_u, meta=meta)
+    partial.replace(out)
+    sidecar = partial.with_name(partial.name + ".meta.json")
+    if sidecar.exists():
+        sidecar.replace(out.with_name(out.name + ".meta.json"))
+
+
+def _checkpoint(state: RunState, run_dir: Path, config: TrainConfig) -> None:
+    ckpt.save_checkpoint(run_dir, {
+        "model": state.model.state_dict(),
+        "optimizer": state.optimizer.state_dict(),
+        "ytilde": state.ytilde.clone(),
+        "epoch": state.epoch,
+        "rng": ckpt.rng_state(),
+        "config": config.to_dict(),
+        "history": state.history,
+        "meta": _model_meta(config, state.epoch),
+    })
+
+
+def _start(config: TrainConfig, inputs: TrainInputs, scores: np.ndarray, resume: bool, log: Log) -> RunState:
+    run_dir = inputs.run_dir
+    state = new_state(config, scores)
+    if resume:
+        restore_state(state, run_dir, config)
+        log(f"resuming {run_dir} after epoch {state.epoch}")
+        if state.epoch >= config.epochs:
+            log(f"the run already has {state.epoch} epochs (--epochs {config.epochs}); nothing to train")
+    elif (run_dir / ckpt.CHECKPOINT).exists():
+        raise CdulError(f"{run_dir} already holds a run; add --resume to continue it or choose another --out")
+    return state
+
+
+def run_training(config: TrainConfig, inputs: TrainInputs, table: Any, resume: bool = False,
+                 log: Log = print) -> dict[str, Any]:
+    """Train (or resume) and write the run folder. ``table`` is the pseudo-label ``LabelTable``."""
+    import torch
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    run_dir = Path(inputs.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    files = resolve_image_files(Path(inputs.images), table.paths)
+    dataset = ImageFolderDataset(files, config.image_size, config.mean, config.std)
+    evaluator = Evaluator(config, files, table.paths, inputs)
+    state = _start(config, inputs, table.scores, resume, log)
+    ckpt.write_json(run_dir / ckpt.CONFIG, {**config.to_dict(), "images": str(inputs.images),
+                                            "labels": str(inputs.labels)})
+    if not state.history:
+        state.history.append({"epoch": 0, **evaluator.pseudo(torch.sigmoid(state.ytilde).numpy())})
+    refined = run_dir / (inputs.labels_out or "refined_labels" + Path(inputs.labels).suffix)
+    meta = {**(table.meta or {}), "refined_by": "cdul-rt train", "run": str(run_dir)}
+    for epoch in range(state.epoch + 1, config.epochs + 1):
+        started = time.perf_counter()
+        row: dict[str, Any] = {"epoch": epoch, "phase": "align" if config.aligns_at(epoch) else "warmup"}
+        row.update(train_epoch(state, dataset, config, epoch))
+        row.update(evaluator.pseudo(torch.sigmoid(state.ytilde).numpy()))
+        row.update(evaluator.predictions(state.model))
+        row["seconds"] = round(time.perf_counter() - started, 3)
+        state.epoch = epoch
+        state.history.append(row)
+        _write_refined(state, list(table.paths), list(config.classes), refined, {**meta, "epoch": epoch})
+        _checkpoint(state, run_dir, config)
+        ckpt.write_metrics(run_dir, state.history)
+        log(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+    ckpt.write_metrics(run_dir, state.history)
+    plot_curves(state.history, run_dir / "curves.png")
+    model_path = ckpt.save_model(run_dir, state.model.state_dict(), _model_meta(config, state.epoch))
+    return {"run_dir": str(run_dir), "model": str(model_path), "refined_labels": str(refined),
+            "epochs": state.epoch, "history": state.history}
