@@ -13,8 +13,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Fields that may change between a run and its --resume: they do not change the numbers the run computes
-# (epochs only moves the end point; the schedule of epoch k does not depend on the total).
-RESUMABLE_FIELDS = frozenset({"epochs", "workers", "threads", "progress"})
+# (epochs only moves the end point; the schedule of epoch k does not depend on the total; the initial weights are
+# overwritten by the checkpoint, so the --weights file need not exist any more).
+RESUMABLE_FIELDS = frozenset({"epochs", "workers", "threads", "progress", "weights"})
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,15 @@ from cdul_rt.train.config import TrainConfig
 from cdul_rt.train.curves import plot_curves
 from cdul_rt.train.data import ImageFolderDataset, resolve_image_files
 from cdul_rt.train.infer import predict_probs
-from cdul_rt.train.trainer import Log, RunState, TrainInputs, new_state, restore_state, train_epoch
+from cdul_rt.train.trainer import (
+    Log,
+    RunState,
+    TrainInputs,
+    new_state,
+    restore_state,
+    resume_config,
+    train_epoch,
+)
 
 
 class Evaluator:
@@ -90,7 +98,9 @@ def _write_refined(state: RunState, paths: list[str], classes: list[str], out: P
 
     y_u = torch.sigmoid(state.ytilde).numpy().astype(np.float32)
     partial = out.with_name(out.stem + ".partial" + out.suffix)
-    write_label_file(partial, paths, classes, y_u, meta=meta)
+    # same label selection as the `label` run that made the input, when its sidecar says how
+    write_label_file(partial, paths, classes, y_u, meta=meta, threshold=float(meta.get("threshold", 0.5)),
+                     top_k=meta.get("top_k"))
     partial.replace(out)
     sidecar = partial.with_name(partial.name + ".meta.json")
     if sidecar.exists():
@@ -110,17 +120,27 @@ def _checkpoint(state: RunState, run_dir: Path, config: TrainConfig) -> None:
     })
 
 
-def _start(config: TrainConfig, inputs: TrainInputs, scores: np.ndarray, resume: bool, log: Log) -> RunState:
+def _start(config: TrainConfig, inputs: TrainInputs, scores: np.ndarray, resume: bool,
+           log: Log) -> tuple[TrainConfig, RunState]:
     run_dir = inputs.run_dir
-    state = new_state(config, scores)
-    if resume:
-        restore_state(state, run_dir, config)
-        log(f"resuming {run_dir} after epoch {state.epoch}")
-        if state.epoch >= config.epochs:
-            log(f"the run already has {state.epoch} epochs (--epochs {config.epochs}); nothing to train")
-    elif (run_dir / ckpt.CHECKPOINT).exists():
-        raise CdulError(f"{run_dir} already holds a run; add --resume to continue it or choose another --out")
-    return state
+    if not resume:
+        if (run_dir / ckpt.CHECKPOINT).exists():
+            raise CdulError(f"{run_dir} already holds a run; add --resume to continue it or choose another --out")
+        return config, new_state(config, scores)
+    saved = ckpt.load_checkpoint(run_dir)
+    config = resume_config(saved, config)
+    state = new_state(config, scores, load_weights=False)
+    restore_state(state, saved)
+    log(f"resuming {run_dir} after epoch {state.epoch}")
+    if state.epoch >= config.epochs:
+        log(f"the run already has {state.epoch} epochs (--epochs {config.epochs}); nothing to train")
+    return config, state
+
+
+def _phase(config: TrainConfig, epoch: int) -> str:
+    if config.aligns_at(epoch):
+        return "align"
+    return "warmup" if config.alignment else "fixed-labels"
 
 
 def run_training(config: TrainConfig, inputs: TrainInputs, table: Any, resume: bool = False,
@@ -134,8 +154,8 @@ def run_training(config: TrainConfig, inputs: TrainInputs, table: Any, resume: b
     run_dir.mkdir(parents=True, exist_ok=True)
     files = resolve_image_files(Path(inputs.images), table.paths)
     dataset = ImageFolderDataset(files, config.image_size, config.mean, config.std)
+    config, state = _start(config, inputs, table.scores, resume, log)
     evaluator = Evaluator(config, files, table.paths, inputs)
-    state = _start(config, inputs, table.scores, resume, log)
     ckpt.write_json(run_dir / ckpt.CONFIG, {**config.to_dict(), "images": str(inputs.images),
                                             "labels": str(inputs.labels)})
     if not state.history:
@@ -144,7 +164,7 @@ def run_training(config: TrainConfig, inputs: TrainInputs, table: Any, resume: b
     meta = {**(table.meta or {}), "refined_by": "cdul-rt train", "run": str(run_dir)}
     for epoch in range(state.epoch + 1, config.epochs + 1):
         started = time.perf_counter()
-        row: dict[str, Any] = {"epoch": epoch, "phase": "align" if config.aligns_at(epoch) else "warmup"}
+        row: dict[str, Any] = {"epoch": epoch, "phase": _phase(config, epoch)}
         row.update(train_epoch(state, dataset, config, epoch))
         row.update(evaluator.pseudo(torch.sigmoid(state.ytilde).numpy()))
         row.update(evaluator.predictions(state.model))

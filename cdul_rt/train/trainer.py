@@ -11,6 +11,7 @@ Determinism: initialisation uses ``seed``; each epoch draws its order and flips 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ import numpy as np
 
 from cdul_rt.errors import CdulError
 from cdul_rt.train import checkpoint as ckpt
-from cdul_rt.train.config import TrainConfig, config_differences
+from cdul_rt.train.config import RESUMABLE_FIELDS, TrainConfig, config_differences
 from cdul_rt.train.data import ImageFolderDataset, make_loader
 from cdul_rt.train.losses import bernoulli_kl, categorical_kl, latent_from_labels, latent_update
 
@@ -59,27 +60,35 @@ def initial_pseudo_labels(scores: np.ndarray, config: TrainConfig) -> np.ndarray
     return (scores >= config.hard_threshold).astype(np.float32) if config.hard_labels else scores
 
 
-def new_state(config: TrainConfig, scores: np.ndarray) -> RunState:
+def new_state(config: TrainConfig, scores: np.ndarray, load_weights: bool = True) -> RunState:
+    """Fresh model, optimizer and latent labels; ``load_weights=False`` skips the backbone file (resume)."""
     import torch
 
     from cdul_rt.train.model import build_classifier
 
     torch.manual_seed(config.seed)
-    model = build_classifier(config.arch, len(config.classes), config.weights)
+    model = build_classifier(config.arch, len(config.classes), config.weights if load_weights else "none")
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     ytilde = latent_from_labels(torch.from_numpy(initial_pseudo_labels(scores, config)))
     return RunState(model, optimizer, ytilde)
 
 
-def restore_state(state: RunState, run_dir: Path, config: TrainConfig) -> None:
-    """Load the checkpoint into ``state``; refuse when the run was made with different settings."""
-    saved = ckpt.load_checkpoint(run_dir)
-    diffs = config_differences(TrainConfig.from_dict(saved["config"]), config)
+def resume_config(saved: dict[str, Any], current: TrainConfig) -> TrainConfig:
+    """The saved config with the current execution-only fields; refuse when anything else differs."""
+    saved_config = TrainConfig.from_dict(saved["config"])
+    diffs = config_differences(saved_config, current)
     if diffs:
         raise CdulError(
             "--resume: this run was started with different settings (" + "; ".join(diffs) + "); "
             "resume with the original options or start a new run in another --out folder"
         )
+    # keep the saved weights entry: it records how the run was initialised
+    execution = RESUMABLE_FIELDS - {"weights"}
+    return dataclasses.replace(saved_config, **{k: getattr(current, k) for k in execution})
+
+
+def restore_state(state: RunState, saved: dict[str, Any]) -> None:
+    """Load a checkpoint dict into ``state``."""
     state.model.load_state_dict(saved["model"])
     state.optimizer.load_state_dict(saved["optimizer"])
     state.ytilde = saved["ytilde"]
@@ -116,7 +125,7 @@ def train_epoch(state: RunState, dataset: ImageFolderDataset, config: TrainConfi
                                 use_psi=config.use_psi, loss=config.loss)
             moved += float((torch.sigmoid(new) - y_u).abs().sum())
             state.ytilde[index] = new
-        total += float(loss) * images.shape[0]
+        total += float(loss.detach()) * images.shape[0]
         count += images.shape[0]
         bar.set_postfix(loss=f"{total / count:.4f}")
     return {"loss": total / count, "label_change": moved / (count * state.ytilde.shape[1])}

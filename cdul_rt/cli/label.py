@@ -1,0 +1,63 @@
+"""``cdul-rt label``: CDUL pseudo labels for every image in a folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from cdul_rt.cli.options import model_options, vocab_options
+from cdul_rt.labeling import DEFAULT_LAMBDA, DEFAULT_ZETA, MODES
+
+
+def _default_workers() -> int:
+    return max(1, min(4, (os.cpu_count() or 2)))
+
+
+@click.command("label")
+@click.argument("images", type=click.Path(exists=True, path_type=Path))
+@click.option("--out", "-o", type=click.Path(path_type=Path), default=None,
+              help="Output file: .jsonl (default), .csv, .parquet or .npz. Default: <IMAGES>.labels.jsonl next to it.")
+@model_options
+@vocab_options
+@click.option("--grid", "-g", default=3, show_default=True, help="Snippet grid size g (1 + g^2 crops per image).")
+@click.option("--mode", type=click.Choice(MODES), default="cdul", show_default=True,
+              help="Aggregation: cdul (global-local max-min, the paper's), global, avg or max.")
+@click.option("--zeta", default=DEFAULT_ZETA, show_default=True, type=float,
+              help="Snippet threshold: a class keeps its max snippet score when it reaches zeta, else its min.")
+@click.option("--lam", default=DEFAULT_LAMBDA, show_default=True, type=float,
+              help="lambda in S_final = (S_global + S_ag + lambda*|S_global - S_ag|)/2; 1 = max, 0 = mean.")
+@click.option("--threshold", default=0.5, show_default=True, type=float,
+              help="Classes with S_final at or above this are listed under 'labels'.")
+@click.option("--top-k", type=int, default=None, help="List the k best classes under 'labels' instead.")
+@click.option("--save-parts", is_flag=True, help="Also write S_global and S_ag per image.")
+@click.option("--batch-size", "-b", default=8, show_default=True, help="Images per encoder call (x(1+g^2) crops).")
+@click.option("--workers", "-j", default=_default_workers(), show_default=True,
+              help="Decode worker processes (0 = decode in the main process).")
+@click.option("--runtime", default="torch", show_default=True, help="torch, onnxruntime or tensorrt.")
+@click.option("--precision", default="fp32", show_default=True, help="fp32, bf16 (torch, CPU with AMX), fp16, int8.")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
+@click.option("--engine-dir", type=click.Path(file_okay=False), default=None,
+              help="Exported artifact folder for --runtime onnxruntime/tensorrt.")
+@click.option("--max-pixels", default=178_956_970, show_default=True,
+              help="Refuse images larger than this many pixels (decompression-bomb guard).")
+@click.option("--overwrite", is_flag=True, help="Discard an existing output and start fresh (default: resume).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def command(images: Path, out: Path | None, quiet: bool, **opts) -> None:
+    """Label every image under IMAGES (recursively) with CDUL pseudo labels.
+
+    Re-running the same command resumes: images already in OUT are skipped. Unreadable files are listed in
+    OUT.failures.jsonl and never stop the run.
+    """
+    from cdul_rt.pipeline import LabelConfig, label_folder
+
+    out = out or images.with_name(images.name.rstrip("/") + ".labels.jsonl")
+    cfg = LabelConfig(input=images, out=out, progress=not quiet, **opts)
+    summary = label_folder(cfg)
+    click.echo(f"labeled {summary.labeled} images in {summary.seconds:.1f}s ({summary.images_per_second:.2f} img/s)"
+               + (f", {summary.skipped} already done" if summary.skipped else "") + f" -> {out}")
+    if summary.failed:
+        click.secho(f"{summary.failed} images could not be read (see {out}.failures.jsonl):", fg="yellow", err=True)
+        for path, reason in summary.failures[:10]:
+            click.echo(f"  {path}: {reason}", err=True)

@@ -1,0 +1,86 @@
+"""`cdul-rt train`: gradient-alignment training of a ResNet on CLIP pseudo labels (CDUL section 3.2)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from cdul_rt.train.config import ARCHS, LOSSES, TrainConfig
+
+_D = TrainConfig()  # defaults shown in --help come from the one config record
+
+
+@click.command("train")
+@click.argument("images", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("labels", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Run folder: checkpoint.pt, metrics.jsonl, refined labels, curves.png, model.pt.")
+@click.option("--arch", type=click.Choice(ARCHS), default=_D.arch, show_default=True,
+              help="torchvision ResNet (the paper: resnet101; smaller ones for CPU).")
+@click.option("--weights", default="auto", show_default=True,
+              help="ImageNet backbone: a torchvision .pth file, 'auto' (torchvision cache if present, else random "
+                   "init with a warning) or 'none'. Never downloads.")
+@click.option("--image-size", type=int, default=_D.image_size, show_default=True,
+              help="Whole image resized (no crop) to this square size.")
+@click.option("--epochs", type=int, default=_D.epochs, show_default=True, help="Total epochs (paper: 20).")
+@click.option("--batch-size", type=int, default=_D.batch_size, show_default=True, help="Paper: 16 (COCO), 8 (VOC).")
+@click.option("--lr", type=float, default=_D.lr, show_default=True, help="Adam learning rate (paper: 1e-5).")
+@click.option("--weight-decay", type=float, default=_D.weight_decay, show_default=True)
+@click.option("--warmup-epochs", type=int, default=_D.warmup_epochs, show_default=True,
+              help="Epochs that train the network only, pseudo labels fixed (paper: 3).")
+@click.option("--eta", type=float, default=_D.eta, show_default=True,
+              help="Step size of the pseudo-label update ytilde <- ytilde - eta*psi(y_u)*dL/dy_u (eq. 7).")
+@click.option("--sigma", type=float, default=_D.sigma, show_default=True, help="Width of psi around 0.5.")
+@click.option("--c1", type=float, default=_D.c1, show_default=True, help="Scale of psi (c2 makes psi(0)=psi(1)=0).")
+@click.option("--loss", type=click.Choice(LOSSES), default=_D.loss, show_default=True,
+              help="Per-class Bernoulli KL (multi-label) or categorical KL on a softmax (option only).")
+@click.option("--no-psi", is_flag=True, help="Ablation: psi == 1 (no Gaussian weighting).")
+@click.option("--hard-labels", is_flag=True, help="Ablation: train on 0/1 labels [S_final >= --hard-threshold].")
+@click.option("--hard-threshold", type=float, default=_D.hard_threshold, show_default=True)
+@click.option("--no-alignment", is_flag=True, help="Baseline: never update the pseudo labels.")
+@click.option("--hflip/--no-hflip", default=_D.hflip, show_default=True, help="Random horizontal flips.")
+@click.option("--seed", type=int, default=_D.seed, show_default=True)
+@click.option("--workers", type=int, default=0, show_default=True, help="Image-decoding worker processes.")
+@click.option("--threads", type=int, default=0, help="torch CPU threads (0: torch's default).")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@click.option("--gt", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Ground truth of the training images (VOC folder, COCO .json, .csv, .jsonl): per-epoch mAP of "
+                   "the refined pseudo labels and of the predictions.")
+@click.option("--val-images", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Held-out images, evaluated each epoch (with --val-gt).")
+@click.option("--val-gt", type=click.Path(exists=True, path_type=Path), default=None)
+@click.option("--labels-out", default="", help="File name of the refined labels in the run folder "
+                                               "(default: refined_labels + the input's suffix).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def command(images: Path, labels: Path, run_dir: Path, **opts) -> None:
+    """Train a multi-label classifier on pseudo labels LABELS (from `cdul-rt label`) of the images in IMAGES."""
+    from cdul_rt.labelfile import read_label_file
+    from cdul_rt.train.model import resolve_weights
+    from cdul_rt.train.run import run_training
+    from cdul_rt.train.trainer import TrainInputs, file_sha256
+
+    def log(message: str) -> None:
+        click.echo(message, err=True)
+
+    weights, description = resolve_weights(opts["arch"], opts.pop("weights"))
+    if weights == "none" and not description:
+        log(f"warning: no ImageNet weights for {opts['arch']} (none in the torchvision cache, no --weights FILE); "
+            "training from random initialisation, which needs far more data and epochs. Pass --weights FILE "
+            "(e.g. resnet101-cd907fc2.pth) or --weights none to silence this.")
+    elif not opts["resume"]:
+        log(f"backbone: {description}")
+    table = read_label_file(labels)
+    config = TrainConfig(
+        arch=opts["arch"], image_size=opts["image_size"], epochs=opts["epochs"], batch_size=opts["batch_size"],
+        lr=opts["lr"], weight_decay=opts["weight_decay"], warmup_epochs=opts["warmup_epochs"], eta=opts["eta"],
+        sigma=opts["sigma"], c1=opts["c1"], loss=opts["loss"], use_psi=not opts["no_psi"],
+        hard_labels=opts["hard_labels"], hard_threshold=opts["hard_threshold"], alignment=not opts["no_alignment"],
+        hflip=opts["hflip"], seed=opts["seed"], weights=weights, labels_sha256=file_sha256(labels),
+        classes=tuple(table.classes), workers=opts["workers"], threads=opts["threads"], progress=not opts["quiet"],
+    )
+    inputs = TrainInputs(images=images, labels=labels, run_dir=run_dir, gt=opts["gt"],
+                         val_images=opts["val_images"], val_gt=opts["val_gt"], labels_out=opts["labels_out"])
+    summary = run_training(config, inputs, table, resume=opts["resume"], log=log)
+    click.echo(f"model: {summary['model']}\nrefined pseudo labels: {summary['refined_labels']}")
+    click.echo(f"next: cdul-rt predict IMAGES --run {run_dir} --out predictions.jsonl")

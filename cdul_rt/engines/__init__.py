@@ -1,0 +1,24 @@
+"""Runtimes behind one interface (Polygraphy style): a loader builds or loads, a runner infers.
+
+Every runner of the fused labeler takes ``crops`` (float32 ``[k*(1+g^2), 3, S, S]``, normalised) and
+``text_embeddings`` (float32 ``[C, D]``) and returns ``S_final``, ``S_global`` and ``S_ag`` (float32 ``[k, C]``).
+Runtimes are registered by name and imported lazily, so choosing ``onnxruntime`` never imports torch.
+"""
+
+from __future__ import annotations
+
+from cdul_rt.errors import did_you_mean
+
+RUNTIMES = {
+    "torch": "cdul_rt.engines.torch",
+    "onnxruntime": "cdul_rt.engines.onnxrt",
+    "tensorrt": "cdul_rt.engines.trt",
+}
+
+
+def runtime_module(name: str):
+    import importlib
+
+    if name not in RUNTIMES:
+        raise did_you_mean(name, list(RUNTIMES), "runtime", f"Runtimes: {', '.join(RUNTIMES)}.")
+    return importlib.import_module(RUNTIMES[name])

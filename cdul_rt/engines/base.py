@@ -1,0 +1,106 @@
+"""The runner base class: fixed public steps (activate / infer / deactivate), input checks done once for all."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from cdul_rt.errors import CdulError
+
+LABELER_OUTPUTS = ("S_final", "S_global", "S_ag")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, dtype and shape of an input; ``None`` in a shape is a dynamic dimension."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int | None, ...]
+
+    def check(self, array: np.ndarray) -> None:
+        if not isinstance(array, np.ndarray):
+            raise CdulError(f"input {self.name!r} must be a numpy array, got {type(array).__name__}")
+        if array.dtype != self.dtype:
+            raise CdulError(f"input {self.name!r} must be {np.dtype(self.dtype).name}, got {array.dtype.name}")
+        if array.ndim != len(self.shape) or any(d is not None and d != a for d, a in zip(self.shape, array.shape)):
+            want = "x".join("?" if d is None else str(d) for d in self.shape)
+            raise CdulError(f"input {self.name!r} must have shape {want}, got {'x'.join(map(str, array.shape))}")
+
+
+class BaseRunner:
+    """Subclasses implement ``_activate``, ``_infer`` and ``_deactivate``; users call the public steps.
+
+    Usable as a context manager: ``with Runner(...) as r: r.infer(feed)``.
+    """
+
+    name = "base"
+
+    def __init__(self) -> None:
+        self.is_active = False
+
+    # -- public steps -------------------------------------------------------------------------------------------
+    def activate(self) -> "BaseRunner":
+        if not self.is_active:
+            self._activate()
+            self.is_active = True
+        return self
+
+    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if not self.is_active:
+            raise CdulError(f"runner {self.name} is not active; call activate() or use it in a `with` block")
+        specs = self.input_specs()
+        missing = [s.name for s in specs if s.name not in feed]
+        extra = sorted(set(feed) - {s.name for s in specs})
+        if missing or extra:
+            raise CdulError(f"runner {self.name}: missing inputs {missing}, unexpected inputs {extra}")
+        for spec in specs:
+            spec.check(feed[spec.name])
+        self._check_feed(feed)
+        return self._infer(feed)
+
+    def deactivate(self) -> None:
+        if self.is_active:
+            self._deactivate()
+            self.is_active = False
+
+    def __enter__(self) -> "BaseRunner":
+        return self.activate()
+
+    def __exit__(self, *exc) -> None:
+        self.deactivate()
+
+    # -- for subclasses -----------------------------------------------------------------------------------------
+    def input_specs(self) -> list[TensorSpec]:
+        raise NotImplementedError  # abstract: every concrete runner defines its inputs
+
+    def _check_feed(self, feed: dict[str, np.ndarray]) -> None:
+        """Cross-input checks (e.g. crops divisible by 1+g^2); default none."""
+
+    def _activate(self) -> None:
+        pass
+
+    def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise NotImplementedError  # abstract
+
+    def _deactivate(self) -> None:
+        pass
+
+
+class LabelerRunnerMixin:
+    """Shared input contract of all fused-labeler runners."""
+
+    crops_per_image: int
+    image_size: int
+    embed_dim: int
+
+    def input_specs(self) -> list[TensorSpec]:
+        s = self.image_size
+        return [TensorSpec("crops", np.dtype(np.float32), (None, 3, s, s)),
+                TensorSpec("text_embeddings", np.dtype(np.float32), (None, self.embed_dim))]
+
+    def _check_feed(self, feed: dict[str, np.ndarray]) -> None:
+        n = feed["crops"].shape[0]
+        if n == 0 or n % self.crops_per_image:
+            raise CdulError(f"crops must hold whole images of {self.crops_per_image} crops each, got {n} crops")

@@ -1,0 +1,90 @@
+"""Torch runners: the fused labeler (crops + text embeddings -> S_final) and the bare visual encoder."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cdul_rt.engines.base import LABELER_OUTPUTS, BaseRunner, LabelerRunnerMixin, TensorSpec
+from cdul_rt.errors import CdulError
+from cdul_rt.labeling import aggregate_torch, class_scores_torch, DEFAULT_LAMBDA, DEFAULT_ZETA
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def _dtype(precision: str):
+    import torch
+
+    if precision not in PRECISIONS:
+        raise CdulError(f"torch runtime precision must be one of {PRECISIONS}, got {precision!r}")
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+class TorchVisualRunner(BaseRunner):
+    """crops -> L2-normalised image embeddings (float32), with weights cast to ``precision``.
+
+    bf16 casts the weights (uses AMX matmuls on CPUs that have them); autocast was measured slower on CPU.
+    """
+
+    name = "torch-visual"
+
+    def __init__(self, bundle, precision: str = "fp32", device: str = "cpu") -> None:
+        super().__init__()
+        self.bundle, self.precision, self.device = bundle, precision, device
+        self.image_size = bundle.preprocess.size
+        self.dtype = _dtype(precision)
+        if precision == "fp16" and device == "cpu":
+            raise CdulError("fp16 on the CPU is slow and inaccurate in torch; use --precision bf16 or fp32 on CPU")
+
+    def input_specs(self) -> list[TensorSpec]:
+        s = self.image_size
+        return [TensorSpec("crops", np.dtype(np.float32), (None, 3, s, s))]
+
+    def _activate(self) -> None:
+        import copy
+
+        visual = self.bundle.model.visual
+        if self.precision != "fp32":  # a cast copy, so the bundle's fp32 model stays the reference
+            visual = copy.deepcopy(visual).to(self.dtype)
+        self.visual = visual.to(self.device).eval()
+
+    def encode(self, crops: np.ndarray):
+        import torch
+
+        with torch.inference_mode():
+            x = torch.from_numpy(crops).to(self.device, self.dtype)
+            emb = self.visual(x).float()
+            return torch.nn.functional.normalize(emb, dim=-1)
+
+    def _infer(self, feed):
+        return {"image_embeddings": self.encode(feed["crops"]).cpu().numpy()}
+
+
+class TorchLabelerRunner(LabelerRunnerMixin, TorchVisualRunner):
+    """The fused labeler in torch: one encoder call for all crops of k images, then scores and aggregation."""
+
+    name = "torch"
+
+    def __init__(self, bundle, grid: int = 3, mode: str = "cdul", zeta: float = DEFAULT_ZETA,
+                 lam: float = DEFAULT_LAMBDA, precision: str = "fp32", device: str = "cpu") -> None:
+        super().__init__(bundle, precision=precision, device=device)
+        self.crops_per_image = 1 + grid * grid
+        self.mode, self.zeta, self.lam = mode, zeta, lam
+        self.embed_dim = int(bundle.config["embed_dim"])
+        self.logit_scale = bundle.logit_scale
+
+    def crop_scores(self, crops: np.ndarray, text_embeddings: np.ndarray):
+        """Per-crop class scores ``[k, 1+N, C]`` (torch tensor, float32)."""
+        import torch
+
+        emb = self.encode(crops)
+        text = torch.from_numpy(text_embeddings).to(emb.device)
+        s = class_scores_torch(emb, text, self.logit_scale)
+        return s.reshape(-1, self.crops_per_image, s.shape[-1])
+
+    def _infer(self, feed):
+        import torch
+
+        with torch.inference_mode():
+            s = self.crop_scores(feed["crops"], feed["text_embeddings"])
+            outs = aggregate_torch(s, self.mode, self.zeta, self.lam)
+        return {name: o.float().cpu().numpy() for name, o in zip(LABELER_OUTPUTS, outs)}

@@ -1,0 +1,213 @@
+"""``cdul-rt label``: discover -> decode + crop (workers) -> fused encode + aggregate (runtime) -> write, resumable."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cdul_rt import __version__
+from cdul_rt.errors import CdulError
+from cdul_rt.imageio import DEFAULT_MAX_PIXELS, iter_images, relative_name
+from cdul_rt.labelfile import LabelWriter, output_format, read_meta, sidecar
+from cdul_rt.labeling import DEFAULT_LAMBDA, DEFAULT_ZETA, check_mode
+from cdul_rt.preprocess import normalize_batch
+from cdul_rt.presets import DEFAULT_MODEL
+from cdul_rt.vocab import DEFAULT_TEMPLATE, Vocabulary, check_template, load_vocabulary
+
+
+@dataclass
+class LabelConfig:
+    """Every option of ``cdul-rt label``; the score-affecting ones are recorded and compared on resume."""
+
+    input: Path
+    out: Path
+    classes: str = "coco"
+    model: str = DEFAULT_MODEL
+    pretrained: str | None = None
+    weights: str | None = None
+    template: str = DEFAULT_TEMPLATE
+    grid: int = 3
+    mode: str = "cdul"
+    zeta: float = DEFAULT_ZETA
+    lam: float = DEFAULT_LAMBDA
+    threshold: float = 0.5
+    top_k: int | None = None
+    save_parts: bool = False
+    batch_size: int = 8
+    workers: int = 2
+    runtime: str = "torch"
+    precision: str = "fp32"
+    device: str = "cpu"
+    engine_dir: str | None = None
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    overwrite: bool = False
+    progress: bool = True
+    extra: dict = field(default_factory=dict)  # runtime-specific options (e.g. onnxruntime providers)
+
+    def validate(self) -> None:
+        if not self.input.exists():
+            raise CdulError(f"input {self.input} does not exist")
+        output_format(self.out)
+        check_mode(self.mode)
+        check_template(self.template)
+        if self.grid < 1:
+            raise CdulError(f"--grid must be >= 1, got {self.grid}")
+        if self.batch_size < 1:
+            raise CdulError(f"--batch-size must be >= 1 (images per encoder call), got {self.batch_size}")
+        if not 0.0 <= self.zeta <= 1.0:
+            raise CdulError(f"--zeta must be in [0, 1] (paper: 0-0.4), got {self.zeta}")
+        if self.lam < 0:
+            raise CdulError(f"--lam must be >= 0, got {self.lam}")
+        if self.top_k is not None and self.top_k < 1:
+            raise CdulError(f"--top-k must be >= 1, got {self.top_k}")
+
+
+@dataclass
+class LabelSummary:
+    out: Path
+    labeled: int = 0
+    skipped: int = 0
+    failed: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)  # this run's, capped for display
+    seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.labeled / self.seconds if self.seconds > 0 else 0.0
+
+
+def _recorded_config(cfg: LabelConfig, vocab: Vocabulary, session) -> dict:
+    return {
+        "classes": list(vocab.classes), "prompts": list(vocab.prompt_names), "template": cfg.template,
+        "model": session.model, "weights_hash": session.weights_hash, "runtime": session.runtime,
+        "precision": session.precision, "grid": cfg.grid, "zeta": cfg.zeta, "lambda": cfg.lam, "mode": cfg.mode,
+        "threshold": cfg.threshold, "top_k": cfg.top_k, "save_parts": cfg.save_parts,
+        "preprocess": session.preprocess.to_dict(),
+    }
+
+
+def _check_existing(cfg: LabelConfig, config: dict) -> None:
+    old = read_meta(cfg.out).get("config")
+    if old is None:
+        return
+    diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+    if diff:
+        raise CdulError(
+            f"{cfg.out} was made with a different configuration ({', '.join(diff)} differ); "
+            "use --overwrite to start fresh or choose another --out"
+        )
+
+
+def _clear(out: Path) -> None:
+    for p in (out, *(sidecar(out, k) for k in ("meta", "failures", "journal"))):
+        p.unlink(missing_ok=True)
+
+
+def _write_meta(cfg: LabelConfig, config: dict, status: str, summary: LabelSummary | None = None) -> None:
+    meta = read_meta(cfg.out) if status != "running" else {}
+    meta.update({"tool": "cdul-rt", "version": __version__, "classes": config["classes"], "config": config,
+                 "status": status, "input": str(cfg.input)})
+    if status == "running":
+        meta["started"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    if summary is not None:
+        meta.update({"finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "last_run": {
+            "labeled": summary.labeled, "skipped": summary.skipped, "failed": summary.failed,
+            "seconds": round(summary.seconds, 3), "images_per_second": round(summary.images_per_second, 3)}})
+    tmp = sidecar(cfg.out, "meta").with_suffix(".tmp")
+    tmp.write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    os.replace(tmp, sidecar(cfg.out, "meta"))
+
+
+def _failed_before(out: Path) -> set[str]:
+    path = sidecar(out, "failures")
+    if not path.is_file():
+        return set()
+    from cdul_rt.labelfile import repair_tail
+
+    repair_tail(path, "jsonl")
+    with open(path, encoding="utf-8") as f:
+        return {json.loads(line)["path"] for line in f if line.strip()}
+
+
+def open_session(cfg: LabelConfig, vocab: Vocabulary):
+    from cdul_rt.engines import runtime_module
+
+    return runtime_module(cfg.runtime).open_labeler(cfg, vocab)
+
+
+def label_folder(cfg: LabelConfig, session=None) -> LabelSummary:
+    """Label every image under ``cfg.input`` into ``cfg.out``; resumes a previous run of the same config."""
+    cfg.validate()
+    vocab = load_vocabulary(cfg.classes)
+    if cfg.overwrite:
+        _clear(cfg.out)
+    session = session or open_session(cfg, vocab)
+    config = _recorded_config(cfg, vocab, session)
+    _check_existing(cfg, config)
+    writer = LabelWriter(cfg.out, list(vocab.classes), cfg.threshold, cfg.top_k, cfg.save_parts)
+    skip = writer.existing() | _failed_before(cfg.out)
+    _write_meta(cfg, config, "running")
+    summary = LabelSummary(cfg.out, skipped=len(skip))
+    root = cfg.input
+    todo = (p for p in iter_images(root) if relative_name(p, root) not in skip)
+    start = time.perf_counter()
+    writer.open()
+    try:
+        with open(sidecar(cfg.out, "failures"), "a", encoding="utf-8") as failures, session.runner as runner:
+            _run(cfg, session, runner, todo, writer, failures, summary, skip)
+    finally:
+        summary.seconds = time.perf_counter() - start
+        writer.close(finalize=True)
+    _write_meta(cfg, config, "complete", summary)
+    return summary
+
+
+def _progress(cfg: LabelConfig, total: int | None):
+    from tqdm import tqdm
+
+    return tqdm(desc="labeling", unit="img", total=total, disable=not cfg.progress, dynamic_ncols=True,
+                smoothing=0.1)
+
+
+def _run(cfg, session, runner, todo, writer, failures, summary, writer_skip: set[str]) -> None:
+    from cdul_rt.decode import decode_stream
+
+    batch_paths: list[str] = []
+    batch_crops: list[np.ndarray] = []
+    root = cfg.input
+
+    def flush() -> None:
+        if not batch_paths:
+            return
+        crops = normalize_batch(np.concatenate(batch_crops), session.preprocess)
+        out = runner.infer({"crops": crops, "text_embeddings": session.text_embeddings})
+        writer.write_batch(batch_paths, out["S_final"], out["S_global"], out["S_ag"])
+        summary.labeled += len(batch_paths)
+        bar.update(len(batch_paths))
+        batch_paths.clear()
+        batch_crops.clear()
+
+    # a counting pass (paths are not kept) gives the bar a total and an ETA
+    total = sum(1 for p in iter_images(root) if relative_name(p, root) not in writer_skip) if cfg.progress else None
+    with _progress(cfg, total) as bar:
+        for item in decode_stream(todo, cfg.grid, session.preprocess, cfg.workers, cfg.max_pixels,
+                                  prefetch=max(16, 4 * cfg.batch_size)):
+            rel = relative_name(item.path, root)
+            if item.crops is None:
+                failures.write(json.dumps({"path": rel, "reason": item.error}) + "\n")
+                failures.flush()
+                summary.failed += 1
+                if len(summary.failures) < 20:
+                    summary.failures.append((rel, item.error or "unknown"))
+                bar.set_postfix(failed=summary.failed)
+                continue
+            batch_paths.append(rel)
+            batch_crops.append(item.crops)
+            if len(batch_paths) >= cfg.batch_size:
+                flush()
+        flush()
