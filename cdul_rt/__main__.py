@@ -1,0 +1,3 @@
+from cdul_rt.cli import main
+
+main()
