@@ -99,8 +99,9 @@ def _write_refined(state: RunState, paths: list[str], classes: list[str], out: P
     y_u = torch.sigmoid(state.ytilde).numpy().astype(np.float32)
     partial = out.with_name(out.stem + ".partial" + out.suffix)
     # same label selection as the `label` run that made the input, when its sidecar says how
-    write_label_file(partial, paths, classes, y_u, meta=meta, threshold=float(meta.get("threshold", 0.5)),
-                     top_k=meta.get("top_k"))
+    made_by = {**meta.get("config", {}), **meta} if isinstance(meta.get("config"), dict) else meta
+    write_label_file(partial, paths, classes, y_u, meta=meta, threshold=float(made_by.get("threshold") or 0.5),
+                     top_k=made_by.get("top_k"))
     partial.replace(out)
     sidecar = partial.with_name(partial.name + ".meta.json")
     if sidecar.exists():
