@@ -184,3 +184,29 @@ def test_kill_9_mid_run_then_resume_gives_each_image_once(tmp_path, tiny_config)
     assert len(paths) == 120 and len(set(paths)) == 120
     failures = {json.loads(line)["path"] for line in (tmp_path / "k.jsonl.failures.jsonl").read_text().splitlines()}
     assert failures == {"broken_text.jpg", "broken_empty.png", "broken_truncated.jpg"}
+
+
+def test_npz_output_resumes_when_new_images_arrive(tmp_path, image_folder, tiny_config):
+    out = tmp_path / "d.npz"
+    run_cli(*label_args(image_folder, out, tiny_config))
+    first = read_label_file(out)
+    make_images(image_folder / "new", 3, seed=9)
+    r = run_cli(*label_args(image_folder, out, tiny_config))
+    assert "12 already done" in r.output
+    second = read_label_file(out)
+    assert len(second.paths) == 15 and len(set(second.paths)) == 15
+    np.testing.assert_allclose(second.scores[: len(first.paths)], first.scores)
+
+
+def test_text_embeddings_are_computed_once_and_keyed(tmp_path, image_folder, tiny_config, monkeypatch):
+    import cdul_rt.textcache as textcache
+
+    calls = []
+    real = textcache.encode_text_torch
+    monkeypatch.setattr(textcache, "encode_text_torch", lambda b, p, **k: calls.append(len(p)) or real(b, p, **k))
+    run_cli(*label_args(image_folder, tmp_path / "1.jsonl", tiny_config, "--classes", "a,b,c"))
+    run_cli(*label_args(image_folder, tmp_path / "2.jsonl", tiny_config, "--classes", "a,b,c"))
+    assert calls == [3]  # the second run read the cache
+    run_cli(*label_args(image_folder, tmp_path / "3.jsonl", tiny_config, "--classes", "a,b,c",
+                        "--template", "a picture of a {}"))
+    assert calls == [3, 3]  # another template is another key
