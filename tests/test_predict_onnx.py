@@ -1,0 +1,81 @@
+"""Classifier export to ONNX (fp32 + fp16): manifest, metadata, parity, and `predict --engine` without torch."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+from click.testing import CliRunner  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from cdul_rt.cli import main  # noqa: E402
+from cdul_rt.export.classifier import export_classifier, format_parity_table  # noqa: E402
+from cdul_rt.labelfile import read_label_file, write_label_file  # noqa: E402
+
+CLASSES = ["a", "b", "c", "d"]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    root = tmp_path_factory.mktemp("onnx")
+    images = root / "images"
+    images.mkdir()
+    rng = np.random.default_rng(4)
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 255, (28, 40, 3), dtype=np.uint8)).save(images / f"{i}.jpg")
+    labels = write_label_file(root / "l.jsonl", [f"{i}.jpg" for i in range(5)], CLASSES,
+                              rng.random((5, 4)).astype(np.float32))
+    run = root / "run"
+    result = CliRunner().invoke(main, ["train", str(images), str(labels), "--out", str(run), "--arch", "resnet18",
+                                       "--weights", "none", "--image-size", "32", "--epochs", "1", "--batch-size",
+                                       "5", "--lr", "1e-2", "--threads", "1", "--quiet"])
+    assert result.exit_code == 0, result.output
+    out = root / "engine"
+    manifest = export_classifier(run, out, images=sorted(images.glob("*.jpg")))
+    return images, run, out, manifest
+
+
+def test_manifest_metadata_and_parity(exported):
+    _, _, out, manifest = exported
+    assert manifest["files"] == {"fp32": "classifier.onnx", "fp16": "classifier.fp16.onnx"}
+    assert manifest["model"]["classes"] == CLASSES and manifest["model"]["image_size"] == 32
+    assert json.loads((out / "classifier.manifest.json").read_text())["sha256"] == manifest["sha256"]
+    rows = {r["precision"]: r for r in manifest["verify"]}
+    assert rows["fp32"]["ok"] and rows["fp32"]["max_abs"] < 1e-4
+    assert rows["fp16"]["ok"] and rows["fp16"]["cosine"] > 0.999
+    assert "classifier.fp16.onnx" in format_parity_table(manifest["verify"])
+    for name, precision in (("classifier.onnx", "fp32"), ("classifier.fp16.onnx", "fp16")):
+        graph = onnx.load(str(out / name))
+        props = {p.key: p.value for p in graph.metadata_props}
+        assert props["cdul_rt.kind"] == "classifier" and props["cdul_rt.precision"] == precision
+        assert json.loads(props["cdul_rt.classes"]) == CLASSES
+        elem = graph.graph.input[0].type.tensor_type.elem_type
+        assert elem == (onnx.TensorProto.FLOAT16 if precision == "fp16" else onnx.TensorProto.FLOAT)
+        assert graph.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+
+
+def test_predict_with_engine_matches_torch(exported, tmp_path):
+    images, run, out, _ = exported
+    results = {}
+    for name, args in (("torch", ["--run", str(run)]), ("onnx", ["--engine", str(out)]),
+                       ("onnx16", ["--engine", str(out), "--precision", "fp16"])):
+        path = tmp_path / f"{name}.jsonl"
+        result = CliRunner().invoke(main, ["predict", str(images), *args, "--out", str(path), "-q", "--threads", "1"])
+        assert result.exit_code == 0, result.output
+        results[name] = read_label_file(path)
+    assert results["onnx"].paths == results["torch"].paths
+    np.testing.assert_allclose(results["onnx"].scores, results["torch"].scores, atol=1e-4)
+    np.testing.assert_allclose(results["onnx16"].scores, results["torch"].scores, atol=2e-2)
+
+
+def test_engine_without_manifest_is_a_clear_error(tmp_path, exported):
+    images = exported[0]
+    (tmp_path / "classifier.onnx").write_bytes(b"")
+    result = CliRunner().invoke(main, ["predict", str(images), "--engine", str(tmp_path / "classifier.onnx"),
+                                       "--out", str(tmp_path / "p.jsonl")])
+    assert result.exit_code == 2 and "cdul-rt export --classifier" in result.output
