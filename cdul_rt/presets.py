@@ -80,8 +80,9 @@ def _from_config_file(path: Path, pretrained: str | None, weights: Path | None) 
         raise CdulError(f"cannot read model config {path}: {exc}") from exc
     if not isinstance(cfg, dict) or not {"embed_dim", "vision_cfg", "text_cfg"} <= set(cfg):
         raise CdulError(f"{path} is not an open_clip model config (needs embed_dim, vision_cfg and text_cfg)")
-    if weights is None and pretrained not in (None, RANDOM):
-        raise CdulError(f"a custom config has no pretrained tags; give --weights FILE or --pretrained {RANDOM}")
+    if weights is None and pretrained != RANDOM:
+        raise CdulError(f"{path.name} is a custom config without weights: give --weights FILE "
+                        f"(or --pretrained {RANDOM} for random weights)")
     return ModelSpec(path.stem, "file" if weights else RANDOM, config_path=path, weights_path=weights)
 
 
