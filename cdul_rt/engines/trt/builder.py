@@ -1,0 +1,158 @@
+"""ONNX -> serialized TensorRT engine, written against the TensorRT 10 and 11 Python APIs.
+
+Precision paths (DESIGN.md section 4):
+- ``typing="flag"`` (TensorRT 10 only): fp32 ONNX graph, weakly typed network, ``BuilderFlag.FP16`` lets the
+  builder pick fp16 kernels where they are faster.
+- ``typing="strong"``: the fp16 ONNX graph (weights and activations fp16, LayerNorm / softmax / reductions fp32,
+  fp32 inputs and outputs) compiled as a strongly typed network: every tensor keeps the type the graph gives it.
+  TensorRT 11 removed ``BuilderFlag.FP16`` and weak typing, so this is the only fp16 path there; on TRT 10 it is
+  opt-in through ``NetworkDefinitionCreationFlag.STRONGLY_TYPED`` (TRT 11 deprecated that flag: always on).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cdul_rt.errors import CdulError
+from cdul_rt.engines.trt.profiles import ProfileShapes
+
+TYPINGS = ("flag", "strong")
+
+
+def import_tensorrt():
+    """``import tensorrt`` or a CdulError that says how to install it (PyPI stubs that fail to load included)."""
+    try:
+        import tensorrt
+    except Exception as exc:  # ImportError, or OSError from a wheel whose libnvinfer is missing
+        from cdul_rt.engines.trt.cuda import INSTALL_HINT
+
+        raise CdulError(f"TensorRT is not available ({type(exc).__name__}: {exc}); {INSTALL_HINT}. "
+                        "Without a GPU use --runtime onnxruntime or --runtime torch") from exc
+    return tensorrt
+
+
+def trt_major(version: str) -> int:
+    try:
+        return int(version.split(".")[0])
+    except ValueError as exc:
+        raise CdulError(f"cannot read the TensorRT version {version!r}") from exc
+
+
+def choose_typing(major: int, precision: str, requested: str | None) -> str | None:
+    """Which fp16 path to use; None for fp32 builds (no flag, plain network)."""
+    if precision == "fp32":
+        if requested == "strong":
+            return "strong"
+        return None
+    if precision != "fp16":
+        raise CdulError(f"TensorRT engines are built in fp16 or fp32, got precision {precision!r}")
+    if major < 10:
+        raise CdulError(f"TensorRT {major}.x is too old; cdul-rt needs TensorRT 10 or newer (named-tensor API)")
+    if requested is None:
+        return "flag" if major == 10 else "strong"
+    if requested not in TYPINGS:
+        raise CdulError(f"unknown TensorRT typing {requested!r}; use one of {', '.join(TYPINGS)}")
+    if requested == "flag" and major >= 11:
+        raise CdulError("TensorRT 11 removed BuilderFlag.FP16 (weak typing); build fp16 engines with "
+                        "--trt-typing strong from the fp16 ONNX graph (`cdul-rt export --precision fp16`)")
+    return requested
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    precision: str = "fp16"
+    typing: str | None = None  # resolved by choose_typing
+    workspace_bytes: int = 4 << 30
+    timing_cache: Path | None = None
+    builder_optimization_level: int | None = None  # TRT default (3) when None
+    verbose: bool = False
+
+
+def _logger(trt, verbose: bool):
+    return trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
+
+
+def _parse(trt, builder, logger, onnx_path: Path, typing: str | None):
+    flags = 0
+    if typing == "strong" and trt_major(trt.__version__) < 11:
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    # parse_from_file resolves external-data initializers next to the graph (large models)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise CdulError(f"TensorRT could not parse {onnx_path}: {errors or 'unknown parser error'}")
+    return network, parser
+
+
+def _load_timing_cache(config, path: Path | None):
+    data = path.read_bytes() if path is not None and path.is_file() else b""
+    cache = config.create_timing_cache(data)
+    # ignore_mismatch=True: a cache from another GPU/TRT version is discarded by TensorRT, not an error
+    config.set_timing_cache(cache, True)
+
+
+def _save_timing_cache(config, path: Path | None) -> None:
+    if path is None:
+        return
+    cache = config.get_timing_cache()
+    if cache is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_bytes(memoryview(cache.serialize()))
+    os.replace(tmp, path)
+
+
+def build_serialized(onnx_path: Path, shapes: ProfileShapes, opts: BuildOptions) -> bytes:
+    """Parse, configure (profile, workspace, precision, timing cache) and build; returns the plan bytes."""
+    trt = import_tensorrt()
+    logger = _logger(trt, opts.verbose)
+    builder = trt.Builder(logger)
+    network, _parser = _parse(trt, builder, logger, onnx_path, opts.typing)
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(opts.workspace_bytes))
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # layer precisions for the fp16 check
+    if opts.builder_optimization_level is not None:
+        config.builder_optimization_level = int(opts.builder_optimization_level)
+    if opts.typing == "flag":
+        config.set_flag(trt.BuilderFlag.FP16)
+    inputs = [network.get_input(i) for i in range(network.num_inputs)]
+    if {t.name for t in inputs} != set(shapes):
+        raise CdulError(f"{onnx_path.name}: the network inputs {sorted(t.name for t in inputs)} do not match the "
+                        f"profile {sorted(shapes)}")
+    profile = builder.create_optimization_profile()
+    for t in inputs:
+        if any(d < 0 for d in tuple(t.shape)):  # only dynamic inputs take a (min, opt, max) range
+            profile.set_shape(t.name, *shapes[t.name])
+    config.add_optimization_profile(profile)
+    _load_timing_cache(config, opts.timing_cache)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise CdulError(f"TensorRT failed to build an engine from {onnx_path.name} (see the TensorRT log above); "
+                        "a larger --workspace or a smaller --max-images often helps")
+    _save_timing_cache(config, opts.timing_cache)
+    return bytes(memoryview(serialized))
+
+
+def deserialize(plan: bytes, verbose: bool = False):
+    """(runtime, engine); the runtime must outlive the engine, so both are returned. None engine = incompatible."""
+    trt = import_tensorrt()
+    runtime = trt.Runtime(_logger(trt, verbose))
+    return runtime, runtime.deserialize_cuda_engine(plan)
+
+
+def engine_information(engine, opt_shapes: dict[str, tuple[int, ...]]) -> str | None:
+    """The inspector's JSON for the opt shapes. Without a context whose shapes are set, dynamic-shape layers
+    report "N/A due to dynamic shapes" instead of their datatypes, hence the context."""
+    trt = import_tensorrt()
+    context = engine.create_execution_context()
+    for name, shape in opt_shapes.items():
+        context.set_input_shape(name, tuple(shape))
+    inspector = engine.create_engine_inspector()
+    inspector.execution_context = context
+    info = inspector.get_engine_information(trt.LayerInformationFormat.JSON)
+    del inspector, context
+    return info or None

@@ -1,0 +1,86 @@
+"""A folder of built engines, each ``<graph>.<precision>.plan`` with a ``.json`` beside it recording its key.
+
+An engine only runs on the TensorRT version and GPU architecture it was built for, and was tuned for one graph,
+precision and profile. The JSON holds those (:class:`EngineKey`) plus the plan's size and sha256, so a stale or
+truncated plan is detected before TensorRT sees it, and rebuilt with a message that says why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from cdul_rt.engines.trt.profiles import EngineKey, describe_mismatch
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class EngineCache:
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+
+    def plan_path(self, stem: str) -> Path:
+        return self.folder / f"{stem}.plan"
+
+    def meta_path(self, stem: str) -> Path:
+        return self.folder / f"{stem}.json"
+
+    def read_meta(self, stem: str) -> dict | None:
+        path = self.meta_path(stem)
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+
+    def lookup(self, stem: str, key: EngineKey) -> tuple[Path | None, str | None]:
+        """(plan, None) when a valid engine for ``key`` exists; (None, reason) when one exists but cannot be used;
+        (None, None) when there is none."""
+        plan, meta = self.plan_path(stem), self.read_meta(stem)
+        if not plan.is_file() and meta is None:
+            return None, None
+        if meta is None or "key" not in meta:
+            return None, f"{plan.name} has no readable {self.meta_path(stem).name}"
+        if not plan.is_file():
+            return None, f"{plan.name} is missing"
+        if meta["key"] != key.to_dict():
+            return None, describe_mismatch(meta["key"], key.to_dict())
+        if plan.stat().st_size != meta.get("plan_bytes") or _sha256(plan) != meta.get("plan_sha256"):
+            return None, f"{plan.name} is truncated or modified (size/sha256 differ from {self.meta_path(stem).name})"
+        return plan, None
+
+    def store(self, stem: str, key: EngineKey, plan: bytes, extra: dict | None = None) -> Path:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.plan_path(stem)
+        _atomic_write(path, plan)
+        meta = {"key": key.to_dict(), "key_digest": key.digest(), "plan_bytes": len(plan),
+                "plan_sha256": hashlib.sha256(plan).hexdigest(), **(extra or {})}
+        _atomic_write(self.meta_path(stem), json.dumps(meta, indent=2).encode())
+        return path
+
+    def check_runtime(self, stem: str, tensorrt_version: str, compute_capability: str) -> str | None:
+        """Why the stored engine cannot run here (another TRT version or GPU architecture), or None."""
+        meta = self.read_meta(stem)
+        if meta is None or "key" not in meta:
+            return f"{self.plan_path(stem).name} has no readable {self.meta_path(stem).name}"
+        key = meta["key"]
+        here = {**key, "tensorrt_version": tensorrt_version, "compute_capability": compute_capability}
+        return describe_mismatch(key, here) if here != key else None

@@ -1,0 +1,112 @@
+"""Did the build really produce an fp16 engine? Pure checks on the engine inspector's JSON and on sizes.
+
+"--fp16 silently built fp32" is a classic (TensorRT 11 dropped ``BuilderFlag.FP16``; a weakly typed TRT 10 build
+may keep layers in fp32 when fp16 tactics are slower or unsupported). Two independent signals:
+
+1. Layer precisions: with ``ProfilingVerbosity.DETAILED`` and an execution context whose input shapes are set,
+   ``IEngineInspector.get_engine_information(LayerInformationFormat.JSON)`` lists every layer with the
+   ``Format/Datatype`` of its inputs and outputs ("Row major linear FP16 format", "Half", "Float", ...). A layer
+   counts as fp16 when any of its tensors is fp16 (fused Myelin layers take the fp32 graph input and emit fp16).
+2. Engine size: fp16 weights take half the bytes of the fp32 weights in the ONNX graph, so an fp16 engine is well
+   below the fp32 weight size; an fp32 engine is at least as large.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from cdul_rt.errors import CdulError
+
+# Layer types that move or reshape data and carry no arithmetic precision of their own.
+_BOOKKEEPING = {"Reformat", "NoOp", "Constant", "Shuffle", "Identity", "Shape", "Slice", "Concatenation", "Gather"}
+MIN_FP16_LAYER_FRACTION = 0.5
+MAX_FP16_SIZE_RATIO = 0.75  # engine bytes / fp32 weight bytes; fp16 weights alone are 0.5
+
+
+def tensor_precision(fmt: str) -> str | None:
+    """Normalise a ``Format/Datatype`` string to FP16 / BF16 / FP32 / INT8 / FP8, or None (ints, bools, N/A)."""
+    s = fmt.lower()
+    if "n/a" in s or not s:
+        return None
+    if "bf16" in s or "bfloat16" in s:
+        return "BF16"
+    if "fp16" in s or "half" in s or "float16" in s:
+        return "FP16"
+    if "fp8" in s:
+        return "FP8"
+    if "int8" in s:
+        return "INT8"
+    if "fp32" in s or "float" in s:
+        return "FP32"
+    return None
+
+
+def layer_precisions(engine_info: str | dict) -> dict[str, int]:
+    """Count compute layers by precision (a layer is FP16 if any input/output is FP16, else its widest float type).
+
+    Returns e.g. ``{"FP16": 120, "FP32": 8}``; bookkeeping layers and layers without a known datatype are skipped.
+    """
+    data = json.loads(engine_info) if isinstance(engine_info, str) else engine_info
+    layers = data.get("Layers", []) if isinstance(data, dict) else []
+    counts: dict[str, int] = {}
+    for layer in layers:
+        if not isinstance(layer, dict) or layer.get("LayerType") in _BOOKKEEPING:
+            continue
+        tensors = [*layer.get("Inputs", []), *layer.get("Outputs", [])]
+        kinds = {tensor_precision(str(t.get("Format/Datatype", ""))) for t in tensors if isinstance(t, dict)}
+        kinds.discard(None)
+        if not kinds:
+            continue
+        for kind in ("FP16", "BF16", "FP8", "INT8", "FP32"):  # lowest precision present names the layer
+            if kind in kinds:
+                counts[kind] = counts.get(kind, 0) + 1
+                break
+    return counts
+
+
+@dataclass(frozen=True)
+class PrecisionCheck:
+    ok: bool
+    method: str  # "layers" | "size"
+    detail: str
+
+
+def check_fp16(engine_info: str | dict | None, engine_bytes: int, fp32_weight_bytes: int) -> PrecisionCheck:
+    """Decide whether an engine is fp16, by layer precisions when the inspector gave any, else by size."""
+    counts = layer_precisions(engine_info) if engine_info else {}
+    total = sum(counts.values())
+    if total:
+        frac = counts.get("FP16", 0) / total
+        detail = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + f" ({frac:.0%} fp16 compute layers)"
+        return PrecisionCheck(frac >= MIN_FP16_LAYER_FRACTION, "layers", detail)
+    if fp32_weight_bytes <= 0:
+        return PrecisionCheck(False, "size", "no layer information and no weight size to compare with")
+    ratio = engine_bytes / fp32_weight_bytes
+    detail = f"engine {engine_bytes / 2**20:.1f} MiB = {ratio:.2f} x the fp32 weights ({fp32_weight_bytes / 2**20:.1f} MiB)"
+    return PrecisionCheck(ratio <= MAX_FP16_SIZE_RATIO, "size", detail)
+
+
+def require_fp16(check: PrecisionCheck, graph: str) -> None:
+    if not check.ok:
+        raise CdulError(
+            f"the {graph} engine was asked for fp16 but is not fp16 ({check.method}: {check.detail}); the engine was "
+            "not saved. On TensorRT 11 build from the fp16 ONNX graph (`cdul-rt export --precision fp16`); on "
+            "TensorRT 10 check that the GPU has fast fp16 (compute capability >= 7.0)"
+        )
+
+
+def fp32_weight_bytes(model) -> int:
+    """Bytes the initializers of an ONNX ModelProto take in fp32 (float tensors counted at 4 bytes each, so the
+    fp32 and the fp16 graph give the same number; other types at their own size). Reads no external data."""
+    from onnx import TensorProto, helper
+
+    floats = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}
+    total = 0
+    for init in model.graph.initializer:
+        n = 1
+        for d in init.dims:
+            n *= int(d)
+        itemsize = 4 if init.data_type in floats else helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
+        total += n * itemsize
+    return total

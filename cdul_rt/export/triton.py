@@ -1,0 +1,361 @@
+"""``cdul-rt export --triton DIR``: a Triton Inference Server model repository from an artifact folder.
+
+Layout (Triton's)::
+
+    DIR/labeler/config.pbtxt      DIR/labeler/1/model.onnx   (or model.plan with --triton-backend tensorrt)
+    DIR/visual/...                DIR/text/...                DIR/classifier/...      DIR/cdul_rt.json
+
+Batching. Triton's dynamic batcher concatenates requests along dim 0 of every input and splits every output the
+same way, so dim 0 must mean the same thing everywhere. The exported ``labeler.onnx`` does not fit: its crops are
+``k*(1+g^2)`` rows, its outputs ``k`` rows, and ``text_embeddings`` has no batch dimension. The repository therefore
+gets a *serving variant* of the labeler, made by graph surgery on the exported ONNX (no re-export, no torch):
+``crops`` becomes ``[k, 1+g^2, 3, S, S]`` (one row per image, reshaped to the fused ``k*(1+g^2)`` batch inside the
+graph) and the vocabulary's text embeddings, zeta and lambda become constants. One request is one or more whole
+images, batches are always whole 10-crop groups, and Triton may merge requests of different clients. The visual
+encoder batches crops: its preferred batch sizes are multiples of 1+g^2. A new vocabulary = regenerate the
+repository (seconds); the encoders are untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from cdul_rt.errors import CdulError
+
+BACKENDS = ("onnxruntime", "tensorrt")
+PLATFORM = {"onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan"}
+MODEL_FILE = {"onnxruntime": "model.onnx", "tensorrt": "model.plan"}
+NP_TO_TRITON = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int32": "TYPE_INT32", "int64": "TYPE_INT64",
+                "bool": "TYPE_BOOL", "uint8": "TYPE_UINT8"}
+
+
+@dataclass(frozen=True)
+class TensorConfig:
+    name: str
+    data_type: str  # TYPE_FP32 ...
+    dims: tuple[int, ...]  # without the batch dimension when max_batch_size > 0; -1 = variable
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    backend: str
+    max_batch_size: int
+    inputs: tuple[TensorConfig, ...]
+    outputs: tuple[TensorConfig, ...]
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_delay_us: int = 2000
+    instances: int = 1
+    kind: str = "KIND_GPU"
+    parameters: dict = field(default_factory=dict)
+
+
+def preferred_sizes(unit: int, opt: int, largest: int) -> tuple[int, ...]:
+    """Preferred batch sizes in rows of ``unit`` (1+g^2 crops for the visual encoder, 1 for whole images):
+    half the opt batch, the opt batch and the largest, as multiples of ``unit``, capped by ``largest``."""
+    if unit < 1 or opt < 1 or largest < unit:
+        raise CdulError(f"invalid batch sizing unit={unit} opt={opt} max={largest}")
+    items = sorted({max(1, opt // 2), opt, largest // unit})
+    return tuple(sorted({min(i * unit, (largest // unit) * unit) for i in items}))
+
+
+def _tensor_block(kind: str, t: TensorConfig) -> str:
+    dims = ", ".join(str(d) for d in t.dims)
+    return f"  {{\n    name: \"{t.name}\"\n    data_type: {t.data_type}\n    dims: [ {dims} ]\n  }}"
+
+
+def config_pbtxt(m: ModelConfig) -> str:
+    """The model's ``config.pbtxt`` (protobuf text format of Triton's ModelConfig)."""
+    if m.backend not in BACKENDS:
+        raise CdulError(f"unknown Triton backend {m.backend!r}; use one of {', '.join(BACKENDS)}")
+    lines = [f"name: \"{m.name}\"", f"platform: \"{PLATFORM[m.backend]}\"", f"max_batch_size: {m.max_batch_size}"]
+    for key, tensors in (("input", m.inputs), ("output", m.outputs)):
+        lines.append(f"{key} [\n" + ",\n".join(_tensor_block(key, t) for t in tensors) + "\n]")
+    lines.append(f"instance_group [\n  {{\n    count: {m.instances}\n    kind: {m.kind}\n  }}\n]")
+    if m.preferred_batch_sizes:
+        if m.max_batch_size < 1:
+            raise CdulError(f"model {m.name}: dynamic batching needs max_batch_size >= 1")
+        sizes = ", ".join(str(s) for s in m.preferred_batch_sizes)
+        lines.append(f"dynamic_batching {{\n  preferred_batch_size: [ {sizes} ]\n"
+                     f"  max_queue_delay_microseconds: {m.max_queue_delay_us}\n}}")
+    for key, value in sorted(m.parameters.items()):
+        lines.append(f"parameters {{\n  key: \"{key}\"\n  value: {{ string_value: \"{value}\" }}\n}}")
+    return "\n".join(lines) + "\n"
+
+
+# -- a small reader of protobuf text format, so the written configs can be parsed back and checked -------------------
+def _tokens(text: str) -> list[str]:
+    import re
+
+    text = "\n".join(line.split("#", 1)[0] for line in text.splitlines())
+    return re.findall(r'"(?:[^"\\]|\\.)*"|[{}\[\]:,]|[^\s{}\[\]:,"]+', text)
+
+
+def _scalar(tok: str):
+    if tok.startswith('"'):
+        return tok[1:-1]
+    try:
+        return int(tok)
+    except ValueError:
+        try:
+            return float(tok)
+        except ValueError:
+            return tok  # enum names: TYPE_FP32, KIND_GPU, true/false
+
+
+def _parse_message(toks: list[str], i: int, end: str | None) -> tuple[dict, int]:
+    out: dict = {}
+    while i < len(toks) and toks[i] != end:
+        key = toks[i]
+        i += 1
+        if toks[i] == ":":
+            i += 1
+        if toks[i] == "{":
+            value, i = _parse_message(toks, i + 1, "}")
+            i += 1
+        elif toks[i] == "[":
+            value, i = [], i + 1
+            while toks[i] != "]":
+                if toks[i] == "{":
+                    item, i = _parse_message(toks, i + 1, "}")
+                    value.append(item)
+                else:
+                    value.append(_scalar(toks[i]))
+                i += 1
+                if toks[i] == ",":
+                    i += 1
+            i += 1
+        else:
+            value, i = _scalar(toks[i]), i + 1
+        if key in out:  # repeated field written as several entries
+            out[key] = (out[key] if isinstance(out[key], list) else [out[key]]) + \
+                       (value if isinstance(value, list) else [value])
+        else:
+            out[key] = value
+    return out, i
+
+
+def parse_pbtxt(text: str) -> dict:
+    """Protobuf text format -> nested dicts/lists (enough for Triton model configs)."""
+    toks = _tokens(text)
+    msg, i = _parse_message(toks, 0, None)
+    return msg
+
+
+# -- the serving variant of the labeler ----------------------------------------------------------------------------
+SERVING_LABELER_INPUTS = ("text_embeddings", "zeta", "lambda", "lam")
+
+
+def serving_labeler(model, crops_per_image: int, text_embeddings, zeta: float, lam: float):
+    """The exported labeler with ``crops`` as ``[images, 1+g^2, 3, S, S]`` and the vocabulary, zeta and lambda
+    baked in as constants (see the module docstring). ``model`` is an ONNX ModelProto; returns a new one."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())  # leave the caller's model alone
+    g = model.graph
+    by_name = {i.name: i for i in g.input}
+    if "crops" not in by_name:
+        raise CdulError(f"this graph has no 'crops' input (inputs {sorted(by_name)}): not a cdul-rt labeler")
+    crops = by_name["crops"]
+    dims = [d.dim_value for d in crops.type.tensor_type.shape.dim]
+    if len(dims) != 4 or any(d <= 0 for d in dims[1:]):
+        raise CdulError(f"labeler crops input must be [n, 3, S, S] with fixed 3, S, S; got {dims}")
+    fused = "crops_fused"
+    for node in g.node:
+        node.input[:] = [fused if x == "crops" else x for x in node.input]
+    text = np.ascontiguousarray(text_embeddings, dtype=np.float32)
+    consts = {"text_embeddings": text, "zeta": np.array([zeta], np.float32), "lambda": np.array([lam], np.float32),
+              "lam": np.array([lam], np.float32)}
+    kept = [i for i in g.input if i.name != "crops" and i.name not in consts]
+    baked = [i.name for i in g.input if i.name in consts]
+    del g.input[:]
+    g.input.append(helper.make_tensor_value_info("crops", crops.type.tensor_type.elem_type,
+                                                 ["images", crops_per_image, *dims[1:]]))
+    g.input.extend(kept)
+    g.initializer.extend(numpy_helper.from_array(consts[n], n) for n in baked)
+    g.initializer.append(numpy_helper.from_array(np.array([-1, *dims[1:]], np.int64), "crops_fused_shape"))
+    g.node.insert(0, helper.make_node("Reshape", ["crops", "crops_fused_shape"], [fused],
+                                      name="/serving/fuse_crops"))
+    for out in g.output:  # [k, C]: the batch dimension is now the images dimension
+        shape = out.type.tensor_type.shape.dim
+        if len(shape) == 2:
+            shape[0].Clear()
+            shape[0].dim_param = "images"
+            shape[1].Clear()
+            shape[1].dim_value = text.shape[0]
+    onnx.checker.check_model(model)
+    return model
+
+
+# -- the repository ------------------------------------------------------------------------------------------------
+def _np_name(elem_type: int) -> str:
+    from onnx import helper
+
+    return helper.tensor_dtype_to_np_dtype(elem_type).name
+
+
+def graph_io(model) -> tuple[list[tuple[str, str, tuple]], list[tuple[str, str, tuple]]]:
+    """[(name, numpy dtype name, dims with -1 for dynamic)] of the graph's real inputs and its outputs."""
+    inits = {i.name for i in model.graph.initializer}
+
+    def one(v):
+        dims = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1
+                     for d in v.type.tensor_type.shape.dim)
+        return v.name, _np_name(v.type.tensor_type.elem_type), dims
+
+    return [one(i) for i in model.graph.input if i.name not in inits], [one(o) for o in model.graph.output]
+
+
+def model_config(name: str, model, backend: str, max_batch: int, preferred: tuple[int, ...],
+                 instances: int = 1, kind: str = "KIND_GPU") -> ModelConfig:
+    """A batched config from the ONNX graph's I/O: dim 0 becomes Triton's implicit batch dimension."""
+    ins, outs = graph_io(model)
+
+    def tensors(items):
+        result = []
+        for n, dt, dims in items:
+            if dt not in NP_TO_TRITON:
+                raise CdulError(f"{name}: tensor {n!r} has type {dt}, which this writer does not map to Triton")
+            if not dims or any(d < 1 for d in dims[1:]):
+                raise CdulError(f"{name}: tensor {n!r} {dims} must be [batch, fixed dims...] to batch in Triton")
+            result.append(TensorConfig(n, NP_TO_TRITON[dt], tuple(dims[1:])))
+        return tuple(result)
+
+    return ModelConfig(name, backend, max_batch, tensors(ins), tensors(outs), preferred, instances=instances,
+                       kind=kind)
+
+
+@dataclass
+class TritonOptions:
+    backend: str = "onnxruntime"
+    precision: str = "fp32"  # which exported graphs: fp32 or fp16 (the TensorRT backend compiles fp16 from either)
+    max_images: int = 32
+    opt_images: int = 8
+    max_classes: int = 1024
+    instances: int = 1
+    kind: str = "KIND_GPU"  # KIND_CPU serves the onnxruntime backend without a GPU
+    zeta: float | None = None  # default: the export's
+    lam: float | None = None
+    trt: object | None = None  # TrtBuildConfig for --triton-backend tensorrt
+
+
+def _vocabulary_embeddings(folder: Path, manifest, classes: str | None, template: str | None):
+    import numpy as np
+
+    voc = manifest.vocabulary
+    if classes is None or classes == voc.get("name"):
+        if template not in (None, voc.get("template")):
+            classes = voc.get("name")
+        else:
+            emb = np.load(folder / voc["embeddings"])
+            return list(voc["classes"]), emb
+    from cdul_rt.export.textstore import load_text_embeddings
+    from cdul_rt.vocab import load_vocabulary
+
+    vocab = load_vocabulary(classes)
+    template = template or voc.get("template")
+    emb = load_text_embeddings(folder, vocab, template, manifest.embed_dim, manifest.model["weights_hash"])
+    if emb is None:
+        raise CdulError(f"{folder} has no text embeddings for {classes!r} with template {template!r}; add them with "
+                        f"`cdul-rt export --classes {classes} --out {folder}`")
+    return list(vocab.classes), emb
+
+
+def _write_version(out: Path, name: str, cfg: ModelConfig, model=None, plan: Path | None = None) -> Path:
+    from cdul_rt.export.onnx_io import save_model
+
+    version = out / name / "1"
+    if version.exists():
+        shutil.rmtree(version)
+    version.mkdir(parents=True)
+    if plan is not None:
+        shutil.copyfile(plan, version / MODEL_FILE["tensorrt"])
+    else:
+        save_model(model, version / MODEL_FILE["onnxruntime"])
+    (out / name / "config.pbtxt").write_text(config_pbtxt(cfg), encoding="utf-8")
+    return out / name
+
+
+def _trt_plan(kind: str, model, out: Path, grid: int, opts: TritonOptions, log) -> Path:
+    """Compile one repository model with the TensorRT builder (profile max = the config's max_batch_size)."""
+    from cdul_rt.engines.trt.profiles import ProfileSpec
+    from cdul_rt.export.onnx_io import save_model
+    from cdul_rt.export.tensorrt import GraphSource, TrtBuildConfig, build_engine
+
+    build_dir = out / ".build"
+    build_dir.mkdir(parents=True, exist_ok=True)
+    src_path = build_dir / f"{kind}.onnx"
+    save_model(model, src_path)
+    base = opts.trt if opts.trt is not None else TrtBuildConfig()
+    spec = ProfileSpec(1, opts.opt_images, opts.max_images, 1, min(80, opts.max_classes), opts.max_classes)
+    timing = base.timing_cache or out.parent / f".{out.name}-timing.cache"  # outlives the build folder
+    cfg = TrtBuildConfig(**{**base.__dict__, "profile": spec, "timing_cache": timing})
+    onnx_precision = "fp16" if any(i.data_type == 10 for i in model.graph.initializer) else "fp32"
+    graph_kind = {"labeler": "labeler_images"}.get(kind, kind)
+    return build_engine(GraphSource(graph_kind, src_path, onnx_precision, grid), build_dir, cfg, log).plan
+
+
+def write_triton_repository(artifact_dir: str | Path, out_dir: str | Path, opts: TritonOptions | None = None,
+                            classes: str | None = None, template: str | None = None,
+                            models: tuple[str, ...] = ("labeler", "visual", "text", "classifier"),
+                            classifier_dir: str | Path | None = None,
+                            log: Callable[[str], None] = print) -> list[Path]:
+    """Write a Triton model repository for the graphs in ``artifact_dir`` (and a classifier export when found).
+
+    The CLI hook: ``cdul-rt export ... --triton DIR`` calls this with the folder it just exported.
+    """
+    import onnx
+
+    from cdul_rt.export.manifest import verify_artifacts
+    from cdul_rt.export.tensorrt import classifier_source, clip_sources
+
+    opts = opts or TritonOptions()
+    if opts.backend not in BACKENDS:
+        raise CdulError(f"unknown Triton backend {opts.backend!r}; use one of {', '.join(BACKENDS)}")
+    folder, out = Path(artifact_dir), Path(out_dir)
+    manifest = verify_artifacts(folder)
+    cpi, grid = manifest.crops_per_image, int(manifest.labeler["grid"])
+    written: list[Path] = []
+    sources = {s.kind: s for s in clip_sources([folder], tuple(m for m in models if m != "classifier"),
+                                              opts.precision)}
+    if "classifier" in models:
+        src = classifier_source(Path(classifier_dir or folder), opts.precision)
+        if src is not None:
+            sources["classifier"] = src
+    if not sources:
+        raise CdulError(f"no {opts.precision} graphs in {folder}; export them with `cdul-rt export "
+                        f"--precision {opts.precision}`")
+    out.mkdir(parents=True, exist_ok=True)
+    class_names: list[str] = []
+    for kind, src in sources.items():
+        model = onnx.load(str(src.onnx))
+        if kind == "labeler":
+            class_names, emb = _vocabulary_embeddings(folder, manifest, classes, template)
+            zeta = manifest.labeler.get("zeta") if opts.zeta is None else opts.zeta
+            lam = manifest.labeler.get("lambda") if opts.lam is None else opts.lam
+            model = serving_labeler(model, cpi, emb, float(zeta), float(lam))
+            max_batch, preferred = opts.max_images, preferred_sizes(1, opts.opt_images, opts.max_images)
+        elif kind == "visual":
+            max_batch = opts.max_images * cpi
+            preferred = preferred_sizes(cpi, opts.opt_images, max_batch)
+        elif kind == "text":
+            max_batch, preferred = opts.max_classes, preferred_sizes(1, min(80, opts.max_classes), opts.max_classes)
+        else:
+            max_batch, preferred = opts.max_images, preferred_sizes(1, opts.opt_images, opts.max_images)
+        cfg = model_config(kind, model, opts.backend, max_batch, preferred, opts.instances, opts.kind)
+        plan = _trt_plan(kind, model, out, grid, opts, log) if opts.backend == "tensorrt" else None
+        written.append(_write_version(out, kind, cfg, model=model, plan=plan))
+        log(f"triton: {kind} -> {out / kind} ({opts.backend}, max_batch_size {max_batch}, preferred {preferred})")
+    info = {"model": manifest.model.get("display"), "preprocess": manifest.preprocess, "grid": grid,
+            "crops_per_image": cpi, "classes": class_names, "precision": opts.precision, "backend": opts.backend,
+            "models": sorted(sources)}
+    (out / "cdul_rt.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
+    shutil.rmtree(out / ".build", ignore_errors=True)
+    log(f"next: tritonserver --model-repository {out.resolve()}")
+    return written
