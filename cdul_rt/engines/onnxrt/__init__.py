@@ -1,0 +1,6 @@
+"""The ONNX Runtime runtime: runs an artifact folder from ``cdul-rt export`` without torch.
+
+CPU by default; CUDA / TensorRT execution providers with onnxruntime-gpu and ``--device cuda``.
+"""
+
+from cdul_rt.engines.onnxrt.loader import SessionFromOnnx, open_labeler  # noqa: F401

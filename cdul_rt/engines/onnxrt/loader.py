@@ -1,0 +1,179 @@
+"""Load an artifact folder into ONNX Runtime sessions; open the labeler session ``cdul-rt label`` runs.
+
+Nothing here imports torch: the manifest says everything about the model, class embeddings come from the folder
+(or from ``text.onnx`` with the torch-free tokenizer for a new vocabulary). Only when no ``--engine-dir`` is given
+and the cache holds no export for the options is the exporter (torch) called, once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from cdul_rt.engines.session import LabelerSession
+from cdul_rt.errors import CdulError, require
+from cdul_rt.export.manifest import MANIFEST, Manifest, verify_artifacts
+from cdul_rt.preprocess import PreprocessConfig
+from cdul_rt.vocab import Vocabulary
+
+
+def cpu_threads() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def providers_for(device: str, extra: dict | None = None) -> list:
+    """CPU by default; CUDA (and TensorRT when asked via ``extra['providers']``) with onnxruntime-gpu on cuda."""
+    ort = require("onnxruntime", "runtime")
+    available = ort.get_available_providers()
+    wanted = (extra or {}).get("providers")
+    if wanted:
+        names = [p.strip() for p in (wanted.split(",") if isinstance(wanted, str) else wanted)]
+        missing = [p for p in names if p not in available]
+        if missing:
+            raise CdulError(f"onnxruntime providers {missing} are not available here (available: {available})")
+        return names
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if not device.startswith("cuda"):
+        raise CdulError(f"--device must be cpu or cuda[:N], got {device!r}")
+    if "CUDAExecutionProvider" not in available:
+        raise CdulError("--device cuda with --runtime onnxruntime needs onnxruntime-gpu "
+                        "(`pip install onnxruntime-gpu`); this onnxruntime offers " + ", ".join(available))
+    index = int(device.partition(":")[2] or 0)
+    return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+
+
+class SessionFromOnnx:
+    """Lazy loader: ``SessionFromOnnx(path, providers)()`` builds the ``InferenceSession`` (Polygraphy style)."""
+
+    def __init__(self, path: str | Path, providers: list | None = None, threads: int | None = None) -> None:
+        self.path = Path(path)
+        self.providers = providers or ["CPUExecutionProvider"]
+        self.threads = threads or cpu_threads()
+
+    def __call__(self):
+        ort = require("onnxruntime", "runtime")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self.threads
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3  # ORT's warnings about unused initializers etc. are not the user's problem
+        try:
+            return ort.InferenceSession(str(self.path), sess_options=opts, providers=self.providers)
+        except Exception as exc:  # noqa: BLE001 - a damaged or foreign graph: say which file and what to do
+            raise CdulError(f"onnxruntime cannot load {self.path}: {type(exc).__name__}: {str(exc)[:300]}; "
+                            "re-export the folder with `cdul-rt export`") from exc
+
+
+def _normal_name(model: str) -> str:
+    return Path(model).stem if model.endswith(".json") else model
+
+
+def check_request(manifest: Manifest, folder: Path, model: str, pretrained: str | None, weights: str | None,
+                  precision: str, grid: int, mode: str) -> None:
+    """Refuse a folder exported for another model, weights, precision, grid or aggregation mode."""
+    from cdul_rt.cache import file_sha256
+
+    m = manifest.model
+    names = {m["arch"], m["display"], f"{m['arch']}.{m['pretrained']}", _normal_name(m["request"]["model"] or "")}
+    fix = "pass the options it was exported with, or export a folder for yours (`cdul-rt export --out DIR ...`)"
+    if _normal_name(model) not in names:
+        raise CdulError(f"{folder} holds model {m['display']}, not {model}; {fix}")
+    if model.endswith(".json") and Path(model).is_file():
+        if json.loads(Path(model).read_text(encoding="utf-8")) != m["config"]:
+            raise CdulError(f"{folder} holds a model with another config than {model}; {fix}")
+    if pretrained is not None and pretrained not in (m["pretrained"], m["request"]["pretrained"]):
+        raise CdulError(f"{folder} holds {m['display']} (weights {m['pretrained']}), not --pretrained {pretrained}; "
+                        f"{fix}")
+    if weights is not None and file_sha256(weights) != m["weights_hash"]:
+        raise CdulError(f"{folder} was exported from other weights than {weights} (sha256 differs); {fix}")
+    lab = manifest.labeler
+    for what, mine, theirs in (("precision", precision, manifest.precision), ("grid", grid, lab["grid"]),
+                               ("mode", mode, lab["mode"])):
+        if mine != theirs:
+            raise CdulError(f"{folder} holds {theirs} graphs for --{what}, not {mine}; pass --{what} {theirs} "
+                            f"or export another folder (`cdul-rt export --{what} {mine} ...`)")
+
+
+def _encode_vocabulary(folder: Path, manifest: Manifest, prompts: list[str], providers: list) -> np.ndarray:
+    from cdul_rt.engines.onnxrt.runner import OnnxTextRunner
+    from cdul_rt.engines.onnxrt.tokenizer import ClipTokenizer
+
+    tok = manifest.tokenizer
+    if tok.get("kind") != "clip-bpe":
+        raise CdulError(f"{folder} cannot tokenise a new vocabulary without torch (its model's tokenizer is not "
+                        "CLIP BPE); export with this vocabulary: `cdul-rt export --classes ... --out DIR`")
+    verify_artifacts(folder, (tok["vocab_file"], "text.onnx"))
+    tokenizer = ClipTokenizer(folder / tok["vocab_file"], int(tok["context_length"]))
+    out = []
+    with OnnxTextRunner(SessionFromOnnx(folder / "text.onnx", providers), int(tok["context_length"])) as runner:
+        for i in range(0, len(prompts), 256):
+            out.append(runner.infer({"tokens": tokenizer(prompts[i:i + 256])})["text_embeddings"])
+    return np.concatenate(out).astype(np.float32)
+
+
+def class_embeddings(folder: Path, manifest: Manifest, vocab: Vocabulary, template: str,
+                     providers: list | None = None) -> np.ndarray:
+    """Stored embeddings of (vocab, template), else computed with ``text.onnx`` and stored for next time."""
+    from cdul_rt.export.textstore import load_text_embeddings, save_text_embeddings
+
+    weights = manifest.model["weights_hash"]
+    emb = load_text_embeddings(folder, vocab, template, manifest.embed_dim, weights)
+    if emb is not None:
+        return emb
+    emb = _encode_vocabulary(folder, manifest, vocab.prompts(template), providers or ["CPUExecutionProvider"])
+    try:
+        save_text_embeddings(folder, vocab, template, emb, weights)
+    except OSError:  # a read-only artifact folder still works; the vocabulary is just encoded again next time
+        pass
+    return emb
+
+
+def cached_folder(cfg) -> Path:
+    """The cache folder for these export options (``CDUL_RT_CACHE``/engines/<key>), exporting into it once."""
+    from cdul_rt import __version__
+    from cdul_rt.cache import cache_dir, file_sha256, json_key
+    from cdul_rt.export.manifest import SCHEMA_VERSION
+
+    config = Path(cfg.model).read_text(encoding="utf-8") if cfg.model.endswith(".json") else None
+    key = json_key({"model": cfg.model, "pretrained": cfg.pretrained, "config": config, "schema": SCHEMA_VERSION,
+                    "weights": file_sha256(cfg.weights) if cfg.weights else None, "precision": cfg.precision,
+                    "grid": cfg.grid, "mode": cfg.mode, "version": __version__})
+    folder = cache_dir("engines", key)
+    if (folder / MANIFEST).is_file():
+        try:
+            verify_artifacts(folder, ("labeler.onnx",))
+            return folder
+        except CdulError as exc:
+            print(f"cached ONNX export in {folder} is damaged ({exc}); exporting it again", file=sys.stderr)
+    print(f"no --engine-dir given: exporting {cfg.model} to ONNX ({cfg.precision}) once into {folder}; "
+          "later runs with the same model options reuse it", file=sys.stderr)
+    from cdul_rt.export.clip import ExportOptions, export_clip
+
+    export_clip(ExportOptions(out=folder, model=cfg.model, pretrained=cfg.pretrained, weights=cfg.weights,
+                              classes=cfg.classes, template=cfg.template, grid=cfg.grid, mode=cfg.mode,
+                              zeta=cfg.zeta, lam=cfg.lam, precision=cfg.precision))
+    return folder
+
+
+def open_labeler(cfg, vocab: Vocabulary) -> LabelerSession:
+    """The ``--runtime onnxruntime`` session for ``cdul-rt label`` (cfg: :class:`cdul_rt.pipeline.LabelConfig`)."""
+    from cdul_rt.engines.onnxrt.runner import OnnxLabelerRunner
+
+    require("onnxruntime", "runtime")
+    folder = Path(cfg.engine_dir) if cfg.engine_dir else cached_folder(cfg)
+    manifest = verify_artifacts(folder, ("labeler.onnx",))  # the text graph is checked only when it is needed
+    check_request(manifest, folder, cfg.model, cfg.pretrained, cfg.weights, cfg.precision, cfg.grid, cfg.mode)
+    providers = providers_for(cfg.device, cfg.extra)
+    text = class_embeddings(folder, manifest, vocab, cfg.template, providers)
+    runner = OnnxLabelerRunner(SessionFromOnnx(folder / "labeler.onnx", providers), manifest.crops_per_image,
+                               manifest.image_size, manifest.embed_dim, cfg.zeta, cfg.lam)
+    return LabelerSession(runner, text, PreprocessConfig.from_dict(manifest.preprocess), manifest.model["display"],
+                          manifest.model["weights_hash"], manifest.precision, "onnxruntime")
+
