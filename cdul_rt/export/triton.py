@@ -92,7 +92,7 @@ def _tokens(text: str) -> list[str]:
     import re
 
     text = "\n".join(line.split("#", 1)[0] for line in text.splitlines())
-    return re.findall(r'"(?:[^"\\]|\\.)*"|[{}\[\]:,]|[^\s{}\[\]:,"]+', text)
+    return re.findall(r'"(?:[^"\\]|\\.)*"|[{}\[\]:,;]|[^\s{}\[\]:,;"]+', text)
 
 
 def _scalar(tok: str):
@@ -110,6 +110,9 @@ def _scalar(tok: str):
 def _parse_message(toks: list[str], i: int, end: str | None) -> tuple[dict, int]:
     out: dict = {}
     while i < len(toks) and toks[i] != end:
+        if toks[i] in (",", ";"):  # optional field separators
+            i += 1
+            continue
         key = toks[i]
         i += 1
         if toks[i] == ":":
@@ -301,6 +304,16 @@ def _trt_plan(kind: str, model, out: Path, grid: int, opts: TritonOptions, log) 
     return build_engine(GraphSource(graph_kind, src_path, onnx_precision, grid), build_dir, cfg, log).plan
 
 
+def batching(kind: str, opts: TritonOptions, cpi: int) -> tuple[int, tuple[int, ...]]:
+    """(max_batch_size, preferred batch sizes) of a repository model, in its own batch unit: crops for the visual
+    encoder (multiples of 1+g^2), images for the serving labeler and the classifier, prompts for the text encoder."""
+    if kind == "visual":
+        return opts.max_images * cpi, preferred_sizes(cpi, opts.opt_images, opts.max_images * cpi)
+    if kind == "text":
+        return opts.max_classes, preferred_sizes(1, min(80, opts.max_classes), opts.max_classes)
+    return opts.max_images, preferred_sizes(1, opts.opt_images, opts.max_images)
+
+
 def write_triton_repository(artifact_dir: str | Path, out_dir: str | Path, opts: TritonOptions | None = None,
                             classes: str | None = None, template: str | None = None,
                             models: tuple[str, ...] = ("labeler", "visual", "text", "classifier"),
@@ -333,29 +346,24 @@ def write_triton_repository(artifact_dir: str | Path, out_dir: str | Path, opts:
                         f"--precision {opts.precision}`")
     out.mkdir(parents=True, exist_ok=True)
     class_names: list[str] = []
-    for kind, src in sources.items():
-        model = onnx.load(str(src.onnx))
-        if kind == "labeler":
-            class_names, emb = _vocabulary_embeddings(folder, manifest, classes, template)
-            zeta = manifest.labeler.get("zeta") if opts.zeta is None else opts.zeta
-            lam = manifest.labeler.get("lambda") if opts.lam is None else opts.lam
-            model = serving_labeler(model, cpi, emb, float(zeta), float(lam))
-            max_batch, preferred = opts.max_images, preferred_sizes(1, opts.opt_images, opts.max_images)
-        elif kind == "visual":
-            max_batch = opts.max_images * cpi
-            preferred = preferred_sizes(cpi, opts.opt_images, max_batch)
-        elif kind == "text":
-            max_batch, preferred = opts.max_classes, preferred_sizes(1, min(80, opts.max_classes), opts.max_classes)
-        else:
-            max_batch, preferred = opts.max_images, preferred_sizes(1, opts.opt_images, opts.max_images)
-        cfg = model_config(kind, model, opts.backend, max_batch, preferred, opts.instances, opts.kind)
-        plan = _trt_plan(kind, model, out, grid, opts, log) if opts.backend == "tensorrt" else None
-        written.append(_write_version(out, kind, cfg, model=model, plan=plan))
-        log(f"triton: {kind} -> {out / kind} ({opts.backend}, max_batch_size {max_batch}, preferred {preferred})")
+    try:
+        for kind, src in sources.items():
+            model = onnx.load(str(src.onnx))
+            if kind == "labeler":
+                class_names, emb = _vocabulary_embeddings(folder, manifest, classes, template)
+                zeta = manifest.labeler.get("zeta") if opts.zeta is None else opts.zeta
+                lam = manifest.labeler.get("lambda") if opts.lam is None else opts.lam
+                model = serving_labeler(model, cpi, emb, float(zeta), float(lam))
+            max_batch, preferred = batching(kind, opts, cpi)
+            cfg = model_config(kind, model, opts.backend, max_batch, preferred, opts.instances, opts.kind)
+            plan = _trt_plan(kind, model, out, grid, opts, log) if opts.backend == "tensorrt" else None
+            written.append(_write_version(out, kind, cfg, model=model, plan=plan))
+            log(f"triton: {kind} -> {out / kind} ({opts.backend}, max_batch_size {max_batch}, preferred {preferred})")
+    finally:
+        shutil.rmtree(out / ".build", ignore_errors=True)
     info = {"model": manifest.model.get("display"), "preprocess": manifest.preprocess, "grid": grid,
             "crops_per_image": cpi, "classes": class_names, "precision": opts.precision, "backend": opts.backend,
             "models": sorted(sources)}
     (out / "cdul_rt.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
-    shutil.rmtree(out / ".build", ignore_errors=True)
     log(f"next: tritonserver --model-repository {out.resolve()}")
     return written

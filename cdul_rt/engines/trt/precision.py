@@ -83,7 +83,8 @@ def check_fp16(engine_info: str | dict | None, engine_bytes: int, fp32_weight_by
     if fp32_weight_bytes <= 0:
         return PrecisionCheck(False, "size", "no layer information and no weight size to compare with")
     ratio = engine_bytes / fp32_weight_bytes
-    detail = f"engine {engine_bytes / 2**20:.1f} MiB = {ratio:.2f} x the fp32 weights ({fp32_weight_bytes / 2**20:.1f} MiB)"
+    detail = (f"engine {engine_bytes / 2**20:.1f} MiB = {ratio:.2f} x the fp32 weights "
+              f"({fp32_weight_bytes / 2**20:.1f} MiB)")
     return PrecisionCheck(ratio <= MAX_FP16_SIZE_RATIO, "size", detail)
 
 
