@@ -118,3 +118,17 @@ def test_no_alignment_keeps_labels(world, tmp_path):
     assert [r.get("phase") for r in rows[1:]] == ["fixed-labels", "fixed-labels"]
     np.testing.assert_allclose(read_label_file(out / "refined_labels.jsonl").scores,
                                read_label_file(labels).scores, atol=2e-6)
+
+
+def test_bf16_run_and_random_init_warning(world, tmp_path):
+    images, labels, _ = world
+    old = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "empty-hub"))  # no cached ImageNet weights
+    try:
+        result = _train(images, labels, tmp_path / "bf16", "--epochs", "1", "--precision", "bf16",
+                        "--weights", "auto")
+    finally:
+        torch.hub.set_dir(old)
+    assert "warning: no ImageNet weights for resnet18" in result.output
+    row = json.loads((tmp_path / "bf16" / "metrics.jsonl").read_text().splitlines()[1])
+    assert np.isfinite(row["loss"]) and row["loss"] > 0

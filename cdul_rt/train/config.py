@@ -15,7 +15,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # Fields that may change between a run and its --resume: they do not change the numbers the run computes
 # (epochs only moves the end point; the schedule of epoch k does not depend on the total; the initial weights are
 # overwritten by the checkpoint, so the --weights file need not exist any more).
-RESUMABLE_FIELDS = frozenset({"epochs", "workers", "threads", "progress", "weights"})
+# device: a run may move between machines; bit-equality with an uninterrupted run holds on the same device.
+RESUMABLE_FIELDS = frozenset({"epochs", "workers", "threads", "progress", "weights", "device"})
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,9 @@ class TrainConfig:
         weights: "imagenet-cache", a file path, or "none" (random init); resolved before the run starts.
         labels_sha256: hash of the pseudo-label file, so --resume refuses a different one.
         classes: the class names, in label-file order.
+        precision: "bf16" runs forward/backward under bf16 autocast (about 2-3x faster on CPUs with AMX and on
+            GPUs); the loss, the latent logits and the optimizer state stay fp32.
+        device: "cpu", "cuda" or "cuda:N" for the network (the latent logits stay on the CPU).
         workers, threads, progress: execution only; they do not change results.
     """
 
@@ -71,6 +76,8 @@ class TrainConfig:
     classes: tuple[str, ...] = ()
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    precision: str = "fp32"
+    device: str = "cpu"
     workers: int = 0
     threads: int = 0
     progress: bool = True
@@ -79,6 +86,7 @@ class TrainConfig:
         checks = [
             (self.arch in ARCHS, f"unknown --arch {self.arch!r}; choose one of {', '.join(ARCHS)}"),
             (self.loss in LOSSES, f"unknown --loss {self.loss!r}; choose one of {', '.join(LOSSES)}"),
+            (self.precision in PRECISIONS, f"unknown --precision {self.precision!r}; choose fp32 or bf16"),
             (self.image_size >= 16, "--image-size must be at least 16"),
             (self.epochs >= 1, "--epochs must be at least 1"),
             (self.batch_size >= 1, "--batch-size must be at least 1"),

@@ -30,12 +30,13 @@ def predict_probs(
 
     dataset = ImageFolderDataset(files, image_size, mean, std)
     loader = make_loader(dataset, range(len(dataset)), batch_size, workers)
+    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     out = []
     with torch.inference_mode():
         for images, _ in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
-            out.append(torch.sigmoid(model(images)).float().numpy())
+            out.append(torch.sigmoid(model(images.to(device)).float()).cpu().numpy())
     model.train(was_training)
     if not out:
         return np.zeros((0, 0), np.float32)

@@ -70,13 +70,17 @@ def build_classifier(arch: str, num_classes: int, weights: str = "none") -> "tor
     if weights != "none":
         state = _load_state_dict(Path(weights))
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.startswith("fc.")]
-        if missing or unexpected:
+        own = {k: v.shape for k, v in model.state_dict().items() if not k.startswith("fc.")}
+        missing = [k for k in own if k not in state]
+        unexpected = [k for k in state if k not in own]
+        reshaped = [k for k in own if k in state and state[k].shape != own[k]]
+        if missing or unexpected or reshaped:
             raise CdulError(
-                f"{weights} does not fit torchvision {arch}: {len(missing)} missing keys (e.g. {missing[:3]}), "
-                f"{len(unexpected)} unexpected (e.g. {unexpected[:3]}); pass the matching --arch"
+                f"{weights} does not fit torchvision {arch}: {len(missing)} missing keys (e.g. {missing[:2]}), "
+                f"{len(unexpected)} unexpected (e.g. {unexpected[:2]}), {len(reshaped)} of another shape; "
+                "pass the matching --arch"
             )
+        model.load_state_dict(state, strict=False)
     model.fc = torch.nn.Linear(model.fc.in_features, num_classes)
     return model
 

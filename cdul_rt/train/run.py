@@ -108,9 +108,13 @@ def _write_refined(state: RunState, paths: list[str], classes: list[str], out: P
         sidecar.replace(out.with_name(out.name + ".meta.json"))
 
 
+def _cpu_state(model: Any) -> dict:
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
 def _checkpoint(state: RunState, run_dir: Path, config: TrainConfig) -> None:
     ckpt.save_checkpoint(run_dir, {
-        "model": state.model.state_dict(),
+        "model": _cpu_state(state.model),
         "optimizer": state.optimizer.state_dict(),
         "ytilde": state.ytilde.clone(),
         "epoch": state.epoch,
@@ -178,6 +182,6 @@ def run_training(config: TrainConfig, inputs: TrainInputs, table: Any, resume: b
         log(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
     ckpt.write_metrics(run_dir, state.history)
     plot_curves(state.history, run_dir / "curves.png")
-    model_path = ckpt.save_model(run_dir, state.model.state_dict(), _model_meta(config, state.epoch))
+    model_path = ckpt.save_model(run_dir, _cpu_state(state.model), _model_meta(config, state.epoch))
     return {"run_dir": str(run_dir), "model": str(model_path), "refined_labels": str(refined),
             "epochs": state.epoch, "history": state.history}

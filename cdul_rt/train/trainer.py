@@ -68,9 +68,19 @@ def new_state(config: TrainConfig, scores: np.ndarray, load_weights: bool = True
 
     torch.manual_seed(config.seed)
     model = build_classifier(config.arch, len(config.classes), config.weights if load_weights else "none")
+    model = model.to(_device(config.device))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     ytilde = latent_from_labels(torch.from_numpy(initial_pseudo_labels(scores, config)))
     return RunState(model, optimizer, ytilde)
+
+
+def _device(name: str):
+    import torch
+
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CdulError(f"--device {name}: CUDA is not available here; use --device cpu")
+    return device
 
 
 def resume_config(saved: dict[str, Any], current: TrainConfig) -> TrainConfig:
@@ -107,6 +117,7 @@ def train_epoch(state: RunState, dataset: ImageFolderDataset, config: TrainConfi
     loader = make_loader(dataset, order, config.batch_size, config.workers)
     loss_fn = bernoulli_kl if config.loss == "bernoulli" else categorical_kl
     aligning = config.aligns_at(epoch)
+    device = torch.device(config.device)
     state.model.train()
     total, count, moved = 0.0, 0, 0.0
     bar = tqdm(loader, desc=f"epoch {epoch}/{config.epochs}", unit="batch", disable=not config.progress, leave=False)
@@ -115,7 +126,9 @@ def train_epoch(state: RunState, dataset: ImageFolderDataset, config: TrainConfi
             flip = torch.rand(images.shape[0], generator=generator) < 0.5
             images = torch.where(flip[:, None, None, None], images.flip(-1), images)
         y_u = torch.sigmoid(state.ytilde[index])
-        logits = state.model(images)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
+            logits = state.model(images.to(device, non_blocking=True))
+        logits = logits.float().cpu() if device.type != "cpu" else logits.float()
         loss = loss_fn(y_u, logits)
         state.optimizer.zero_grad(set_to_none=True)
         loss.backward()
