@@ -175,6 +175,21 @@ def build_engine(src: GraphSource, out_dir: Path, cfg: TrtBuildConfig,
     return BuiltEngine(src.kind, path, True, reason, check)
 
 
+def available_precisions(artifact_dirs: list[Path], classifier_dir: Path | None = None) -> set[str]:
+    """Precisions of the ONNX graphs in the artifact folders (and a classifier export), from their manifests."""
+    from cdul_rt.export.manifest import read_manifest
+
+    found: set[str] = set()
+    for folder in artifact_dirs:
+        if (folder / "manifest.json").is_file():
+            found |= {e.get("precision") for rel, e in read_manifest(folder).files.items() if rel.endswith(".onnx")}
+        if (folder / CLASSIFIER_MANIFEST).is_file() and classifier_dir is None:
+            found |= set(json.loads((folder / CLASSIFIER_MANIFEST).read_text(encoding="utf-8")).get("files", {}))
+    if classifier_dir is not None and (classifier_dir / CLASSIFIER_MANIFEST).is_file():
+        found |= set(json.loads((classifier_dir / CLASSIFIER_MANIFEST).read_text(encoding="utf-8")).get("files", {}))
+    return found - {None}
+
+
 def plan_sources(artifact_dirs: list[Path], kinds: tuple[str, ...], precision: str, typing: str | None,
                  classifier_dir: Path | None = None) -> list[GraphSource]:
     """Which ONNX graphs the build will compile (pure: reads manifests only)."""
@@ -202,14 +217,17 @@ def build_engines(artifact_dir: str | Path, out_dir: str | Path | None = None,
 
     The CLI hook: ``cdul-rt export ... --engine tensorrt`` calls this with the folder it just exported.
     """
-    from cdul_rt.engines.trt.builder import choose_typing, import_tensorrt, trt_major
+    from cdul_rt.engines.trt.builder import import_tensorrt, resolve_typing, trt_major
 
     cfg = cfg or TrtBuildConfig()
     trt = import_tensorrt()
-    typing = choose_typing(trt_major(trt.__version__), cfg.precision, cfg.typing)
     folders = [Path(artifact_dir), *map(Path, extra_dirs)]
-    sources = plan_sources(folders, kinds, cfg.precision, typing, Path(classifier_dir) if classifier_dir else None)
+    cls_dir = Path(classifier_dir) if classifier_dir else None
+    typing = resolve_typing(trt_major(trt.__version__), cfg.precision, cfg.typing,
+                            available_precisions(folders, cls_dir))
+    sources = plan_sources(folders, kinds, cfg.precision, typing, cls_dir)
     out = Path(out_dir) if out_dir else Path(artifact_dir) / ENGINE_FOLDER
+    cfg = TrtBuildConfig(**{**cfg.__dict__, "typing": typing})
     built = [build_engine(src, out, cfg, log) for src in sources]
     log(f"next: cdul-rt label IMAGES --runtime tensorrt --engine-dir {artifact_dir} --device cuda:{cfg.device}")
     return built

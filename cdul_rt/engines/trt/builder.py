@@ -60,6 +60,15 @@ def choose_typing(major: int, precision: str, requested: str | None) -> str | No
     return requested
 
 
+def resolve_typing(major: int, precision: str, requested: str | None, have: set[str]) -> str | None:
+    """:func:`choose_typing`, except that TensorRT 10 compiles an fp16 build strongly typed when only the fp16
+    graphs were exported (``have``: precisions of the ONNX graphs at hand), rather than asking for an fp32 export."""
+    typing = choose_typing(major, precision, requested)
+    if requested is None and typing == "flag" and "fp32" not in have and "fp16" in have:
+        return "strong"
+    return typing
+
+
 @dataclass(frozen=True)
 class BuildOptions:
     precision: str = "fp16"

@@ -204,7 +204,7 @@ class TrtLabelerRunner(LabelerRunnerMixin, TrtRunner):
 
     def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         full = dict(feed)
-        for name, value in (("zeta", self.zeta), ("lam", self.lam)):
+        for name, value in (("zeta", self.zeta), ("lambda", self.lam)):  # graph inputs where the mode uses them
             if name in self.inputs:
                 full[name] = np.array([value], dtype=np.float32)
         out = TrtRunner._infer(self, full)
