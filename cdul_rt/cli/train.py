@@ -53,6 +53,8 @@ _D = TrainConfig()  # defaults shown in --help come from the one config record
 @click.option("--val-images", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Held-out images, evaluated each epoch (with --val-gt).")
 @click.option("--val-gt", type=click.Path(exists=True, path_type=Path), default=None)
+@click.option("--eval-every", type=int, default=1, show_default=True,
+              help="With --gt / --val-*: evaluate predictions every N epochs and at the last (one inference pass).")
 @click.option("--labels-out", default="", help="File name of the refined labels in the run folder "
                                                "(default: refined_labels + the input's suffix).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
@@ -81,7 +83,8 @@ def command(images: Path, labels: Path, run_dir: Path, **opts) -> None:
         hard_labels=opts["hard_labels"], hard_threshold=opts["hard_threshold"], alignment=not opts["no_alignment"],
         hflip=opts["hflip"], seed=opts["seed"], weights=weights, labels_sha256=file_sha256(labels),
         classes=tuple(table.classes), precision=opts["precision"], device=opts["device"],
-        workers=opts["workers"], threads=opts["threads"], progress=not opts["quiet"],
+        eval_every=opts["eval_every"], workers=opts["workers"], threads=opts["threads"],
+        progress=not opts["quiet"],
     )
     inputs = TrainInputs(images=images, labels=labels, run_dir=run_dir, gt=opts["gt"],
                          val_images=opts["val_images"], val_gt=opts["val_gt"], labels_out=opts["labels_out"])

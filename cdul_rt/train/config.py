@@ -16,7 +16,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # (epochs only moves the end point; the schedule of epoch k does not depend on the total; the initial weights are
 # overwritten by the checkpoint, so the --weights file need not exist any more).
 # device: a run may move between machines; bit-equality with an uninterrupted run holds on the same device.
-RESUMABLE_FIELDS = frozenset({"epochs", "workers", "threads", "progress", "weights", "device"})
+RESUMABLE_FIELDS = frozenset({"epochs", "workers", "threads", "progress", "weights", "device", "eval_every"})
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -51,6 +51,8 @@ class TrainConfig:
         precision: "bf16" runs forward/backward under bf16 autocast (about 2-3x faster on CPUs with AMX and on
             GPUs); the loss, the latent logits and the optimizer state stay fp32.
         device: "cpu", "cuda" or "cuda:N" for the network (the latent logits stay on the CPU).
+        eval_every: with ground truth, evaluate the predictions every N epochs (and at the last); each evaluation
+            is one inference pass over the images. The pseudo-label mAP is computed every epoch (it is free).
         workers, threads, progress: execution only; they do not change results.
     """
 
@@ -78,6 +80,7 @@ class TrainConfig:
     std: tuple[float, float, float] = IMAGENET_STD
     precision: str = "fp32"
     device: str = "cpu"
+    eval_every: int = 1
     workers: int = 0
     threads: int = 0
     progress: bool = True
@@ -87,6 +90,7 @@ class TrainConfig:
             (self.arch in ARCHS, f"unknown --arch {self.arch!r}; choose one of {', '.join(ARCHS)}"),
             (self.loss in LOSSES, f"unknown --loss {self.loss!r}; choose one of {', '.join(LOSSES)}"),
             (self.precision in PRECISIONS, f"unknown --precision {self.precision!r}; choose fp32 or bf16"),
+            (self.eval_every >= 1, "--eval-every must be at least 1"),
             (self.image_size >= 16, "--image-size must be at least 16"),
             (self.epochs >= 1, "--epochs must be at least 1"),
             (self.batch_size >= 1, "--batch-size must be at least 1"),

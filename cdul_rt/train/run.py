@@ -172,7 +172,8 @@ def run_training(config: TrainConfig, inputs: TrainInputs, table: Any, resume: b
         row: dict[str, Any] = {"epoch": epoch, "phase": _phase(config, epoch)}
         row.update(train_epoch(state, dataset, config, epoch))
         row.update(evaluator.pseudo(torch.sigmoid(state.ytilde).numpy()))
-        row.update(evaluator.predictions(state.model))
+        if epoch % config.eval_every == 0 or epoch == config.epochs:
+            row.update(evaluator.predictions(state.model))
         row["seconds"] = round(time.perf_counter() - started, 3)
         state.epoch = epoch
         state.history.append(row)
