@@ -167,8 +167,12 @@ def _convert(fp32: dict[str, Path], out: Path, precision: str) -> dict[str, str]
     return done
 
 
-def export_clip(opts: ExportOptions, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> Manifest:
-    """Export everything into ``opts.out`` and write the manifest last (its absence marks an unfinished export)."""
+def export_clip(opts: ExportOptions, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
+                bundle=None) -> Manifest:
+    """Export everything into ``opts.out`` and write the manifest last (its absence marks an unfinished export).
+
+    ``bundle``: the already loaded CLIP for these options (``--verify`` loads it once for both steps).
+    """
     opts.validate()
     require("onnx", "onnx")
     require("onnxruntime", "onnx")
@@ -179,7 +183,7 @@ def export_clip(opts: ExportOptions, log: Callable[[str], None] = lambda m: prin
     from cdul_rt.textcache import encode_text_torch
 
     vocab = load_vocabulary(opts.classes)
-    bundle = load_clip(resolve_model(opts.model, opts.pretrained, opts.weights))
+    bundle = bundle or load_clip(resolve_model(opts.model, opts.pretrained, opts.weights))
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)

@@ -32,6 +32,53 @@ def _tail_nodes(model) -> list[str]:
             if not n.name.startswith(ENCODER_PREFIXES) and n.op_type not in ("Identity", "Constant")]
 
 
+def _elem_types(model) -> dict[str, int]:
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(model)
+    values = [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
+    return {v.name: v.type.tensor_type.elem_type for v in values}
+
+
+def fold_cast_round_trips(model) -> int:
+    """Remove fp32 -> fp16 -> fp32 Cast pairs; returns how many consumers were rewired.
+
+    The converter casts the output of every blocked node to fp16 and back to fp32 for the next blocked node, so a
+    chain of fp32 nodes still rounds its values to fp16 at every edge (the token ids before the text graph's ArgMax
+    among them: 49406 and 49407 both become 49408, and the end-of-text position is lost). Feeding the fp32 value
+    straight to the consumers restores what the block list promised.
+    """
+    import onnx
+
+    FLOAT, FLOAT16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
+    types = _elem_types(model)
+    producer = {out: n for n in model.graph.node for out in n.output}
+    outputs = {o.name for o in model.graph.output}
+
+    def cast_to(node) -> int | None:
+        return next((a.i for a in node.attribute if a.name == "to"), None) if node.op_type == "Cast" else None
+
+    rename: dict[str, str] = {}
+    for node in model.graph.node:
+        first = producer.get(node.input[0]) if node.input else None
+        if (cast_to(node) == FLOAT and first is not None and cast_to(first) == FLOAT16
+                and types.get(first.input[0]) == FLOAT and node.output[0] not in outputs):
+            rename[node.output[0]] = first.input[0]
+    count = 0
+    for node in model.graph.node:
+        for i, name in enumerate(node.input):
+            if name in rename:
+                node.input[i] = rename[name]
+                count += 1
+    used = {i for n in model.graph.node for i in n.input} | outputs
+    for _ in range(2):  # drop the now unused second casts, then first casts nobody reads any more
+        dead = [n for n in model.graph.node if n.op_type == "Cast" and not any(o in used for o in n.output)]
+        for n in dead:
+            model.graph.node.remove(n)
+        used = {i for n in model.graph.node for i in n.input} | outputs
+    return count
+
+
 def convert_fp16(src: Path, dst: Path) -> None:
     """Write an fp16 copy of ``src``: fp16 weights and activations, the fp32 islands listed above, fp32 I/O."""
     onnx = require("onnx", "onnx")
@@ -42,6 +89,7 @@ def convert_fp16(src: Path, dst: Path) -> None:
     converted = float16.convert_float_to_float16(
         model, keep_io_types=True, op_block_list=float16.DEFAULT_OP_BLOCK_LIST + FP32_OPS,
         node_block_list=_tail_nodes(model))
+    fold_cast_round_trips(converted)
     count = sum(1 for init in converted.graph.initializer if init.data_type == onnx.TensorProto.FLOAT16)
     if count == 0:
         raise CdulError(f"fp16 conversion of {src.name} left no fp16 weights; this graph cannot be made fp16")

@@ -53,10 +53,14 @@ def providers_for(device: str, extra: dict | None = None) -> list:
 class SessionFromOnnx:
     """Lazy loader: ``SessionFromOnnx(path, providers)()`` builds the ``InferenceSession`` (Polygraphy style)."""
 
-    def __init__(self, path: str | Path, providers: list | None = None, threads: int | None = None) -> None:
+    def __init__(self, path: str | Path, providers: list | None = None, threads: int | None = None,
+                 precision: str = "fp32") -> None:
         self.path = Path(path)
         self.providers = providers or ["CPUExecutionProvider"]
         self.threads = threads or cpu_threads()
+        # Measured with onnxruntime 1.32 on CPU: the NCHWc layout transformer segfaults on our fp16 graphs (the
+        # fp16 patch-embedding Conv); without it the graph runs and nothing else changes (one Conv per ViT).
+        self.disabled_optimizers = ["NchwcTransformer"] if precision == "fp16" else []
 
     def __call__(self):
         ort = require("onnxruntime", "runtime")
@@ -65,7 +69,8 @@ class SessionFromOnnx:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3  # ORT's warnings about unused initializers etc. are not the user's problem
         try:
-            return ort.InferenceSession(str(self.path), sess_options=opts, providers=self.providers)
+            return ort.InferenceSession(str(self.path), sess_options=opts, providers=self.providers,
+                                        disabled_optimizers=self.disabled_optimizers or None)
         except Exception as exc:  # noqa: BLE001 - a damaged or foreign graph: say which file and what to do
             raise CdulError(f"onnxruntime cannot load {self.path}: {type(exc).__name__}: {str(exc)[:300]}; "
                             "re-export the folder with `cdul-rt export`") from exc
@@ -112,7 +117,8 @@ def _encode_vocabulary(folder: Path, manifest: Manifest, prompts: list[str], pro
     verify_artifacts(folder, (tok["vocab_file"], "text.onnx"))
     tokenizer = ClipTokenizer(folder / tok["vocab_file"], int(tok["context_length"]))
     out = []
-    with OnnxTextRunner(SessionFromOnnx(folder / "text.onnx", providers), int(tok["context_length"])) as runner:
+    session = SessionFromOnnx(folder / "text.onnx", providers, precision=manifest.files["text.onnx"]["precision"])
+    with OnnxTextRunner(session, int(tok["context_length"])) as runner:
         for i in range(0, len(prompts), 256):
             out.append(runner.infer({"tokens": tokenizer(prompts[i:i + 256])})["text_embeddings"])
     return np.concatenate(out).astype(np.float32)
@@ -172,7 +178,8 @@ def open_labeler(cfg, vocab: Vocabulary) -> LabelerSession:
     check_request(manifest, folder, cfg.model, cfg.pretrained, cfg.weights, cfg.precision, cfg.grid, cfg.mode)
     providers = providers_for(cfg.device, cfg.extra)
     text = class_embeddings(folder, manifest, vocab, cfg.template, providers)
-    runner = OnnxLabelerRunner(SessionFromOnnx(folder / "labeler.onnx", providers), manifest.crops_per_image,
+    session = SessionFromOnnx(folder / "labeler.onnx", providers, precision=manifest.precision)
+    runner = OnnxLabelerRunner(session, manifest.crops_per_image,
                                manifest.image_size, manifest.embed_dim, cfg.zeta, cfg.lam)
     return LabelerSession(runner, text, PreprocessConfig.from_dict(manifest.preprocess), manifest.model["display"],
                           manifest.model["weights_hash"], manifest.precision, "onnxruntime")

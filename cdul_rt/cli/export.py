@@ -1,0 +1,107 @@
+"""``cdul-rt export``: CLIP -> ONNX artifact folder (visual, text, fused labeler, manifest), optionally verified,
+compiled to TensorRT or laid out as a Triton repository; or a trained classifier (``--classifier RUN``)."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import click
+
+from cdul_rt.cli.options import model_options, vocab_options
+from cdul_rt.labeling import DEFAULT_LAMBDA, DEFAULT_ZETA, MODES
+from cdul_rt.vocab import DEFAULT_TEMPLATE
+
+
+def default_out(model: str, pretrained: str | None, precision: str, grid: int, mode: str) -> Path:
+    name = Path(model).stem if model.endswith(".json") else model
+    tag = f".{pretrained}" if pretrained else ""
+    extra = "" if (grid, mode) == (3, "cdul") else f"-g{grid}-{mode}"
+    return Path("engines") / f"{name}{tag}-{precision}{extra}"
+
+
+def label_command(out: Path, opts: dict) -> str:
+    """The ``cdul-rt label`` line that uses this folder (only the options the folder is tied to)."""
+    args = ["cdul-rt", "label", "IMAGES", "--runtime", "onnxruntime", "--engine-dir", str(out),
+            "--model", opts["model"]]
+    if opts["pretrained"]:
+        args += ["--pretrained", opts["pretrained"]]
+    if opts["weights"]:
+        args += ["--weights", opts["weights"]]
+    args += ["--classes", opts["classes"]]
+    for flag, key, default in (("--precision", "precision", "fp32"), ("--grid", "grid", 3),
+                               ("--mode", "mode", "cdul"), ("--template", "template", DEFAULT_TEMPLATE)):
+        if opts[key] != default:
+            args += [flag, str(opts[key])]
+    return " ".join(shlex.quote(a) if a != "IMAGES" else a for a in args)
+
+
+def _verify(out: Path, bundle, images: tuple[Path, ...]) -> None:
+    from cdul_rt.errors import CdulError
+    from cdul_rt.export.verify import failures, format_table, load_images, verify_folder
+
+    rows = verify_folder(out, bundle, load_images(list(images)) if images else None)
+    source = f"{len(images)} image path(s)" if images else "generated sample images"
+    click.echo(format_table(rows, f"parity vs torch fp32 ({source}):"))
+    bad = failures(rows)
+    if bad:
+        raise CdulError("parity check failed: " + "; ".join(f"{r.graph} {r.metric} = {r.value:.3g} (limit "
+                                                            f"{r.limit})" for r in bad))
+
+
+@click.command("export")
+@model_options
+@vocab_options
+@click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Artifact folder. Default: engines/<model>-<precision>.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
+              help="fp16: fp16 weights, LayerNorm/softmax/reductions fp32, fp32 I/O. int8: dynamic quantisation (CPU).")
+@click.option("--grid", "-g", default=3, show_default=True, help="Snippet grid size g baked into the labeler graph.")
+@click.option("--mode", type=click.Choice(MODES), default="cdul", show_default=True, help="Aggregation mode.")
+@click.option("--zeta", default=DEFAULT_ZETA, show_default=True, type=float, help="Default zeta (a graph input).")
+@click.option("--lam", default=DEFAULT_LAMBDA, show_default=True, type=float, help="Default lambda (a graph input).")
+@click.option("--opset", default=17, show_default=True, help="ONNX opset (>= 17).")
+@click.option("--verify", is_flag=True, help="Print a parity table against the torch fp32 reference; fail if off.")
+@click.option("--verify-images", type=click.Path(exists=True, path_type=Path), multiple=True,
+              help="Images (files or folders) for --verify; default: generated sample images.")
+@click.option("--engine", type=click.Choice(["onnx", "tensorrt"]), default="onnx", show_default=True,
+              help="tensorrt: also build TensorRT engines from the exported graphs (needs TensorRT and a GPU).")
+@click.option("--triton", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Also write a Triton Inference Server model repository to this folder.")
+@click.option("--classifier", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Export a trained classifier run folder instead of CLIP.")
+def command(out: Path | None, verify: bool, verify_images: tuple[Path, ...], engine: str, triton: Path | None,
+            classifier: Path | None, **opts) -> None:
+    """Export CLIP (visual, text and fused labeler graphs) to an ONNX artifact folder.
+
+    A new vocabulary later needs no re-export: `label` encodes it with text.onnx (or reads the embeddings stored
+    for the --classes given here).
+    """
+    if classifier is not None:
+        from cdul_rt.export.classifier import export_classifier
+
+        out = out or Path("engines") / f"classifier-{classifier.name}"
+        precisions = ("fp32", "fp16") if opts["precision"] == "fp32" else (opts["precision"],)
+        export_classifier(classifier, out, precisions, opset=opts["opset"], check=verify,
+                          images=list(verify_images) or None)
+        click.echo(f"exported the classifier of {classifier} to {out}")
+        return
+    from cdul_rt.export.clip import ExportOptions, export_clip
+    from cdul_rt.models import load_clip
+    from cdul_rt.presets import resolve_model
+
+    out = out or default_out(opts["model"], opts["pretrained"], opts["precision"], opts["grid"], opts["mode"])
+    bundle = load_clip(resolve_model(opts["model"], opts["pretrained"], opts["weights"]))
+    export_clip(ExportOptions(out=out, **opts), log=lambda m: click.echo(m, err=True), bundle=bundle)
+    if verify:
+        _verify(out, bundle, verify_images)
+    if engine == "tensorrt":
+        from cdul_rt.export.tensorrt import build_engines
+
+        build_engines(out, log=click.echo)
+    if triton is not None:
+        from cdul_rt.export.triton import write_triton_repository
+
+        write_triton_repository(out, triton, classes=opts["classes"], template=opts["template"], log=click.echo)
+    click.echo(f"artifacts in {out}; label with:\n  {label_command(out, opts)}")
+
