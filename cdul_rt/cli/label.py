@@ -35,8 +35,11 @@ def _default_workers() -> int:
 @click.option("--batch-size", "-b", default=8, show_default=True, help="Images per encoder call (x(1+g^2) crops).")
 @click.option("--workers", "-j", default=_default_workers(), show_default=True,
               help="Decode worker processes (0 = decode in the main process).")
-@click.option("--runtime", default="torch", show_default=True, help="torch, onnxruntime or tensorrt.")
-@click.option("--precision", default="fp32", show_default=True, help="fp32, bf16 (torch, CPU with AMX), fp16, int8.")
+@click.option("--runtime", default="torch", show_default=True,
+              help="torch, onnxruntime, tensorrt, or auto (the fastest that passes parity on this machine).")
+@click.option("--precision", default=None,
+              help="fp32, bf16 (torch, CPU with AMX/AVX512-BF16), fp16, int8. Default: fp32; with --runtime auto, "
+                   "chosen (give one to restrict auto to it).")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
 @click.option("--engine-dir", type=click.Path(file_okay=False), default=None,
               help="Exported artifact folder for --runtime onnxruntime/tensorrt.")
@@ -53,6 +56,7 @@ def command(images: Path, out: Path | None, quiet: bool, **opts) -> None:
     from cdul_rt.pipeline import LabelConfig, label_folder
 
     out = out or images.with_name(images.name.rstrip("/") + ".labels.jsonl")
+    opts["precision"] = opts["precision"] or ("auto" if opts["runtime"] == "auto" else "fp32")
     cfg = LabelConfig(input=images, out=out, progress=not quiet, **opts)
     summary = label_folder(cfg)
     click.echo(f"labeled {summary.labeled} images in {summary.seconds:.1f}s ({summary.images_per_second:.2f} img/s)"

@@ -1,0 +1,83 @@
+"""Bench rows, the derived ratios, and their table / JSON forms (pure, torch-free)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from cdul_rt.bench.roofline import roofline_fraction, roofline_precision, speedup
+from cdul_rt.bench.stats import Throughput
+
+SCOPES = {"e2e": "end-to-end", "encode": "encoder"}
+
+
+@dataclass
+class Row:
+    """One runtime/precision in one scope; ``status`` is ``ok`` or why it was not measured."""
+
+    runtime: str
+    precision: str
+    scope: str  # "e2e" (label_folder: decode .. write) or "encode" (runner.infer on ready crops)
+    device: str = "cpu"
+    status: str = "ok"
+    parity: float | None = None  # max |S_final - S_final(fp32 torch)| over the measured images
+    parity_ok: bool | None = None
+    images_per_s: float | None = None
+    ms_per_image: float | None = None
+    spread: float | None = None  # (max - min) / median of the repeated runs
+    runs: int = 0
+    speedup: float | None = None  # over the naive open_clip loop
+    roofline: float | None = None  # fraction of the matmul roofline of this precision
+    note: str = ""
+    samples: list[float] = field(default_factory=list)
+
+    def measured(self, t: Throughput) -> "Row":
+        self.images_per_s, self.ms_per_image, self.spread = t.median, t.ms_per_image, t.spread
+        self.samples, self.runs = [round(s, 4) for s in t.samples], len(t.samples)
+        return self
+
+
+def derive(rows: list[Row], matmul_flops: dict[str, float], flops_per_image: float, tol: float) -> None:
+    """Fill speed-up over the naive row, roofline fraction and parity verdict in place."""
+    naive = next((r for r in rows if r.runtime == "naive" and r.images_per_s), None)
+    for r in rows:
+        if r.images_per_s is None:
+            continue
+        if naive is not None:
+            r.speedup = speedup(r.images_per_s, naive.images_per_s)
+        flops = matmul_flops.get(roofline_precision(r.precision.split("/")[-1]))
+        if flops:
+            r.roofline = roofline_fraction(r.images_per_s, flops, flops_per_image)
+        if r.parity is not None:
+            r.parity_ok = r.parity <= tol
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+HEADER = ("runtime", "precision", "scope", "status", "parity", "ms/img", "img/s", "spread", "x naive", "roofline")
+
+
+def table_rows(rows: list[Row]) -> list[tuple[str, ...]]:
+    out = []
+    for r in rows:
+        parity = "-" if r.parity is None else f"{r.parity:.1e}" + ("" if r.parity_ok is not False else " FAIL")
+        out.append((r.runtime, r.precision, SCOPES.get(r.scope, r.scope), r.status, parity,
+                    _fmt(r.ms_per_image, ".0f"), _fmt(r.images_per_s, ".2f"),
+                    "-" if r.spread is None else f"{100 * r.spread:.0f}%", _fmt(r.speedup, ".2f"),
+                    "-" if r.roofline is None else f"{100 * r.roofline:.0f}%"))
+    return out
+
+
+def format_table(rows: list[Row], markdown: bool = False) -> str:
+    body = [HEADER, *table_rows(rows)]
+    if markdown:
+        lines = ["| " + " | ".join(r) + " |" for r in body]
+        lines.insert(1, "|" + "---|" * len(HEADER))
+        return "\n".join(lines)
+    widths = [max(len(r[i]) for r in body) for i in range(len(HEADER))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in body)
+
+
+def rows_json(rows: list[Row]) -> list[dict]:
+    return [asdict(r) for r in rows]

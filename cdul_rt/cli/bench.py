@@ -1,0 +1,83 @@
+"""``cdul-rt bench``: throughput of every runtime and precision here, against the naive loop and the roofline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from cdul_rt.presets import DEFAULT_MODEL
+
+
+def _print_summary(result) -> None:
+    from cdul_rt.bench.report import format_table
+
+    m = result.machine
+    click.echo(f"\n{result.model}: {result.flops_per_crop / 1e9:.2f} GFLOP per crop, {result.crops_per_image} "
+               f"crops per image; matmul roofline "
+               + ", ".join(f"{p} {f / 1e9:.0f} GFLOP/s" for p, f in result.matmul_flops.items())
+               + f"\n{m['cpu']} ({m['cores']} cores, torch threads {m['torch_threads']}, bf16 {m['bf16']}, "
+               f"AMX {m['amx']}); load average {m['load_avg'][0]:.2f} -> {m['load_avg_after'][0]:.2f}\n")
+    click.echo(format_table(result.rows))
+
+
+@click.command("bench")
+@click.option("--model", "-m", default=DEFAULT_MODEL, show_default=True, help="open_clip architecture or config JSON.")
+@click.option("--pretrained", default="none", show_default=True,
+              help="Weights tag; 'none' = random weights (speed does not depend on the weights).")
+@click.option("--weights", type=click.Path(dir_okay=False), default=None, help="Local CLIP checkpoint file.")
+@click.option("--images", "-n", default=16, show_default=True, help="Generated JPEGs labeled per end-to-end run.")
+@click.option("--image-size", default="640x480", show_default=True, help="WIDTHxHEIGHT of the generated JPEGs.")
+@click.option("--batch-size", "-b", default=8, show_default=True, help="Images per encoder call.")
+@click.option("--workers", "-j", default=2, show_default=True, help="Decode worker processes.")
+@click.option("--repeats", "-r", default=3, show_default=True, help="Timed runs per row (after a warm-up).")
+@click.option("--naive-images", default=3, show_default=True, help="Images timed in the naive loop (0: skip it).")
+@click.option("--classes", "-c", default="coco", show_default=True, help="Vocabulary.")
+@click.option("--only", multiple=True, help="Measure only runtime/precision starting with this (repeatable), "
+              "e.g. --only torch/bf16; the fp32 reference always runs.")
+@click.option("--no-auto", is_flag=True, help="Skip the --runtime auto row.")
+@click.option("--engine-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Exported artifacts for the onnxruntime / tensorrt rows.")
+@click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-work"),
+              show_default=True, help="Where generated images and label files go.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write every figure (with the raw samples) to this JSON file.")
+@click.option("--floor", "floors", multiple=True,
+              help="[ROW:]METRIC=MIN; exit 1 when not met. METRIC: speedup, images_per_s, roofline (fraction); "
+                   "ROW: runtime/precision/scope (default: best end-to-end row), e.g. --floor speedup=3.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
+def command(model, pretrained, weights, images, image_size, batch_size, workers, repeats, naive_images, classes,
+            only, no_auto, engine_dir, work_dir, json_path, floors, quiet) -> None:
+    """Benchmark labeling throughput: end to end (decode .. write) and encoder only, every runtime here.
+
+    Speed-up is over the loop a researcher writes with open_clip (per crop, batch of 1); roofline is the achieved
+    fraction of this CPU's measured matmul FLOP/s at the row's precision. All rows run side by side in one
+    process, so the ratios hold on a shared machine.
+    """
+    from cdul_rt.bench.floors import check_floors, parse_floor
+    from cdul_rt.bench.harness import BenchConfig, run_bench
+    from cdul_rt.bench.images import parse_size
+    from cdul_rt.bench.report import rows_json
+
+    parsed = [parse_floor(f) for f in floors]  # bad specs fail before minutes of measuring
+    cfg = BenchConfig(model=model, pretrained=pretrained, weights=weights, images=images,
+                      image_size=parse_size(image_size), batch_size=batch_size, workers=workers, repeats=repeats,
+                      naive_images=naive_images, classes=classes, only=tuple(only), auto=not no_auto,
+                      work_dir=work_dir, engine_dir=engine_dir,
+                      log=(lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True)))
+    result = run_bench(cfg)
+    _print_summary(result)
+    rows = rows_json(result.rows)
+    failures = check_floors(parsed, rows)
+    if json_path is not None:
+        doc = {"model": result.model, "flops_per_crop": result.flops_per_crop,
+               "crops_per_image": result.crops_per_image, "matmul_flops": result.matmul_flops,
+               "machine": result.machine, "config": result.config, "rows": rows,
+               "floors": [{"spec": s, "met": not any(f.startswith(p.describe()) for f in failures)}
+                          for s, p in zip(floors, parsed)]}
+        json_path.write_text(json.dumps(doc, indent=2))
+    if failures:
+        for f in failures:
+            click.secho(f"floor not met: {f}", fg="red", err=True)
+        raise SystemExit(1)
