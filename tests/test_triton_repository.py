@@ -229,3 +229,23 @@ def test_tensorrt_backend_without_tensorrt_says_how_to_install(tmp_path):
     art = make_artifacts(tmp_path / "art")
     with pytest.raises(CdulError, match=r"cdul-rt\[tensorrt\]"):
         write_triton_repository(art, tmp_path / "r", TritonOptions(backend="tensorrt"), models=("visual",))
+
+
+def test_topological_sort_repairs_order_and_refuses_cycles():
+    from onnx import TensorProto, helper
+
+    from cdul_rt.export.triton import topological_sort
+
+    f = TensorProto.FLOAT
+    # c needs both outputs of the two-output Split, which is listed last
+    nodes = [helper.make_node("Add", ["a", "b"], ["c"], name="add"),
+             helper.make_node("Relu", ["c"], ["d"], name="relu"),
+             helper.make_node("Split", ["x"], ["a", "b"], name="split", axis=0, num_outputs=2)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", f, [4])],
+                              [helper.make_tensor_value_info("d", f, [2])])
+    topological_sort(graph)
+    assert [n.name for n in graph.node] == ["split", "add", "relu"]
+    cyc = helper.make_graph([helper.make_node("Relu", ["q"], ["p"]), helper.make_node("Relu", ["p"], ["q"])], "c",
+                            [], [helper.make_tensor_value_info("p", f, [1])])
+    with pytest.raises(CdulError, match="cycle"):
+        topological_sort(cyc)

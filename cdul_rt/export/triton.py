@@ -153,6 +153,41 @@ def parse_pbtxt(text: str) -> dict:
 SERVING_LABELER_INPUTS = ("text_embeddings", "zeta", "lambda", "lam")
 
 
+def topological_sort(graph) -> None:
+    """Reorder ``graph.node`` in place so every node comes after the producers of its inputs (stable otherwise).
+
+    The fp16 converter (keep_io_types) appends its input casts at the end of the node list; onnxruntime accepts
+    that, but the ONNX checker and some consumers do not."""
+    import heapq
+
+    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    nodes = list(graph.node)
+    producer = {out: k for k, n in enumerate(nodes) for out in n.output}
+    waiting = [len({producer[x] for x in n.input if x not in available and x in producer}) for n in nodes]
+    consumers: dict[int, list[int]] = {}
+    for k, n in enumerate(nodes):
+        missing = [x for x in n.input if x not in available and x not in producer]
+        if missing:
+            raise CdulError(f"node {n.name or n.op_type} reads undefined tensors {missing[:3]}")
+        for p in {producer[x] for x in n.input if x not in available and x in producer}:
+            consumers.setdefault(p, []).append(k)
+    ready = [k for k, w in enumerate(waiting) if w == 0]
+    heapq.heapify(ready)  # smallest original index first: the order is kept wherever it was already valid
+    ordered = []
+    while ready:
+        k = heapq.heappop(ready)
+        ordered.append(nodes[k])
+        for c in consumers.get(k, []):
+            waiting[c] -= 1
+            if waiting[c] == 0:
+                heapq.heappush(ready, c)
+    if len(ordered) != len(nodes):
+        raise CdulError("the graph has a cycle; it cannot be served")
+    copies = [type(n).FromString(n.SerializeToString()) for n in ordered]
+    del graph.node[:]
+    graph.node.extend(copies)
+
+
 def serving_labeler(model, crops_per_image: int, text_embeddings, zeta: float, lam: float):
     """The exported labeler with ``crops`` as ``[images, 1+g^2, 3, S, S]`` and the vocabulary, zeta and lambda
     baked in as constants (see the module docstring). ``model`` is an ONNX ModelProto; returns a new one."""
@@ -185,6 +220,7 @@ def serving_labeler(model, crops_per_image: int, text_embeddings, zeta: float, l
     g.initializer.append(numpy_helper.from_array(np.array([-1, *dims[1:]], np.int64), "crops_fused_shape"))
     g.node.insert(0, helper.make_node("Reshape", ["crops", "crops_fused_shape"], [fused],
                                       name="/serving/fuse_crops"))
+    topological_sort(g)
     for out in g.output:  # [k, C]: the batch dimension is now the images dimension
         shape = out.type.tensor_type.shape.dim
         if len(shape) == 2:
@@ -237,7 +273,7 @@ def model_config(name: str, model, backend: str, max_batch: int, preferred: tupl
 @dataclass
 class TritonOptions:
     backend: str = "onnxruntime"
-    precision: str = "fp32"  # which exported graphs: fp32 or fp16 (the TensorRT backend compiles fp16 from either)
+    precision: str | None = None  # which exported graphs (fp32, fp16, int8); default: the artifact folder's
     max_images: int = 32
     opt_images: int = 8
     max_classes: int = 1024
@@ -314,6 +350,30 @@ def batching(kind: str, opts: TritonOptions, cpi: int) -> tuple[int, tuple[int, 
     return opts.max_images, preferred_sizes(1, opts.opt_images, opts.max_images)
 
 
+def _repository_sources(folder: Path, opts: TritonOptions, models: tuple[str, ...], classifier_dir: Path | None):
+    """(CLIP manifest or None for a classifier-only folder, {kind: GraphSource}); artifacts verified first."""
+    from cdul_rt.export.manifest import MANIFEST, verify_artifacts
+    from cdul_rt.export.tensorrt import CLASSIFIER_MANIFEST, classifier_source, clip_sources
+
+    manifest = None
+    sources = {}
+    if (folder / MANIFEST).is_file() or not (folder / CLASSIFIER_MANIFEST).is_file():
+        manifest = verify_artifacts(folder)
+        precision = opts.precision or manifest.precision
+        wanted = tuple(m for m in models if m != "classifier")
+        sources = {s.kind: s for s in clip_sources([folder], wanted, precision)}
+    if "classifier" in models:
+        cls_folder = classifier_dir or folder
+        precision = opts.precision or (manifest.precision if manifest else "fp32")
+        src = classifier_source(cls_folder, precision if precision != "int8" else "fp32")
+        if src is not None:
+            sources["classifier"] = src
+    if not sources:
+        what = opts.precision or (manifest.precision if manifest else "fp32")
+        raise CdulError(f"no {what} graphs in {folder}; export them with `cdul-rt export --precision {what}`")
+    return manifest, sources
+
+
 def write_triton_repository(artifact_dir: str | Path, out_dir: str | Path, opts: TritonOptions | None = None,
                             classes: str | None = None, template: str | None = None,
                             models: tuple[str, ...] = ("labeler", "visual", "text", "classifier"),
@@ -325,25 +385,14 @@ def write_triton_repository(artifact_dir: str | Path, out_dir: str | Path, opts:
     """
     import onnx
 
-    from cdul_rt.export.manifest import verify_artifacts
-    from cdul_rt.export.tensorrt import classifier_source, clip_sources
-
     opts = opts or TritonOptions()
     if opts.backend not in BACKENDS:
         raise CdulError(f"unknown Triton backend {opts.backend!r}; use one of {', '.join(BACKENDS)}")
     folder, out = Path(artifact_dir), Path(out_dir)
-    manifest = verify_artifacts(folder)
-    cpi, grid = manifest.crops_per_image, int(manifest.labeler["grid"])
+    manifest, sources = _repository_sources(folder, opts, models, Path(classifier_dir) if classifier_dir else None)
+    cpi = manifest.crops_per_image if manifest else 1 + 3 * 3
+    grid = int(manifest.labeler["grid"]) if manifest else 3
     written: list[Path] = []
-    sources = {s.kind: s for s in clip_sources([folder], tuple(m for m in models if m != "classifier"),
-                                              opts.precision)}
-    if "classifier" in models:
-        src = classifier_source(Path(classifier_dir or folder), opts.precision)
-        if src is not None:
-            sources["classifier"] = src
-    if not sources:
-        raise CdulError(f"no {opts.precision} graphs in {folder}; export them with `cdul-rt export "
-                        f"--precision {opts.precision}`")
     out.mkdir(parents=True, exist_ok=True)
     class_names: list[str] = []
     try:
@@ -361,9 +410,10 @@ def write_triton_repository(artifact_dir: str | Path, out_dir: str | Path, opts:
             log(f"triton: {kind} -> {out / kind} ({opts.backend}, max_batch_size {max_batch}, preferred {preferred})")
     finally:
         shutil.rmtree(out / ".build", ignore_errors=True)
-    info = {"model": manifest.model.get("display"), "preprocess": manifest.preprocess, "grid": grid,
-            "crops_per_image": cpi, "classes": class_names, "precision": opts.precision, "backend": opts.backend,
-            "models": sorted(sources)}
+    info = {"model": manifest.model.get("display") if manifest else None,
+            "preprocess": manifest.preprocess if manifest else None, "grid": grid, "crops_per_image": cpi,
+            "classes": class_names, "backend": opts.backend,
+            "models": {k: {"onnx": s.onnx.name, "precision": s.onnx_precision} for k, s in sorted(sources.items())}}
     (out / "cdul_rt.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
     log(f"next: tritonserver --model-repository {out.resolve()}")
     return written
