@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# GPU check: on any machine with an NVIDIA GPU and torch, run the GPU tests and the GPU benchmark (torch CUDA
+# fp32/fp16, CUDA graphs, torch.compile; onnxruntime CUDA EP and TensorRT when installed) in under 5 minutes and
+# write a JSON report. Needs no network and installs nothing: it runs this checkout through PYTHONPATH and lists
+# the packages it found missing in the report (what is missing is skipped, not fatal).
+#
+#   bench/gpu_check.sh [REPORT.json]          env: PYTHON (interpreter, default python3), BUDGET_S (default 280)
+set -u
+here="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$here"
+py="${PYTHON:-python3}"
+out="${1:-$here/gpu_check.json}"
+export PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}"
+export CDUL_RT_CACHE="${CDUL_RT_CACHE:-$(mktemp -d)}"  # exports and engines of this check stay out of ~/.cache
+export PYTHONUNBUFFERED=1
+
+if ! "$py" -c "import torch" 2>/dev/null; then
+    echo "gpu_check: $py cannot import torch; run with PYTHON=/path/to/python of an environment that has it" >&2
+    printf '{"sections": {"all": "skipped: torch is not importable by %s"}}\n' "$py" > "$out"
+    exit 2
+fi
+command -v nvidia-smi >/dev/null && nvidia-smi -L || echo "gpu_check: nvidia-smi not found"
+# 290 s hard stop: the driver keeps its own budget (BUDGET_S) and writes the report before this fires
+timeout 290 "$py" "$here/bench/gpu_bench.py" --out "$out" --budget "${BUDGET_S:-280}"
+rc=$?
+[ $rc -eq 124 ] && echo "gpu_check: stopped at the 290 s limit; the report may be missing" >&2
+exit $rc
