@@ -148,22 +148,21 @@ def export_fp32_graphs(bundle, folder: Path, grid: int, mode: str, opset: int = 
     return paths
 
 
-def _convert(fp32: dict[str, Path], out: Path, precision: str) -> dict[str, str]:
-    """Place the graphs of ``precision`` in ``out``; returns {file: its precision}."""
+def _convert(fp32: dict[str, Path], out: Path, precision: str, props: dict[str, str]) -> dict[str, tuple[str, list[Path]]]:
+    """Write the graphs of ``precision`` with their metadata into ``out``; returns {file: (precision, paths)}."""
+    from cdul_rt.export.onnx_io import stamp
     from cdul_rt.export.precision import convert_fp16, quantize_int8
 
     done = {}
     for name, src in fp32.items():
-        dst = out / name
-        if precision == "fp16":
-            convert_fp16(src, dst)
-            done[name] = "fp16"
-        elif precision == "int8" and name != "text.onnx":
-            quantize_int8(src, dst)
-            done[name] = "int8"
+        graph_precision = precision if not (precision == "int8" and name == "text.onnx") else "fp32"
+        meta = {**props, "cdul_rt.graph": name, "cdul_rt.graph_precision": graph_precision}
+        if graph_precision == "fp16":
+            done[name] = (graph_precision, convert_fp16(src, out / name, meta))
+        elif graph_precision == "int8":
+            done[name] = (graph_precision, quantize_int8(src, out / name, meta))
         else:  # fp32, and the text graph of int8 folders: it runs once per vocabulary, accuracy matters more
-            shutil.copyfile(src, dst)
-            done[name] = "fp32"
+            done[name] = (graph_precision, stamp(src, meta, out / name))
     return done
 
 
@@ -176,7 +175,6 @@ def export_clip(opts: ExportOptions, log: Callable[[str], None] = lambda m: prin
     opts.validate()
     require("onnx", "onnx")
     require("onnxruntime", "onnx")
-    from cdul_rt.export.onnx_io import stamp
     from cdul_rt.export.textstore import save_text_embeddings
     from cdul_rt.models import load_clip
     from cdul_rt.presets import resolve_model
@@ -188,24 +186,23 @@ def export_clip(opts: ExportOptions, log: Callable[[str], None] = lambda m: prin
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(dir=out, prefix=".fp32-") as tmp:
-        fp32 = export_fp32_graphs(bundle, Path(tmp), opts.grid, opts.mode, opts.opset)
-        log(f"traced visual, text and labeler graphs (opset {opts.opset}) in {time.perf_counter() - t0:.1f}s")
-        precisions = _convert(fp32, out, opts.precision)
     emb = encode_text_torch(bundle, vocab.prompts(opts.template))
     emb_rel = save_text_embeddings(out, vocab, opts.template, emb, bundle.weights_hash)
     manifest = _skeleton(opts, bundle, vocab, emb_rel)
+    with tempfile.TemporaryDirectory(dir=out, prefix=".fp32-") as tmp:
+        fp32 = export_fp32_graphs(bundle, Path(tmp), opts.grid, opts.mode, opts.opset)
+        log(f"traced visual, text and labeler graphs (opset {opts.opset}) in {time.perf_counter() - t0:.1f}s")
+        written = _convert(fp32, out, opts.precision, manifest.metadata_props())
+    for name, (precision, paths) in written.items():
+        for path in paths:
+            manifest.add_file(out, path.name, name.removesuffix(".onnx") if path.suffix == ".onnx" else "data",
+                              precision)
     if manifest.tokenizer["kind"] == "clip-bpe":
         from open_clip.tokenizer import default_bpe
 
         (out / TOKENIZER_FILE).parent.mkdir(exist_ok=True)
         shutil.copyfile(default_bpe(), out / TOKENIZER_FILE)
         manifest.add_file(out, TOKENIZER_FILE, "tokenizer", "n/a")
-    props = manifest.metadata_props()
-    for name, precision in precisions.items():
-        for path in stamp(out / name, {**props, "cdul_rt.graph": name, "cdul_rt.graph_precision": precision}):
-            manifest.add_file(out, path.name, name.removesuffix(".onnx") if path.suffix == ".onnx" else "data",
-                              precision)
     manifest.add_file(out, emb_rel, "text_embeddings", "fp32")
     manifest.write(out)
     log(f"exported {bundle.model_id} ({opts.precision}) to {out} in {time.perf_counter() - t0:.1f}s")

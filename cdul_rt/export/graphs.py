@@ -46,10 +46,16 @@ def build_text(model):
 
     check_text_tower(model)
 
+    class Projection(torch.nn.Module):  # a module, so its MatMul is named /projection/... (fp16 in fp16 graphs)
+        def forward(self, x):
+            proj = model.text_projection
+            return proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
+
     class Text(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.clip = model
+            self.projection = Projection()
 
         def forward(self, tokens):
             m = self.clip
@@ -59,9 +65,7 @@ def build_text(model):
             eot = tokens.float().argmax(dim=-1)
             # [:, 0] rather than squeeze(1): the TorchScript exporter turns a squeeze of a dynamic dim into an If
             x = x.gather(1, eot[:, None, None].expand(-1, 1, x.shape[-1]))[:, 0]
-            proj = m.text_projection
-            x = proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
-            return torch.nn.functional.normalize(x, dim=-1)
+            return torch.nn.functional.normalize(self.projection(x), dim=-1)
 
     return Text().eval()
 

@@ -34,10 +34,10 @@ def save_model(model, path: Path) -> list[Path]:
     return [path, data] if external else [path]
 
 
-def stamp(path: Path, props: dict[str, str]) -> list[Path]:
-    """Load ``path``, set its metadata, save it again."""
+def stamp(path: Path, props: dict[str, str], dst: Path | None = None) -> list[Path]:
+    """Load ``path``, set its metadata, save it to ``dst`` (default: in place)."""
     import onnx
 
     model = onnx.load(str(path))
     set_metadata(model, props)
-    return save_model(model, path)
+    return save_model(model, dst or path)

@@ -23,7 +23,7 @@ FP32_OPS = ["LayerNormalization", "Softmax", "ReduceMax", "ReduceMin", "ReduceMe
             "ReduceSumSquare", "ArgMax", "Pow", "Sqrt", "Exp", "Log"]
 # ONNX node names carry the torch module path: the image tower, and the text tower's modules (the TorchScript
 # exporter names the text wrapper's submodules without the wrapper's own attribute name)
-ENCODER_PREFIXES = ("/visual/", "/token_embedding/", "/transformer/", "/ln_final/", "/clip/")
+ENCODER_PREFIXES = ("/visual/", "/token_embedding/", "/transformer/", "/ln_final/", "/projection/", "/clip/")
 
 
 def _tail_nodes(model) -> list[str]:
@@ -79,11 +79,11 @@ def fold_cast_round_trips(model) -> int:
     return count
 
 
-def convert_fp16(src: Path, dst: Path) -> None:
+def convert_fp16(src: Path, dst: Path, props: dict[str, str] | None = None) -> list[Path]:
     """Write an fp16 copy of ``src``: fp16 weights and activations, the fp32 islands listed above, fp32 I/O."""
     onnx = require("onnx", "onnx")
     float16 = require("onnxruntime.transformers.float16", "onnx")
-    from cdul_rt.export.onnx_io import save_model
+    from cdul_rt.export.onnx_io import save_model, set_metadata
 
     model = onnx.load(str(src))
     converted = float16.convert_float_to_float16(
@@ -93,10 +93,11 @@ def convert_fp16(src: Path, dst: Path) -> None:
     count = sum(1 for init in converted.graph.initializer if init.data_type == onnx.TensorProto.FLOAT16)
     if count == 0:
         raise CdulError(f"fp16 conversion of {src.name} left no fp16 weights; this graph cannot be made fp16")
-    save_model(converted, dst)
+    set_metadata(converted, props or {})
+    return save_model(converted, dst)
 
 
-def quantize_int8(src: Path, dst: Path) -> None:
+def quantize_int8(src: Path, dst: Path, props: dict[str, str] | None = None) -> list[Path]:
     """Write a dynamically quantised int8 copy of ``src`` (MatMul/Gemm weights int8, per tensor)."""
     quant = require("onnxruntime.quantization", "onnx")
     onnx = require("onnx", "onnx")
@@ -106,3 +107,6 @@ def quantize_int8(src: Path, dst: Path) -> None:
                if n.op_type in ("MatMul", "Gemm") and n.name.startswith(ENCODER_PREFIXES)]
     quant.quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul", "Gemm"], nodes_to_quantize=matmuls,
                            weight_type=quant.QuantType.QInt8, extra_options={"MatMulConstBOnly": True})
+    from cdul_rt.export.onnx_io import stamp
+
+    return stamp(dst, props or {})
