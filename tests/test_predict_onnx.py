@@ -36,7 +36,7 @@ def exported(tmp_path_factory):
                                        "5", "--lr", "1e-2", "--threads", "1", "--quiet"])
     assert result.exit_code == 0, result.output
     out = root / "engine"
-    manifest = export_classifier(run, out, images=sorted(images.glob("*.jpg")))
+    manifest = export_classifier(run, out, images=[images])  # a folder: its images are the verify batch
     return images, run, out, manifest
 
 
@@ -79,3 +79,12 @@ def test_engine_without_manifest_is_a_clear_error(tmp_path, exported):
     result = CliRunner().invoke(main, ["predict", str(images), "--engine", str(tmp_path / "classifier.onnx"),
                                        "--out", str(tmp_path / "p.jsonl")])
     assert result.exit_code == 2 and "cdul-rt export --classifier" in result.output
+
+
+def test_export_cli_hook(exported, tmp_path):
+    _, run, _, _ = exported
+    out = tmp_path / "cli-engine"
+    result = CliRunner().invoke(main, ["export", "--classifier", str(run), "--out", str(out), "--verify"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "classifier.manifest.json").read_text())
+    assert set(manifest["files"]) == {"fp32", "fp16"} and all(r["ok"] for r in manifest["verify"])

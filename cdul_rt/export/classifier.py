@@ -91,10 +91,13 @@ def _verify_inputs(meta: dict, images: Sequence[Path] | None, count: int = 5) ->
     """Real images when given (the deployment's pixels), else seeded normal noise in the normalised range."""
     s = int(meta["image_size"])
     if images:
-        from cdul_rt.imageio import open_rgb
+        from cdul_rt.imageio import discover_images, open_rgb
         from cdul_rt.train.data import preprocess
 
-        return np.stack([preprocess(open_rgb(p), s, meta["mean"], meta["std"]) for p in list(images)[:count]])
+        files = [f for p in images for f in discover_images(p)][:count]  # files or folders
+        if len(files) < 2:
+            raise CdulError("--verify-images: give at least 2 images (batch 1 and a larger batch are checked)")
+        return np.stack([preprocess(open_rgb(p), s, meta["mean"], meta["std"]) for p in files])
     return np.random.default_rng(0).standard_normal((count, 3, s, s)).astype(np.float32)
 
 
