@@ -234,3 +234,41 @@ def test_tensorrt_fp16_engine_is_fp16_matches_onnxruntime_and_rebuilds(tiny_expo
         assert np.abs(got[name] - want[name]).max() <= 2e-2, name
     np.testing.assert_array_equal(got["S_final"], again["S_final"])
     shutil.rmtree(tmp_path / "engines")
+
+
+def test_tensorrt_and_triton_paths_never_import_torch(tmp_path):
+    """The edge install has no torch: the TensorRT runtime, the engine builder and the Triton writer must not
+    import it. Run them in a subprocess where importing torch fails."""
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    from test_triton_repository import make_artifacts
+
+    art = make_artifacts(tmp_path / "art")
+    code = textwrap.dedent(f"""
+        import sys
+        sys.modules["torch"] = None  # any `import torch` now raises ImportError
+        from pathlib import Path
+        from cdul_rt.errors import CdulError
+        from cdul_rt.engines.trt import open_labeler
+        from cdul_rt.engines.trt.runner import TrtLabelerRunner
+        from cdul_rt.export.tensorrt import build_engines, plan_sources
+        from cdul_rt.export.triton import TritonOptions, write_triton_repository
+        write_triton_repository(Path({str(art)!r}), Path({str(tmp_path / 'repo')!r}),
+                                TritonOptions(kind="KIND_CPU"), log=lambda m: None)
+        assert plan_sources([Path({str(art)!r})], ("labeler",), "fp16", "flag")[0].kind == "labeler"
+        try:
+            build_engines(Path({str(art)!r}), log=lambda m: None)
+        except CdulError as exc:
+            print("CdulError:", exc)
+        print("torch-free ok")
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       cwd=Path(__file__).resolve().parent.parent)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "torch-free ok" in r.stdout
+    assert (tmp_path / "repo" / "labeler" / "config.pbtxt").is_file()
+    if not _has_tensorrt():
+        assert "cdul-rt[tensorrt]" in r.stdout
