@@ -11,8 +11,16 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cdul_rt.engines.gpu import (ORT_CPU, ORT_CUDA, ORT_TRT, Device, ort_providers, parse_device,
-                                 torch_cuda_check, trt_profile_string)
+from cdul_rt.engines.gpu import (
+    ORT_CPU,
+    ORT_CUDA,
+    ORT_TRT,
+    Device,
+    ort_providers,
+    parse_device,
+    torch_cuda_check,
+    trt_profile_string,
+)
 from cdul_rt.errors import CdulError
 
 

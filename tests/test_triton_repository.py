@@ -15,8 +15,16 @@ import numpy as np
 import pytest
 
 from cdul_rt.errors import CdulError
-from cdul_rt.export.triton import (ModelConfig, TensorConfig, TritonOptions, config_pbtxt, parse_pbtxt,
-                                   preferred_sizes, serving_labeler, write_triton_repository)
+from cdul_rt.export.triton import (
+    ModelConfig,
+    TensorConfig,
+    TritonOptions,
+    config_pbtxt,
+    parse_pbtxt,
+    preferred_sizes,
+    serving_labeler,
+    write_triton_repository,
+)
 
 S, D, C, GRID = 8, 6, 5, 3
 CPI = 1 + GRID * GRID

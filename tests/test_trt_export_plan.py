@@ -13,8 +13,13 @@ from cdul_rt.engines.trt.builder import resolve_typing
 from cdul_rt.engines.trt.precision import fp32_weight_bytes
 from cdul_rt.engines.trt.profiles import ProfileSpec
 from cdul_rt.errors import CdulError
-from cdul_rt.export.tensorrt import (available_precisions, engine_key, onnx_input_shapes, onnx_precision_for,
-                                     plan_sources)
+from cdul_rt.export.tensorrt import (
+    available_precisions,
+    engine_key,
+    onnx_input_shapes,
+    onnx_precision_for,
+    plan_sources,
+)
 from cdul_rt.export.triton import TritonOptions, parse_pbtxt, serving_labeler, write_triton_repository
 
 CPI = 10

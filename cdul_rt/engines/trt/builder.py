@@ -15,8 +15,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from cdul_rt.errors import CdulError
 from cdul_rt.engines.trt.profiles import ProfileShapes
+from cdul_rt.errors import CdulError
 
 TYPINGS = ("flag", "strong")
 
@@ -83,6 +83,14 @@ def _logger(trt, verbose: bool):
     return trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
 
 
+def _parser_error(err) -> str:
+    """IParserError -> "node N (Op): description" (its desc/node/node_operator accessors, else str())."""
+    try:
+        return f"node {err.node()} ({err.node_operator()}): {err.desc()}"
+    except Exception:  # noqa: BLE001 - older/newer bindings without the accessors
+        return str(err)
+
+
 def _parse(trt, builder, logger, onnx_path: Path, typing: str | None):
     flags = 0
     if typing == "strong" and trt_major(trt.__version__) < 11:
@@ -91,7 +99,7 @@ def _parse(trt, builder, logger, onnx_path: Path, typing: str | None):
     parser = trt.OnnxParser(network, logger)
     # parse_from_file resolves external-data initializers next to the graph (large models)
     if not parser.parse_from_file(str(onnx_path)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        errors = "; ".join(_parser_error(parser.get_error(i)) for i in range(parser.num_errors))
         raise CdulError(f"TensorRT could not parse {onnx_path}: {errors or 'unknown parser error'}")
     return network, parser
 

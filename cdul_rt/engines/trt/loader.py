@@ -31,8 +31,7 @@ def check_request(cfg) -> int:
 def labeler_engine(cfg, folder: Path, device: int):
     """Build or reuse the labeler engine for ``cfg`` from the artifact folder; returns a :class:`BuiltEngine`."""
     from cdul_rt.engines.trt.builder import import_tensorrt, resolve_typing, trt_major
-    from cdul_rt.export.tensorrt import ENGINE_FOLDER, TrtBuildConfig, available_precisions, build_engine, \
-        plan_sources
+    from cdul_rt.export.tensorrt import ENGINE_FOLDER, TrtBuildConfig, available_precisions, build_engine, plan_sources
 
     trt = import_tensorrt()
     extra = cfg.extra or {}
@@ -46,7 +45,8 @@ def labeler_engine(cfg, folder: Path, device: int):
 
 
 def open_labeler(cfg, vocab) -> LabelerSession:
-    from cdul_rt.engines.onnxrt.loader import cached_folder, check_request as check_artifacts, class_embeddings
+    from cdul_rt.engines.onnxrt.loader import cached_folder, class_embeddings
+    from cdul_rt.engines.onnxrt.loader import check_request as check_artifacts
     from cdul_rt.engines.trt.builder import import_tensorrt
     from cdul_rt.engines.trt.runner import TrtLabelerRunner
     from cdul_rt.export.manifest import verify_artifacts
