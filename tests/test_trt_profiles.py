@@ -109,7 +109,7 @@ def _layer(kind, *formats):
 
 def test_fp16_verdict_from_layer_information():
     fp16 = {"Layers": [_layer("Reformat", "Row major linear FP32 format", "Row major linear FP16 format"),
-                       _layer("Myelin", "Row major linear FP32 format", "Row major linear FP16 format"),
+                       _layer("CaskConvolution", "Row major linear FP32 format", "Row major linear FP16 format"),
                        _layer("CaskGemmMatrixMultiply", "Half", "Half"),
                        _layer("CaskConvolution", "Channel major FP16 format where channel % 8 == 0", "Half"),
                        _layer("Normalization", "Float", "Float")], "Bindings": ["crops"]}
@@ -117,15 +117,36 @@ def test_fp16_verdict_from_layer_information():
     check = check_fp16(json.dumps(fp16), engine_bytes=10, fp32_weight_bytes=10)  # size ignored when layers exist
     assert check.ok and check.method == "layers" and "75%" in check.detail
     fp32 = {"Layers": [_layer("CaskConvolution", "Row major linear FP32 format", "Float"),
-                       _layer("Myelin", "Float", "Float")]}
+                       _layer("CaskGemmMatrixMultiply", "Float", "Float")]}
     bad = check_fp16(fp32, engine_bytes=1, fp32_weight_bytes=100)
     assert not bad.ok and "FP32 2" in bad.detail
     with pytest.raises(CdulError, match="asked for fp16 but is not fp16"):
         require_fp16(bad, "labeler")
 
 
+def test_opaque_myelin_layers_defer_to_the_engine_size():
+    """A whole transformer fused into one Myelin layer shows only the fp32 graph I/O; the size decides then."""
+    fused = {"Layers": [_layer("Myelin", "Float", "Float"), _layer("CaskConvolution", "Float", "Float")]}
+    assert layer_precisions(fused) == {"FP32": 1, "opaque": 1}
+    big_fp16 = check_fp16(fused, engine_bytes=180 * 2**20, fp32_weight_bytes=350 * 2**20)
+    assert big_fp16.ok and big_fp16.method == "size"
+    big_fp32 = check_fp16(fused, engine_bytes=352 * 2**20, fp32_weight_bytes=350 * 2**20)
+    assert not big_fp32.ok and "1.01 x" in big_fp32.detail
+    tiny = check_fp16(fused, engine_bytes=1 << 20, fp32_weight_bytes=300_000)  # overhead dominates: no verdict
+    assert not tiny.ok and "cannot verify" in tiny.detail
+
+
+def test_strongly_typed_network_types_decide():
+    typed = [("CONVOLUTION", "HALF"), ("MATRIX_MULTIPLY", "HALF"), ("MATRIX_MULTIPLY", "HALF"),
+             ("NORMALIZATION", "FLOAT"), ("SOFTMAX", "FLOAT"), ("MATRIX_MULTIPLY", "FLOAT")]
+    check = check_fp16(None, engine_bytes=1, fp32_weight_bytes=1, network_layers=typed)
+    assert check.ok and check.method == "network types" and "FP16 3, FP32 1" in check.detail
+    fp32_graph = [(t, "FLOAT") for t, _ in typed]
+    assert not check_fp16(None, 1, 1, network_layers=fp32_graph).ok
+
+
 def test_fp16_verdict_falls_back_to_engine_size():
-    dynamic = {"Layers": [_layer("Myelin", "N/A due to dynamic shapes", "N/A due to dynamic shapes")]}
+    dynamic = {"Layers": [_layer("CaskConvolution", "N/A due to dynamic shapes", "N/A due to dynamic shapes")]}
     assert layer_precisions(dynamic) == {}
     assert check_fp16(dynamic, engine_bytes=60 * 2**20, fp32_weight_bytes=100 * 2**20).ok
     big = check_fp16(None, engine_bytes=101 * 2**20, fp32_weight_bytes=100 * 2**20)

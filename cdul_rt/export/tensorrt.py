@@ -126,7 +126,7 @@ def engine_key(src: GraphSource, onnx_sha256: str, trt_version: str, cc: str, pr
     return key, shapes
 
 
-def _verify_fp16(plan: bytes, shapes: dict, src: GraphSource, verbose: bool) -> str:
+def _verify_fp16(plan: bytes, shapes: dict, src: GraphSource, verbose: bool, typed: list | None) -> str:
     import onnx
 
     from cdul_rt.engines.trt.builder import deserialize, engine_information
@@ -137,7 +137,7 @@ def _verify_fp16(plan: bytes, shapes: dict, src: GraphSource, verbose: bool) -> 
         raise CdulError(f"the {src.kind} engine that was just built cannot be deserialized; rebuild with --verbose")
     info = engine_information(engine, {n: s[1] for n, s in shapes.items()})
     weights = fp32_weight_bytes(onnx.load(str(src.onnx), load_external_data=False))
-    check = check_fp16(info, len(plan), weights)
+    check = check_fp16(info, len(plan), weights, typed)
     require_fp16(check, src.kind)
     return f"{check.method}: {check.detail}"
 
@@ -167,8 +167,8 @@ def build_engine(src: GraphSource, out_dir: Path, cfg: TrtBuildConfig,
     opts = BuildOptions(cfg.precision, typing, int(cfg.workspace_gib * (1 << 30)),
                         cfg.timing_cache or out_dir / TIMING_CACHE, cfg.builder_optimization_level, cfg.verbose)
     out_dir.mkdir(parents=True, exist_ok=True)
-    plan = build_serialized(src.onnx, shapes, opts)
-    check = _verify_fp16(plan, shapes, src, cfg.verbose) if cfg.precision == "fp16" else None
+    plan, typed = build_serialized(src.onnx, shapes, opts)
+    check = _verify_fp16(plan, shapes, src, cfg.verbose, typed) if cfg.precision == "fp16" else None
     path = cache.store(stem, key, plan, {"onnx": str(src.onnx), "onnx_precision": src.onnx_precision,
                                          "grid": src.grid, "device": dev.name, "precision_check": check})
     log(f"{stem}: wrote {path} ({len(plan) / 2**20:.1f} MiB){f'; fp16 verified by {check}' if check else ''}")

@@ -123,8 +123,20 @@ def _save_timing_cache(config, path: Path | None) -> None:
     os.replace(tmp, path)
 
 
-def build_serialized(onnx_path: Path, shapes: ProfileShapes, opts: BuildOptions) -> bytes:
-    """Parse, configure (profile, workspace, precision, timing cache) and build; returns the plan bytes."""
+def network_layer_types(network) -> list[tuple[str, str]]:
+    """(layer type, first output type) names of every layer; in a strongly typed network these are final."""
+    out = []
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        if layer.num_outputs:
+            out.append((layer.type.name, layer.get_output(0).dtype.name))
+    return out
+
+
+def build_serialized(onnx_path: Path, shapes: ProfileShapes, opts: BuildOptions) -> tuple[bytes, list | None]:
+    """Parse, configure (profile, workspace, precision, timing cache) and build.
+
+    Returns the plan bytes and, for strongly typed builds, the network's layer types (the fp16 evidence)."""
     trt = import_tensorrt()
     logger = _logger(trt, opts.verbose)
     builder = trt.Builder(logger)
@@ -151,7 +163,8 @@ def build_serialized(onnx_path: Path, shapes: ProfileShapes, opts: BuildOptions)
         raise CdulError(f"TensorRT failed to build an engine from {onnx_path.name} (see the TensorRT log above); "
                         "a larger --workspace or a smaller --max-images often helps")
     _save_timing_cache(config, opts.timing_cache)
-    return bytes(memoryview(serialized))
+    typed = network_layer_types(network) if opts.typing == "strong" else None
+    return bytes(memoryview(serialized)), typed
 
 
 def deserialize(plan: bytes, verbose: bool = False):

@@ -1,14 +1,19 @@
 """Did the build really produce an fp16 engine? Pure checks on the engine inspector's JSON and on sizes.
 
 "--fp16 silently built fp32" is a classic (TensorRT 11 dropped ``BuilderFlag.FP16``; a weakly typed TRT 10 build
-may keep layers in fp32 when fp16 tactics are slower or unsupported). Two independent signals:
+may keep layers in fp32 when fp16 tactics are slower or unsupported). Signals, in order of authority:
 
-1. Layer precisions: with ``ProfilingVerbosity.DETAILED`` and an execution context whose input shapes are set,
-   ``IEngineInspector.get_engine_information(LayerInformationFormat.JSON)`` lists every layer with the
-   ``Format/Datatype`` of its inputs and outputs ("Row major linear FP16 format", "Half", "Float", ...). A layer
-   counts as fp16 when any of its tensors is fp16 (fused Myelin layers take the fp32 graph input and emit fp16).
-2. Engine size: fp16 weights take half the bytes of the fp32 weights in the ONNX graph, so an fp16 engine is well
-   below the fp32 weight size; an fp32 engine is at least as large.
+1. Network types (strongly typed builds): every tensor has the type the graph gives it and the builder may not
+   change it, so the parsed network's matrix-multiply and convolution output types *are* the compute precision.
+2. Layer precisions (weakly typed TRT 10 builds, where the builder chooses): with ``ProfilingVerbosity.DETAILED`` and
+   an execution context whose input shapes are set, ``IEngineInspector.get_engine_information(
+   LayerInformationFormat.JSON)`` lists every layer with the ``Format/Datatype`` of its inputs and outputs ("Row major
+   linear FP16 format", "Half", "Float", ...). A layer counts as fp16 when any of its tensors is fp16. Fused Myelin /
+   ForeignNode layers are opaque (their I/O can be the fp32 graph I/O while they compute in fp16): when there are
+   any, a failing layer count is not trusted and the size decides.
+3. Engine size: fp16 weights take half the bytes of the fp32 weights in the ONNX graph, so an fp16 engine is well
+   below the fp32 weight size; an fp32 engine is at least as large. Meaningless for tiny models (engine overhead
+   dominates), so below ``MIN_SIZE_EVIDENCE`` of weights the verdict is "cannot verify", which fails.
 """
 
 from __future__ import annotations
@@ -22,6 +27,9 @@ from cdul_rt.errors import CdulError
 _BOOKKEEPING = {"Reformat", "NoOp", "Constant", "Shuffle", "Identity", "Shape", "Slice", "Concatenation", "Gather"}
 MIN_FP16_LAYER_FRACTION = 0.5
 MAX_FP16_SIZE_RATIO = 0.75  # engine bytes / fp32 weight bytes; fp16 weights alone are 0.5
+MIN_SIZE_EVIDENCE = 16 << 20  # fp32 weight bytes below which the engine size says nothing
+_OPAQUE = {"Myelin", "kgen"}
+COMPUTE_LAYER_TYPES = {"MATRIX_MULTIPLY", "CONVOLUTION", "DECONVOLUTION", "FULLY_CONNECTED", "ATTENTION"}
 
 
 def tensor_precision(fmt: str) -> str | None:
@@ -45,13 +53,17 @@ def tensor_precision(fmt: str) -> str | None:
 def layer_precisions(engine_info: str | dict) -> dict[str, int]:
     """Count compute layers by precision (a layer is FP16 if any input/output is FP16, else its widest float type).
 
-    Returns e.g. ``{"FP16": 120, "FP32": 8}``; bookkeeping layers and layers without a known datatype are skipped.
+    Returns e.g. ``{"FP16": 120, "FP32": 8, "opaque": 2}``; bookkeeping layers and layers without a known datatype
+    are skipped; fused Myelin / ForeignNode layers are counted as ``opaque``.
     """
     data = json.loads(engine_info) if isinstance(engine_info, str) else engine_info
     layers = data.get("Layers", []) if isinstance(data, dict) else []
     counts: dict[str, int] = {}
     for layer in layers:
         if not isinstance(layer, dict) or layer.get("LayerType") in _BOOKKEEPING:
+            continue
+        if layer.get("LayerType") in _OPAQUE or "ForeignNode" in str(layer.get("Name", "")):
+            counts["opaque"] = counts.get("opaque", 0) + 1
             continue
         tensors = [*layer.get("Inputs", []), *layer.get("Outputs", [])]
         kinds = {tensor_precision(str(t.get("Format/Datatype", ""))) for t in tensors if isinstance(t, dict)}
@@ -72,16 +84,40 @@ class PrecisionCheck:
     detail: str
 
 
-def check_fp16(engine_info: str | dict | None, engine_bytes: int, fp32_weight_bytes: int) -> PrecisionCheck:
-    """Decide whether an engine is fp16, by layer precisions when the inspector gave any, else by size."""
+def network_precisions(layers: list[tuple[str, str]]) -> dict[str, int]:
+    """Count compute layers of a parsed network by output type: ``[("MATRIX_MULTIPLY", "HALF"), ...]`` (the names
+    of ``trt.LayerType`` and ``trt.DataType``) -> ``{"FP16": n, "FP32": m}``."""
+    names = {"HALF": "FP16", "FLOAT": "FP32", "BF16": "BF16", "INT8": "INT8", "FP8": "FP8"}
+    counts: dict[str, int] = {}
+    for layer_type, dtype in layers:
+        if layer_type in COMPUTE_LAYER_TYPES and dtype in names:
+            counts[names[dtype]] = counts.get(names[dtype], 0) + 1
+    return counts
+
+
+def _fraction(counts: dict[str, int], what: str) -> tuple[float, str]:
+    total = sum(v for k, v in counts.items() if k != "opaque")
+    frac = counts.get("FP16", 0) / total if total else 0.0
+    text = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + f" ({frac:.0%} fp16 {what})"
+    return frac, text
+
+
+def check_fp16(engine_info: str | dict | None, engine_bytes: int, fp32_weight_bytes: int,
+               network_layers: list[tuple[str, str]] | None = None) -> PrecisionCheck:
+    """Decide whether an engine is fp16 (see the module docstring for the order of the signals)."""
+    net = network_precisions(network_layers) if network_layers else {}
+    if net:
+        frac, detail = _fraction(net, "matmul/conv layers in the typed network")
+        return PrecisionCheck(frac >= MIN_FP16_LAYER_FRACTION, "network types", detail)
     counts = layer_precisions(engine_info) if engine_info else {}
-    total = sum(counts.values())
-    if total:
-        frac = counts.get("FP16", 0) / total
-        detail = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + f" ({frac:.0%} fp16 compute layers)"
-        return PrecisionCheck(frac >= MIN_FP16_LAYER_FRACTION, "layers", detail)
-    if fp32_weight_bytes <= 0:
-        return PrecisionCheck(False, "size", "no layer information and no weight size to compare with")
+    if sum(v for k, v in counts.items() if k != "opaque"):
+        frac, detail = _fraction(counts, "compute layers")
+        if frac >= MIN_FP16_LAYER_FRACTION or not counts.get("opaque"):
+            return PrecisionCheck(frac >= MIN_FP16_LAYER_FRACTION, "layers", detail)
+    if fp32_weight_bytes < MIN_SIZE_EVIDENCE:
+        return PrecisionCheck(False, "size", f"cannot verify: layer information inconclusive ({counts or 'none'}) "
+                                             f"and {fp32_weight_bytes / 2**20:.1f} MiB of weights is too little for "
+                                             "the size to tell; build strongly typed from the fp16 graph")
     ratio = engine_bytes / fp32_weight_bytes
     detail = (f"engine {engine_bytes / 2**20:.1f} MiB = {ratio:.2f} x the fp32 weights "
               f"({fp32_weight_bytes / 2**20:.1f} MiB)")
