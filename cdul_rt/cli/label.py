@@ -16,7 +16,7 @@ def _default_workers() -> int:
 
 
 @click.command("label")
-@click.argument("images", type=click.Path(exists=True, path_type=Path))
+@click.argument("images")  # a folder or file; with --cluster ray also an fsspec URL (s3://..., gs://...)
 @click.option("--out", "-o", type=click.Path(path_type=Path), default=None,
               help="Output file: .jsonl (default), .csv, .parquet or .npz. Default: <IMAGES>.labels.jsonl next to it.")
 @model_options
@@ -47,7 +47,16 @@ def _default_workers() -> int:
               help="Refuse images larger than this many pixels (decompression-bomb guard).")
 @click.option("--overwrite", is_flag=True, help="Discard an existing output and start fresh (default: resume).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def command(images: Path, out: Path | None, quiet: bool, **opts) -> None:
+@click.option("--cluster", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: this machine. ray: a Ray Data job (pip install 'cdul-rt[ray]'); IMAGES may be an fsspec "
+                   "URL and OUT is a directory of Parquet shards.")
+@click.option("--ray-address", default=None, help="Ray cluster to join (default: $RAY_ADDRESS, else start one here).")
+@click.option("--actors", type=int, default=None, help="Ray: engine actors (default: sized from the cluster).")
+@click.option("--cpus-per-actor", type=float, default=None, help="Ray: CPUs per engine actor (default 1).")
+@click.option("--gpus-per-actor", type=float, default=None,
+              help="Ray: GPUs per engine actor (default 1 with --device cuda, else 0).")
+def command(images: str, out: Path | None, quiet: bool, cluster: str, ray_address: str | None, actors: int | None,
+            cpus_per_actor: float | None, gpus_per_actor: float | None, **opts) -> None:
     """Label every image under IMAGES (recursively) with CDUL pseudo labels.
 
     Re-running the same command resumes: images already in OUT are skipped. Unreadable files are listed in
@@ -55,13 +64,25 @@ def command(images: Path, out: Path | None, quiet: bool, **opts) -> None:
     """
     from cdul_rt.pipeline import LabelConfig, label_folder
 
-    out = out or images.with_name(images.name.rstrip("/") + ".labels.jsonl")
     opts["precision"] = opts["precision"] or ("auto" if opts["runtime"] == "auto" else "fp32")
-    cfg = LabelConfig(input=images, out=out, progress=not quiet, **opts)
-    summary = label_folder(cfg)
+    if cluster == "ray":
+        from cdul_rt.distributed.ray_label import RayOptions, default_out, label_with_ray
+
+        out = out or default_out(images)
+        cfg = LabelConfig(input=Path(images), out=out, progress=not quiet, **opts)
+        summary = label_with_ray(cfg, RayOptions(ray_address, actors, cpus_per_actor, gpus_per_actor), images)
+        failures_at = out / "_failures"
+    else:
+        if not Path(images).exists():
+            hint = " (URL inputs need --cluster ray)" if "://" in images else ""
+            raise click.BadParameter(f"Path {images!r} does not exist{hint}.", param_hint="'IMAGES'")
+        out = out or Path(images).with_name(Path(images).name.rstrip("/") + ".labels.jsonl")
+        cfg = LabelConfig(input=Path(images), out=out, progress=not quiet, **opts)
+        summary = label_folder(cfg)
+        failures_at = Path(f"{out}.failures.jsonl")
     click.echo(f"labeled {summary.labeled} images in {summary.seconds:.1f}s ({summary.images_per_second:.2f} img/s)"
                + (f", {summary.skipped} already done" if summary.skipped else "") + f" -> {out}")
     if summary.failed:
-        click.secho(f"{summary.failed} images could not be read (see {out}.failures.jsonl):", fg="yellow", err=True)
+        click.secho(f"{summary.failed} images could not be read (see {failures_at}):", fg="yellow", err=True)
         for path, reason in summary.failures[:10]:
             click.echo(f"  {path}: {reason}", err=True)

@@ -1,0 +1,266 @@
+"""``cdul-rt label --cluster ray``: the labeling pipeline as a Ray Data job.
+
+    paths (driver: listed, minus those already written)
+      -> decode stage: Ray tasks, 1 CPU each, ``load_crops`` -> uint8 crops (failures become rows with a reason)
+      -> engine stage: an actor pool, one labeler session (any runtime) per actor, GPUs per actor when asked
+      -> driver: atomic Parquet shards + failures shards (:mod:`cdul_rt.distributed.shards`), meta sidecar
+
+Ray Data's streaming executor overlaps the two stages and bounds the crops in flight. Results are small (C floats
+per image against ~1.5 MB of crops), so the driver writes them: the output directory needs to exist only where the
+driver runs, and every shard is renamed into place whole. Ray retries the tasks of a crashed actor on a restarted
+one; the writer drops any path it has already written in this run, so retries never duplicate a row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from cdul_rt.distributed.shards import ShardWriter, done_paths, prepare_output
+from cdul_rt.distributed.sizing import RayPlan, plan_resources
+from cdul_rt.distributed.sources import decode_uri, is_url, list_images
+from cdul_rt.errors import CdulError, require
+from cdul_rt.labelfile import read_meta, sidecar
+from cdul_rt.pipeline import LabelConfig, LabelSummary, _check_existing, _recorded_config, _write_meta
+from cdul_rt.preprocess import PreprocessConfig, normalize_batch
+
+log = logging.getLogger(__name__)
+
+# A local instance started by `label --cluster ray` keeps a modest object store: the executor streams, so only a
+# few batches of crops (~1.5 MB per image at 224 px) are in flight at any time.
+LOCAL_OBJECT_STORE_BYTES = 512 * 1024**2
+
+
+@dataclasses.dataclass(frozen=True)
+class RayOptions:
+    """The Ray knobs of ``label --cluster ray``; ``None`` means sized from the cluster (see ``sizing``)."""
+
+    address: str | None = None  # None: $RAY_ADDRESS if set, else start a local instance
+    actors: int | None = None
+    cpus_per_actor: float | None = None
+    gpus_per_actor: float | None = None
+    shard_rows: int = 50_000
+    flush_seconds: float = 60.0
+
+
+# -- the two stages (run in Ray workers) ----------------------------------------------------------------------------
+def decode_batch(batch: dict[str, np.ndarray], grid: int, preprocess: PreprocessConfig,
+                 max_pixels: int) -> dict[str, np.ndarray]:
+    """Rows ``path, uri`` -> ``path, crops uint8 [n, 1+g^2, S, S, 3], error`` ("" when decoded; zero crops if not)."""
+    s, k = preprocess.size, 1 + grid * grid
+    crops = np.zeros((len(batch["uri"]), k, s, s, 3), np.uint8)
+    errors = []
+    for i, uri in enumerate(batch["uri"]):
+        d = decode_uri(str(uri), grid, preprocess, max_pixels)
+        if d.crops is None:
+            errors.append(d.error or "unknown decoding error")
+        else:
+            crops[i] = d.crops
+            errors.append("")
+    return {"path": batch["path"], "crops": crops, "error": np.asarray(errors, dtype=object)}
+
+
+class LabelActor:
+    """One labeler session per actor; refuses to run if it would label differently from what the meta records."""
+
+    def __init__(self, cfg: LabelConfig, expected: dict) -> None:
+        from cdul_rt.pipeline import open_session
+        from cdul_rt.vocab import load_vocabulary
+
+        vocab = load_vocabulary(cfg.classes)
+        self.session = open_session(cfg, vocab)
+        got = _recorded_config(cfg, vocab, self.session)
+        diff = sorted(k for k in set(got) | set(expected) if got.get(k) != expected.get(k))
+        if diff:  # e.g. a node with other weights behind the same --weights path
+            raise CdulError(f"an actor on {os.uname().nodename} loaded a different labeler ({', '.join(diff)} "
+                            "differ); every node must see the same model files")
+        self.runner = self.session.runner.activate()
+        self.save_parts = cfg.save_parts
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        ok = np.asarray([e == "" for e in batch["error"]], dtype=bool)
+        n, c = len(ok), self.session.text_embeddings.shape[0]
+        outs = {k: np.zeros((n, c), np.float32) for k in ("S_final", "S_global", "S_ag")}
+        if ok.any():
+            crops = np.asarray(batch["crops"])[ok]
+            s = crops.shape[-2]
+            x = normalize_batch(crops.reshape(-1, s, s, 3), self.session.preprocess)
+            res = self.runner.infer({"crops": x, "text_embeddings": self.session.text_embeddings})
+            for key in outs:
+                outs[key][ok] = res[key]
+        result = {"path": batch["path"], "error": batch["error"], "scores": outs["S_final"]}
+        if self.save_parts:
+            result.update({"global": outs["S_global"], "aggregate": outs["S_ag"]})
+        return result
+
+
+def _describe(cfg: LabelConfig) -> tuple[dict, PreprocessConfig]:
+    """The recorded config and preprocessing of ``cfg``'s labeler, computed where an actor would run."""
+    from cdul_rt.pipeline import open_session
+    from cdul_rt.vocab import load_vocabulary
+
+    vocab = load_vocabulary(cfg.classes)
+    session = open_session(cfg, vocab)
+    return _recorded_config(cfg, vocab, session), session.preprocess
+
+
+# -- driver -----------------------------------------------------------------------------------------------------------
+def default_out(images: str) -> Path:
+    """``<images>.labels.ray/`` next to a local folder, or in the working directory for a URL."""
+    name = PurePosixPath(str(images).rstrip("/")).name or "images"
+    return (Path.cwd() if is_url(images) else Path(images).parent) / f"{name}.labels.ray"
+
+
+def _validate(cfg: LabelConfig) -> None:
+    # every option check of plain `label` except the two that differ here: --out is a directory (not a file with
+    # a format suffix) and the input may be a URL (listed later)
+    dataclasses.replace(cfg, input=Path(__file__), out=Path("check.parquet")).validate()
+    if cfg.device.startswith("cuda:") and cfg.device != "cuda:0":
+        raise CdulError(f"--device {cfg.device}: with --cluster ray each actor sees only the GPUs Ray gives it; "
+                        "use --device cuda and --gpus-per-actor")
+
+
+def _connect(ray, address: str | None) -> bool:
+    """Connect to a cluster (``address`` or $RAY_ADDRESS) or start a local one; True when we started it."""
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return False
+    ray.init(include_dashboard=False, object_store_memory=LOCAL_OBJECT_STORE_BYTES)
+    return True
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The CdulError a Ray worker raised, if any, out of Ray's wrappers."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, CdulError):
+            return seen
+        cause = getattr(seen, "cause", None)
+        seen = cause if isinstance(cause, BaseException) else seen.__cause__
+    return exc
+
+
+def _update_meta(out: Path, extra: dict) -> None:
+    meta = read_meta(out)
+    meta.update(extra)
+    tmp = sidecar(out, "meta").with_suffix(".tmp")
+    tmp.write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    os.replace(tmp, sidecar(out, "meta"))
+
+
+def _decode_memory(cfg: LabelConfig, preprocess: PreprocessConfig) -> int:
+    """Bytes a decode task holds: its batch of uint8 crops (in and out) plus a decoded full-size image.
+
+    Declaring it also keeps decoding a stage of its own: Ray Data fuses a task stage into the next actor stage when
+    their remote args match (1 CPU each), and the actors would then decode too, serially with the engine, while the
+    CPUs kept for decoding idle.
+    """
+    crops = cfg.batch_size * (1 + cfg.grid**2) * preprocess.size**2 * 3
+    return 2 * crops + 256 * 1024**2  # a worker with numpy, PIL and pyarrow loaded
+
+
+def _build_dataset(ray, items: list[tuple[str, str]], cfg: LabelConfig, plan: RayPlan, config: dict,
+                   preprocess: PreprocessConfig, actor_cls: type):
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # one bar, ours
+    rows_per_block = max(cfg.batch_size, 16)
+    ds = ray.data.from_items([{"path": p, "uri": u} for p, u in items],
+                             override_num_blocks=max(1, -(-len(items) // rows_per_block)))
+    ds = ds.map_batches(decode_batch, batch_size=cfg.batch_size, batch_format="numpy",
+                        fn_kwargs={"grid": cfg.grid, "preprocess": preprocess, "max_pixels": cfg.max_pixels},
+                        num_cpus=1, memory=_decode_memory(cfg, preprocess),
+                        compute=ray.data.TaskPoolStrategy(size=plan.decode_tasks))
+    gpu = {"num_gpus": plan.gpus_per_actor} if plan.gpus_per_actor else {}
+    return ds.map_batches(actor_cls, batch_size=cfg.batch_size, batch_format="numpy",
+                          fn_constructor_kwargs={"cfg": cfg, "expected": config},
+                          compute=ray.data.ActorPoolStrategy(size=plan.actors), num_cpus=plan.cpus_per_actor, **gpu)
+
+
+def _consume(ds, writer: ShardWriter, summary: LabelSummary, bar) -> None:
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        err = np.asarray([e != "" for e in batch["error"]], dtype=bool)
+        paths = [str(p) for p in batch["path"]]
+        if err.any():
+            bad = [p for p, e in zip(paths, err) if e]
+            reasons = [str(r) for r, e in zip(batch["error"], err) if e]
+            writer.add_failures(bad, reasons)
+            summary.failures.extend(list(zip(bad, reasons))[: max(0, 20 - len(summary.failures))])
+            bar.set_postfix(failed=writer.failed + len(bad))
+        good = ~err
+        if good.any():
+            parts = (batch["global"][good], batch["aggregate"][good]) if "global" in batch else ()
+            writer.add([p for p, g in zip(paths, good) if g], batch["scores"][good], *parts)
+        bar.update(len(paths))
+
+
+def label_with_ray(cfg: LabelConfig, opts: RayOptions | None = None, source: str | None = None,
+                   actor_cls: type = LabelActor) -> LabelSummary:
+    """Label every image under ``source`` (default ``cfg.input``; a folder or fsspec URL) into the shard directory
+    ``cfg.out``; resumes a previous job of the same configuration. ``actor_cls`` may be a :class:`LabelActor`
+    subclass (fault-injection tests)."""
+    ray = require("ray", "ray")
+    require("ray.data", "ray")
+    opts = opts or RayOptions()
+    source = str(source if source is not None else cfg.input)
+    _validate(cfg)
+    out = Path(cfg.out)
+    prepare_output(out, cfg.overwrite)
+    started = _connect(ray, opts.address)
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    try:
+        plan = plan_resources(ray.cluster_resources(), opts.actors, opts.cpus_per_actor, opts.gpus_per_actor,
+                              want_gpu=cfg.device.startswith("cuda"))
+        gpu = {"num_gpus": plan.gpus_per_actor} if plan.gpus_per_actor else {}
+        # max_calls=1: the worker that loaded a model exits, instead of being reused (torch and all) for decoding
+        describe = ray.remote(max_calls=1)(_describe).options(num_cpus=plan.cpus_per_actor, **gpu)
+        log.info("ray plan: %s", plan.describe())
+        t0 = time.perf_counter()
+        try:
+            config, preprocess = ray.get(describe.remote(cfg))
+            log.info("labeler described in %.1fs", time.perf_counter() - t0)
+        except Exception as exc:
+            raise _root_cause(exc) from None
+        return _run(ray, cfg, opts, source, plan, config, preprocess, actor_cls)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _run(ray, cfg: LabelConfig, opts: RayOptions, source: str, plan: RayPlan, config: dict,
+         preprocess: PreprocessConfig, actor_cls: type) -> LabelSummary:
+    from tqdm import tqdm
+
+    out = Path(cfg.out)
+    _check_existing(cfg, config)
+    done, failed_before = done_paths(out)
+    items = [(p, u) for p, u in list_images(source) if p not in done and p not in failed_before]
+    _write_meta(cfg, config, "running")
+    ray_meta = {"input": source, "output": "parquet-shards", "cluster": {"engine": "ray", **dataclasses.asdict(plan)}}
+    _update_meta(out, ray_meta)
+    summary = LabelSummary(out, skipped=len(done) + len(failed_before))
+    writer = ShardWriter(out, config["classes"], cfg.threshold, cfg.top_k, cfg.save_parts, opts.shard_rows,
+                         opts.flush_seconds)
+    start = time.perf_counter()
+    bar = tqdm(desc="labeling (ray)", unit="img", total=len(items), disable=not cfg.progress, dynamic_ncols=True)
+    try:
+        if items:
+            _consume(_build_dataset(ray, items, cfg, plan, config, preprocess, actor_cls), writer, summary, bar)
+    except Exception as exc:
+        raise _root_cause(exc) from None
+    finally:
+        writer.flush()  # rows already received are whole: keep them for the resume
+        bar.close()
+        summary.seconds = time.perf_counter() - start
+    summary.labeled, summary.failed = writer.written, writer.failed
+    _write_meta(cfg, config, "complete", summary)
+    _update_meta(out, {**ray_meta, "shards": len(writer.shards), "duplicates_dropped": writer.duplicates})
+    return summary

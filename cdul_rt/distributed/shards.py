@@ -1,0 +1,216 @@
+"""A distributed job's output: a directory of Parquet shards, each written atomically, and its failures table.
+
+Layout of ``OUT/`` (a directory; ``OUT.meta.json`` beside it is the same sidecar plain ``label`` writes)::
+
+    OUT/part-<run>-<seq>.parquet            one row per image: path, labels, scores [, global, aggregate]
+    OUT/_failures/part-<run>-<seq>.parquet  one row per unreadable image: path, reason
+
+Label shards have the schema of plain ``label``'s ``.parquet`` output (``scores`` a fixed-size list<float32>, the
+classes in the schema metadata), so any one shard reads with :func:`cdul_rt.labelfile.read_label_file`, and the
+directory reads with pyarrow/pandas/Spark/Ray as one dataset (they skip ``_``- and ``.``-prefixed names). A shard is
+written under a hidden temporary name and renamed into place, so a killed job leaves whole shards only; every run
+names its shards with a fresh run id, so a resumed job never overwrites earlier ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from cdul_rt.errors import CdulError
+from cdul_rt.labelfile import PARTS, LabelTable, read_meta, select_labels, sidecar
+
+FAILURES_DIR = "_failures"
+SHARD_GLOB = "part-*.parquet"
+
+
+def _is_ours(p: Path) -> bool:
+    name = p.name
+    return (name.startswith("part-") and name.endswith(".parquet")) or (name.startswith(".part-")
+                                                                        and name.endswith(".tmp"))
+
+
+def label_shards(out: Path) -> list[Path]:
+    return sorted(Path(out).glob(SHARD_GLOB))
+
+
+def failure_shards(out: Path) -> list[Path]:
+    return sorted((Path(out) / FAILURES_DIR).glob(SHARD_GLOB))
+
+
+def prepare_output(out: Path, overwrite: bool) -> None:
+    """Make ``out`` ready: refuse a file or a foreign non-empty folder, drop torn temporaries, clear on overwrite."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise CdulError(f"--out {out} is a file; with --cluster ray the output is a directory of Parquet shards "
+                        "(e.g. --out labels.ray/)")
+    if out.suffix.lower() in (".jsonl", ".csv", ".npz"):
+        raise CdulError(f"--out {out}: with --cluster ray the output is a directory of Parquet shards, not a "
+                        f"{out.suffix} file; pass a directory name (e.g. --out {out.with_suffix('')}.ray)")
+    fail_dir = out / FAILURES_DIR
+    if out.is_dir():
+        foreign = [p.name for p in out.iterdir() if p.name != FAILURES_DIR and not _is_ours(p)]
+        if foreign:
+            raise CdulError(f"--out {out} holds files that are not cdul-rt shards ({', '.join(sorted(foreign)[:3])}"
+                            "...); choose an empty or new directory")
+    for d in (out, fail_dir):
+        if not d.is_dir():
+            continue
+        for p in d.iterdir():
+            if p.name.startswith(".part-") or (overwrite and _is_ours(p)):
+                p.unlink()  # a torn temporary of a killed job, or an old shard on --overwrite
+    if overwrite:
+        sidecar(out, "meta").unlink(missing_ok=True)
+    fail_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _paths_of(files: list[Path]) -> set[str]:
+    import pyarrow.parquet as pq
+
+    done: set[str] = set()
+    for f in files:
+        done.update(pq.read_table(f, columns=["path"]).column("path").to_pylist())
+    return done
+
+
+def done_paths(out: Path) -> tuple[set[str], set[str]]:
+    """Paths already labeled and paths already listed as failures by earlier runs into ``out``."""
+    return _paths_of(label_shards(out)), _paths_of(failure_shards(out))
+
+
+def _atomic_write(table, final: Path) -> None:
+    import pyarrow.parquet as pq
+
+    tmp = final.with_name("." + final.name + ".tmp")
+    with open(tmp, "wb") as f:
+        pq.write_table(table, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+
+
+class ShardWriter:
+    """Collects result rows on the driver and writes them as shards of about ``shard_rows`` rows.
+
+    A shard is also written after ``flush_seconds`` without one, so a slow job loses little when killed. Paths seen
+    in this run are remembered: a row that arrives twice (a retried task) is written once.
+    """
+
+    def __init__(self, out: Path, classes: list[str], threshold: float = 0.5, top_k: int | None = None,
+                 save_parts: bool = False, shard_rows: int = 50_000, flush_seconds: float = 60.0) -> None:
+        import pyarrow as pa
+
+        if shard_rows < 1:
+            raise CdulError(f"--shard-rows must be >= 1, got {shard_rows}")
+        self.out, self.classes = Path(out), list(classes)
+        self.threshold, self.top_k, self.save_parts = threshold, top_k, save_parts
+        self.shard_rows, self.flush_seconds = shard_rows, flush_seconds
+        self.run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+        vec = pa.list_(pa.float32(), len(self.classes))
+        fields = [pa.field("path", pa.string()), pa.field("labels", pa.list_(pa.string())), pa.field("scores", vec)]
+        fields += [pa.field(k, vec) for k in (PARTS if save_parts else ())]
+        self.schema = pa.schema(fields, metadata={"cdul_rt.classes": json.dumps(self.classes)})
+        self.fail_schema = pa.schema([pa.field("path", pa.string()), pa.field("reason", pa.string())])
+        self._rows: dict[str, list] = {f.name: [] for f in fields}
+        self._fails: dict[str, list] = {"path": [], "reason": []}
+        self._seen: set[str] = set()
+        self._seq = 0
+        self._last = time.monotonic()
+        self.written = self.failed = self.duplicates = 0
+        self.shards: list[Path] = []
+
+    def add(self, paths, scores: np.ndarray, s_global: np.ndarray | None = None,
+            s_ag: np.ndarray | None = None) -> None:
+        for i, p in enumerate(paths):
+            if p in self._seen:
+                self.duplicates += 1
+                continue
+            self._seen.add(p)
+            self._rows["path"].append(p)
+            self._rows["labels"].append(select_labels(scores[i], self.classes, self.threshold, self.top_k))
+            self._rows["scores"].append(scores[i])
+            if self.save_parts:
+                self._rows["global"].append(s_global[i])
+                self._rows["aggregate"].append(s_ag[i])
+        self._maybe_flush()
+
+    def add_failures(self, paths, reasons) -> None:
+        for p, r in zip(paths, reasons):
+            if p in self._seen:
+                self.duplicates += 1
+                continue
+            self._seen.add(p)
+            self._fails["path"].append(p)
+            self._fails["reason"].append(r)
+        self._maybe_flush()
+
+    def _maybe_flush(self) -> None:
+        pending = len(self._rows["path"]) + len(self._fails["path"])
+        if pending >= self.shard_rows or (pending and time.monotonic() - self._last >= self.flush_seconds):
+            self.flush()
+
+    def _vectors(self, rows: list[np.ndarray]):
+        import pyarrow as pa
+
+        flat = np.asarray(rows, dtype=np.float32).reshape(-1)
+        return pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), len(self.classes))
+
+    def flush(self) -> None:
+        import pyarrow as pa
+
+        name = f"part-{self.run_id}-{self._seq:05d}.parquet"
+        if self._fails["path"]:
+            _atomic_write(pa.table(self._fails, schema=self.fail_schema), self.out / FAILURES_DIR / name)
+            self.failed += len(self._fails["path"])
+            self._fails = {"path": [], "reason": []}
+        if self._rows["path"]:
+            cols = {"path": pa.array(self._rows["path"], pa.string()),
+                    "labels": pa.array(self._rows["labels"], pa.list_(pa.string()))}
+            cols.update({k: self._vectors(v) for k, v in self._rows.items() if k not in ("path", "labels")})
+            _atomic_write(pa.table(cols, schema=self.schema), self.out / name)
+            self.written += len(self._rows["path"])
+            self.shards.append(self.out / name)
+            self._rows = {k: [] for k in self._rows}
+        self._seq += 1
+        self._last = time.monotonic()
+
+
+def read_shards(out: str | Path) -> LabelTable:
+    """All label rows of a distributed job's output directory as one table, sorted by path."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = Path(out)
+    files = label_shards(out)
+    meta = read_meta(out)
+    if not files:
+        if not out.is_dir():
+            raise CdulError(f"{out} is not a directory of label shards")
+        classes = meta.get("classes", [])
+        return LabelTable([], classes, np.zeros((0, len(classes)), np.float32), {}, meta)
+    t = pa.concat_tables([pq.read_table(f) for f in files])
+    classes = json.loads((t.schema.metadata or {}).get(b"cdul_rt.classes", b"[]")) or meta.get("classes", [])
+    order = np.argsort(np.asarray(t.column("path").to_pylist(), dtype=object), kind="stable")
+    t = t.take(pa.array(order))
+
+    def dense(col: str) -> np.ndarray:
+        return t.column(col).combine_chunks().flatten().to_numpy().astype(np.float32).reshape(len(t), len(classes))
+
+    parts = {k: dense(k) for k in PARTS if k in t.column_names}
+    return LabelTable(t.column("path").to_pylist(), classes, dense("scores"), parts, meta)
+
+
+def read_failures(out: str | Path) -> list[tuple[str, str]]:
+    """``(path, reason)`` of every unreadable image recorded in ``out``, sorted by path."""
+    import pyarrow.parquet as pq
+
+    rows: list[tuple[str, str]] = []
+    for f in failure_shards(Path(out)):
+        t = pq.read_table(f)
+        rows.extend(zip(t.column("path").to_pylist(), t.column("reason").to_pylist()))
+    return sorted(rows)
