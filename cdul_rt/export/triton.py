@@ -334,8 +334,9 @@ def _trt_plan(kind: str, model, out: Path, grid: int, opts: TritonOptions, log) 
     base = opts.trt if opts.trt is not None else TrtBuildConfig()
     spec = ProfileSpec(1, opts.opt_images, opts.max_images, 1, min(80, opts.max_classes), opts.max_classes)
     timing = base.timing_cache or out.parent / f".{out.name}-timing.cache"  # outlives the build folder
-    cfg = TrtBuildConfig(**{**base.__dict__, "profile": spec, "timing_cache": timing})
-    onnx_precision = "fp16" if any(i.data_type == 10 for i in model.graph.initializer) else "fp32"
+    onnx_precision = "fp16" if any(i.data_type == 10 for i in model.graph.initializer) else "fp32"  # 10: FLOAT16
+    typing = base.typing or ("strong" if onnx_precision == "fp16" else None)  # an fp16 graph compiles as typed
+    cfg = TrtBuildConfig(**{**base.__dict__, "profile": spec, "timing_cache": timing, "typing": typing})
     graph_kind = {"labeler": "labeler_images"}.get(kind, kind)
     return build_engine(GraphSource(graph_kind, src_path, onnx_precision, grid), build_dir, cfg, log).plan
 
