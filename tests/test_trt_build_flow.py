@@ -9,15 +9,16 @@ import json
 import types
 
 import pytest
+from test_triton_repository import make_artifacts
 
 from cdul_rt.engines.trt import builder, cuda
 from cdul_rt.engines.trt.profiles import ProfileSpec
 from cdul_rt.errors import CdulError
 from cdul_rt.export.tensorrt import TrtBuildConfig, build_engines
-from test_triton_repository import make_artifacts
 
 FP16_INFO = json.dumps({"Layers": [{"Name": "mm", "LayerType": "CaskGemmMatrixMultiply",
-                                    "Inputs": [{"Format/Datatype": "Half"}], "Outputs": [{"Format/Datatype": "Half"}]}]})
+                                    "Inputs": [{"Format/Datatype": "Half"}],
+                                    "Outputs": [{"Format/Datatype": "Half"}]}]})
 FP32_INFO = FP16_INFO.replace("Half", "Float")
 
 
