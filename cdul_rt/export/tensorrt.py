@@ -226,6 +226,9 @@ def build_engines(artifact_dir: str | Path, out_dir: str | Path | None = None,
     typing = resolve_typing(trt_major(trt.__version__), cfg.precision, cfg.typing,
                             available_precisions(folders, cls_dir))
     sources = plan_sources(folders, kinds, cfg.precision, typing, cls_dir)
+    missing = [k for k in kinds if k not in {s.kind for s in sources}]
+    if missing:
+        log(f"no {onnx_precision_for(typing, cfg.precision)} ONNX graph for {', '.join(missing)}: not built")
     out = Path(out_dir) if out_dir else Path(artifact_dir) / ENGINE_FOLDER
     cfg = TrtBuildConfig(**{**cfg.__dict__, "typing": typing})
     built = [build_engine(src, out, cfg, log) for src in sources]
