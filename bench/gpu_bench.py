@@ -134,8 +134,8 @@ def parity(report: Report, name: str, ref: dict, got: dict) -> None:
 
 
 class Bench:
-    def __init__(self, report: Report, images: int, model: str) -> None:
-        self.r, self.images, self.model = report, images, model
+    def __init__(self, report: Report, images: int, model: str, device: str = "cuda") -> None:
+        self.r, self.images, self.model, self.device = report, images, model, device
         self.ref: dict | None = None
         self.work = Path(tempfile.mkdtemp(prefix="cdul-gpu-check-"))
 
@@ -153,21 +153,23 @@ class Bench:
         from cdul_rt.models import load_clip
         from cdul_rt.presets import resolve_model
 
-        if not torch.cuda.is_available():
+        cuda = self.device.startswith("cuda")
+        if cuda and not torch.cuda.is_available():
             raise SkipSection("torch sees no CUDA device")
         self.bundle = load_clip(resolve_model(self.model, "none"))
         self.dim = int(self.bundle.config["embed_dim"])
         self.size = self.bundle.preprocess.size
         feed = self.feed(self.size, self.dim)
-        for precision in ("fp32", "fp16"):
-            with TorchLabelerRunner(self.bundle, precision=precision, device="cuda") as runner:
+        low = "fp16" if cuda else "bf16"  # --device cpu: a dry run of this script's code paths
+        for precision in ("fp32", low):
+            with TorchLabelerRunner(self.bundle, precision=precision, device=self.device) as runner:
                 out = runner.infer(feed)
                 row(self.r, "torch", precision, "labeler, host in/out", self.images,
-                    timed(lambda: runner.infer(feed), 3, 10, torch.cuda.synchronize))
+                    timed(lambda: runner.infer(feed), 3, 10, torch.cuda.synchronize if cuda else None))
             if precision == "fp32":
                 self.ref = out
             else:
-                parity(self.r, "torch cuda fp16", self.ref, out)
+                parity(self.r, f"torch {self.device} {low}", self.ref, out)
 
     def torch_graphs(self) -> None:
         """The visual encoder alone, on device: eager vs CUDA graphs (captured by hand) vs torch.compile."""
@@ -225,19 +227,22 @@ class Bench:
 
         from cdul_rt.engines.gpu import ORT_CUDA, ort_providers
 
-        if ORT_CUDA not in ort.get_available_providers():
+        if self.device.startswith("cuda") and ORT_CUDA not in ort.get_available_providers():
             raise SkipSection("onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)")
         folder = self.export("fp32")
         feed = {**self.feed(self.size, self.dim), "zeta": np.array([0.3], np.float32),
                 "lambda": np.array([1.0], np.float32)}
         sess = ort.InferenceSession(str(folder / "labeler.onnx"),
-                                    providers=ort_providers("cuda", "fp32", use_tensorrt=False))
+                                    providers=ort_providers(self.device, "fp32", use_tensorrt=False))
         names = [i.name for i in sess.get_inputs()]
         run = lambda: sess.run(["S_final"], {n: feed[n] for n in names})  # noqa: E731
-        parity(self.r, "onnxruntime cuda fp32", self.ref, {"S_final": run()[0]})
-        row(self.r, "onnxruntime-cuda", "fp32", "labeler, host in/out", self.images, timed(run, 3, 10))
+        kind = "cuda" if self.device.startswith("cuda") else "cpu"
+        parity(self.r, f"onnxruntime {kind} fp32", self.ref, {"S_final": run()[0]})
+        row(self.r, f"onnxruntime-{kind}", "fp32", "labeler, host in/out", self.images, timed(run, 3, 10))
 
     def tensorrt(self) -> None:
+        if not self.device.startswith("cuda"):
+            raise SkipSection("TensorRT needs --device cuda")
         try:
             import tensorrt
         except Exception as exc:  # noqa: BLE001
@@ -270,6 +275,7 @@ def main() -> int:
     ap.add_argument("--images", type=int, default=8, help="images per call (x10 crops)")
     ap.add_argument("--model", default="ViT-B-32")
     ap.add_argument("--no-tests", action="store_true")
+    ap.add_argument("--device", default="cuda", help="cuda (default); cpu = a dry run of the code paths")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     report = Report(args.budget)
@@ -283,13 +289,15 @@ def main() -> int:
         report.data["machine"] = report.section("machine", machine) or {}
         if not args.no_tests:
             report.data["tests"] = report.section("gpu tests", run_tests, min(150.0, report.left() - 60), need_s=90)
-        bench = Bench(report, args.images, args.model)
-        report.section("torch cuda labeler", bench.torch_runtime, need_s=20)
-        if report.data["sections"].get("torch cuda labeler") == "ok":
-            report.section("torch cuda graphs", bench.torch_graphs, need_s=10)
-            report.section("onnxruntime cuda", bench.onnxruntime_cuda, need_s=60)
+        bench = Bench(report, args.images, args.model, args.device)
+        report.section("torch labeler", bench.torch_runtime, need_s=20)
+        if report.data["sections"].get("torch labeler") == "ok":
+            if args.device.startswith("cuda"):
+                report.section("torch cuda graphs", bench.torch_graphs, need_s=10)
+            report.section("onnxruntime", bench.onnxruntime_cuda, need_s=60)
             report.section("tensorrt", bench.tensorrt, need_s=120)
-            report.section("torch.compile", bench.torch_compile, need_s=60)
+            if args.device.startswith("cuda"):
+                report.section("torch.compile", bench.torch_compile, need_s=60)
     report.data["total_seconds"] = round(time.perf_counter() - report.t0, 1)
     Path(args.out).write_text(json.dumps(report.data, indent=2), encoding="utf-8")
     for r in report.data["bench"]:
