@@ -117,6 +117,20 @@ def default_out(images: str) -> Path:
     return (Path.cwd() if is_url(images) else Path(images).parent) / f"{name}.labels.ray"
 
 
+def _describe_where_actors_run(ray, cfg: LabelConfig, plan: RayPlan) -> tuple[dict, PreprocessConfig]:
+    """A CPU labeler is described here (no extra worker to start); a GPU one by a task with an actor's resources,
+    since the driver may have no GPU (or no TensorRT)."""
+    if not plan.gpus_per_actor:
+        return _describe(cfg)
+    # max_calls=1: the worker that loaded a model exits instead of being reused (torch and all) for decoding
+    describe = ray.remote(max_calls=1)(_describe).options(num_cpus=plan.cpus_per_actor,
+                                                          num_gpus=plan.gpus_per_actor)
+    try:
+        return ray.get(describe.remote(cfg))
+    except Exception as exc:
+        raise _root_cause(exc) from None
+
+
 def _validate(cfg: LabelConfig) -> None:
     # every option check of plain `label` except the two that differ here: --out is a directory (not a file with
     # a format suffix) and the input may be a URL (listed later)
@@ -172,7 +186,9 @@ def _build_dataset(ray, items: list[tuple[str, str]], cfg: LabelConfig, plan: Ra
                    preprocess: PreprocessConfig, actor_cls: type):
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # one bar, ours
-    rows_per_block = max(cfg.batch_size, 16)
+    # a block is a decode task's and an actor task's input; its results reach the driver (and a shard) together,
+    # so small blocks keep the work a killed job loses small
+    rows_per_block = 4 * cfg.batch_size
     ds = ray.data.from_items([{"path": p, "uri": u} for p, u in items],
                              override_num_blocks=max(1, -(-len(items) // rows_per_block)))
     ds = ds.map_batches(decode_batch, batch_size=cfg.batch_size, batch_format="numpy",
@@ -219,16 +235,8 @@ def label_with_ray(cfg: LabelConfig, opts: RayOptions | None = None, source: str
     try:
         plan = plan_resources(ray.cluster_resources(), opts.actors, opts.cpus_per_actor, opts.gpus_per_actor,
                               want_gpu=cfg.device.startswith("cuda"))
-        gpu = {"num_gpus": plan.gpus_per_actor} if plan.gpus_per_actor else {}
-        # max_calls=1: the worker that loaded a model exits, instead of being reused (torch and all) for decoding
-        describe = ray.remote(max_calls=1)(_describe).options(num_cpus=plan.cpus_per_actor, **gpu)
         log.info("ray plan: %s", plan.describe())
-        t0 = time.perf_counter()
-        try:
-            config, preprocess = ray.get(describe.remote(cfg))
-            log.info("labeler described in %.1fs", time.perf_counter() - t0)
-        except Exception as exc:
-            raise _root_cause(exc) from None
+        config, preprocess = _describe_where_actors_run(ray, cfg, plan)
         return _run(ray, cfg, opts, source, plan, config, preprocess, actor_cls)
     finally:
         if started:
