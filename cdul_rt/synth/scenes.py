@@ -62,11 +62,11 @@ def render_single(cls_index: int, rng: np.random.Generator, size: int = 128) -> 
 
 
 def render_view(cls_index: int | None, rng: np.random.Generator, size: int = 96) -> Image.Image:
-    """A training view that looks like a grid tile: one object at 30-105% of the side, off-centre and up to
+    """A training view that looks like a grid tile: one object at 40-105% of the side, off-centre and up to
     about a third cut off by the border; ``cls_index=None`` gives a background-only view."""
     canvas, _ = background(size, size, rng)
     if cls_index is not None:
-        obj = size * rng.uniform(0.3, 1.05)
+        obj = size * rng.uniform(0.4, 1.05)
         margin = obj * rng.uniform(0.15, 0.5)
         lo, hi = margin, size - margin
         cx, cy = rng.uniform(lo, hi, size=2) if hi > lo else (size / 2, size / 2)
