@@ -31,9 +31,11 @@ class Decoded:
     error: str | None = None
 
 
-def load_crops(path: Path, grid: int, cfg: PreprocessConfig, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
+def load_crops(path: Path, grid: int, cfg: PreprocessConfig, max_pixels: int = DEFAULT_MAX_PIXELS,
+               jpeg_draft: bool = False) -> Decoded:
+    """``jpeg_draft``: decode large JPEGs downscaled as long as every tile stays >= the model input size."""
     try:
-        img = open_rgb(path, max_pixels)
+        img = open_rgb(path, max_pixels, (grid, cfg.size) if jpeg_draft else None)
         return Decoded(path, image_crops(img, grid, cfg))
     except CdulError as exc:
         return Decoded(path, None, str(exc))
@@ -41,16 +43,18 @@ def load_crops(path: Path, grid: int, cfg: PreprocessConfig, max_pixels: int = D
         return Decoded(path, None, describe_error(exc))
 
 
-def _load_many(paths: list[Path], grid: int, cfg: PreprocessConfig, max_pixels: int) -> list[Decoded]:
-    return [load_crops(p, grid, cfg, max_pixels) for p in paths]
+def _load_many(paths: list[Path], grid: int, cfg: PreprocessConfig, max_pixels: int,
+               jpeg_draft: bool = False) -> list[Decoded]:
+    return [load_crops(p, grid, cfg, max_pixels, jpeg_draft) for p in paths]
 
 
 def decode_stream(paths: Iterable[Path], grid: int, cfg: PreprocessConfig, workers: int = 2,
-                  max_pixels: int = DEFAULT_MAX_PIXELS, chunk: int = 4, prefetch: int = 64) -> Iterator[Decoded]:
+                  max_pixels: int = DEFAULT_MAX_PIXELS, chunk: int = 4, prefetch: int = 64,
+                  jpeg_draft: bool = False) -> Iterator[Decoded]:
     """Yield :class:`Decoded` for each path, in order. ``workers=0`` decodes in this process."""
     if workers <= 0:
         for p in paths:
-            yield load_crops(p, grid, cfg, max_pixels)
+            yield load_crops(p, grid, cfg, max_pixels, jpeg_draft)
         return
     # spawn: workers start clean (no copy of a torch runtime with its threads, which can deadlock after fork)
     ctx = mp.get_context("spawn")
@@ -60,7 +64,7 @@ def decode_stream(paths: Iterable[Path], grid: int, cfg: PreprocessConfig, worke
         def submit() -> bool:
             batch = [p for _, p in zip(range(chunk), it)]
             if batch:
-                pending.append(pool.submit(_load_many, batch, grid, cfg, max_pixels))
+                pending.append(pool.submit(_load_many, batch, grid, cfg, max_pixels, jpeg_draft))
             return bool(batch)
 
         while len(pending) * chunk < prefetch and submit():

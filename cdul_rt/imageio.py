@@ -65,11 +65,37 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img
 
 
-def open_rgb(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def min_tile_side(width: int, height: int, grid: int) -> int:
+    """Shortest side of any tile of the g x g grid (tile borders at round(k*L/g), as :mod:`cdul_rt.crops`)."""
+    def edges(length: int) -> list[int]:
+        return [int(np.floor(k * length / grid + 0.5)) for k in range(grid + 1)]
+
+    return min(b - a for e in (edges(width), edges(height)) for a, b in zip(e, e[1:]))
+
+
+def draft_size(width: int, height: int, grid: int, min_tile: int) -> tuple[int, int] | None:
+    """The smallest JPEG DCT-domain downscale (1/2, 1/4, 1/8) that keeps every grid tile >= ``min_tile`` a side.
+
+    libjpeg decodes at 1/s scale for almost nothing, which makes decoding large photos several times faster. The
+    global view and each tile are then resized to the model input from at least ``min_tile`` pixels, as without
+    draft, so only the resampling source differs. ``None``: no downscale keeps the tiles large enough.
+    """
+    best = None
+    for scale in (2, 4, 8):
+        w, h = -(-width // scale), -(-height // scale)  # libjpeg rounds scaled sizes up
+        if min_tile_side(w, h, grid) < min_tile:
+            break
+        best = (w, h)
+    return best
+
+
+def open_rgb(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS,
+             draft: tuple[int, int] | None = None) -> Image.Image:
     """Decode the first frame, apply EXIF orientation, convert to RGB. Raises on anything unreadable.
 
     Images above ``max_pixels`` are refused before decoding (decompression-bomb guard); truncated files raise
-    instead of being silently padded with grey.
+    instead of being silently padded with grey. ``draft=(grid, min_tile)`` lets large JPEGs decode downscaled in
+    the DCT domain as far as :func:`draft_size` allows (other formats decode in full).
     """
     if Path(path).stat().st_size == 0:
         raise BadImage("empty file (0 bytes)")
@@ -80,6 +106,10 @@ def open_rgb(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Im
         with Image.open(path) as img:
             if img.width * img.height > max_pixels:
                 raise BadImage(f"image of {img.width}x{img.height} px exceeds the {max_pixels} pixel limit (--max-pixels)")
+            if draft is not None and img.format == "JPEG":
+                target = draft_size(img.width, img.height, *draft)
+                if target is not None:
+                    img.draft(img.mode, target)
             img.seek(0)
             img.load()
             img = ImageOps.exif_transpose(img)

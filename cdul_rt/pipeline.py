@@ -45,6 +45,8 @@ class LabelConfig:
     device: str = "cpu"
     engine_dir: str | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
+    compile: bool = False  # torch runtime: torch.compile the visual encoder (minutes once, then faster)
+    jpeg_draft: bool = False  # decode large JPEGs downscaled while every tile stays >= the model input
     overwrite: bool = False
     progress: bool = True
     extra: dict = field(default_factory=dict)  # runtime-specific options (e.g. onnxruntime providers)
@@ -88,6 +90,8 @@ def _recorded_config(cfg: LabelConfig, vocab: Vocabulary, session) -> dict:
         "precision": session.precision, "grid": cfg.grid, "zeta": cfg.zeta, "lambda": cfg.lam, "mode": cfg.mode,
         "threshold": cfg.threshold, "top_k": cfg.top_k, "save_parts": cfg.save_parts,
         "preprocess": session.preprocess.to_dict(),
+        # recorded only when on, so label files made before the option existed still resume
+        **({"jpeg_draft": True} if cfg.jpeg_draft else {}),
     }
 
 
@@ -196,7 +200,7 @@ def _run(cfg, session, runner, todo, writer, failures, summary, writer_skip: set
     total = sum(1 for p in iter_images(root) if relative_name(p, root) not in writer_skip) if cfg.progress else None
     with _progress(cfg, total) as bar:
         for item in decode_stream(todo, cfg.grid, session.preprocess, cfg.workers, cfg.max_pixels,
-                                  prefetch=max(16, 4 * cfg.batch_size)):
+                                  prefetch=max(16, 4 * cfg.batch_size), jpeg_draft=cfg.jpeg_draft):
             rel = relative_name(item.path, root)
             if item.crops is None:
                 failures.write(json.dumps({"path": rel, "reason": item.error}) + "\n")

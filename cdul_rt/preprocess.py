@@ -86,9 +86,15 @@ def preprocess_uint8(img: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
 
 
 def normalize_batch(crops: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
-    """uint8 ``[B, S, S, 3]`` -> float32 ``[B, 3, S, S]``: ToTensor (/255) then Normalize(mean, std)."""
-    x = crops.astype(np.float32) / np.float32(255.0)
-    mean = np.asarray(cfg.mean, dtype=np.float32)
-    std = np.asarray(cfg.std, dtype=np.float32)
-    x = (x - mean) / std
-    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    """uint8 ``[B, S, S, 3]`` -> float32 ``[B, 3, S, S]``: ToTensor (/255) then Normalize(mean, std).
+
+    The uint8 crops are made planar first (a 1-byte copy) and the float32 ops run in place on ``[B, 3, S, S]``:
+    the same operations in the same order, so bit-identical to the straightforward version, but ~10x faster
+    (broadcasting over a last axis of 3 defeats vectorisation, and temporaries cost 4 passes over the batch).
+    """
+    x = np.ascontiguousarray(crops.transpose(0, 3, 1, 2))
+    out = np.empty(x.shape, dtype=np.float32)
+    np.divide(x, np.float32(255.0), out=out, dtype=np.float32)
+    np.subtract(out, np.asarray(cfg.mean, dtype=np.float32)[:, None, None], out=out)
+    np.divide(out, np.asarray(cfg.std, dtype=np.float32)[:, None, None], out=out)
+    return out

@@ -19,10 +19,11 @@ from cdul_rt.engines.auto import PARITY_TOL, Candidate
 from cdul_rt.errors import CdulError
 from cdul_rt.presets import DEFAULT_MODEL
 
-# (runtime, precision, device) in table order; fp32 torch first: it is the parity reference
-TARGETS = (("torch", "fp32", "cpu"), ("torch", "bf16", "cpu"), ("onnxruntime", "fp32", "cpu"),
-           ("onnxruntime", "fp16", "cpu"), ("onnxruntime", "int8", "cpu"), ("torch", "fp16", "cuda"),
-           ("tensorrt", "fp16", "cuda"))
+# (runtime, precision, device) in table order; fp32 torch first: it is the parity reference.
+# "torch.compile" is the torch runtime with --compile (inductor, frozen weights).
+TARGETS = (("torch", "fp32", "cpu"), ("torch", "bf16", "cpu"), ("torch.compile", "bf16", "cpu"),
+           ("onnxruntime", "fp32", "cpu"), ("onnxruntime", "fp16", "cpu"), ("onnxruntime", "int8", "cpu"),
+           ("torch", "fp16", "cuda"), ("tensorrt", "fp16", "cuda"))
 
 
 @dataclass
@@ -41,8 +42,10 @@ class BenchConfig:
     only: tuple[str, ...] = ()  # "runtime/precision" prefixes to measure (empty: all)
     naive: bool = True
     auto: bool = True
+    compile: bool = True  # measure the torch.compile row (compiling takes minutes on a big model)
     work_dir: Path = Path("bench-work")
     engine_dir: Path | None = None
+    matmul_size: int = 2048  # n of the n x n roofline matmul (large enough to reach peak on CPUs)
     log: Callable[[str], None] = field(default=lambda msg: None, repr=False)
 
     def validate(self) -> None:
@@ -85,16 +88,16 @@ def machine_info() -> dict:
 def _label_config(cfg: BenchConfig, folder: Path, out: Path, runtime: str, precision: str, device: str):
     from cdul_rt.pipeline import LabelConfig
 
+    compiled = runtime == "torch.compile"
     return LabelConfig(input=folder, out=out, classes=cfg.classes, model=cfg.model, pretrained=cfg.pretrained,
                        weights=cfg.weights, grid=cfg.grid, batch_size=cfg.batch_size, workers=cfg.workers,
-                       runtime=runtime, precision=precision, device=device, overwrite=True, progress=False,
+                       runtime="torch" if compiled else runtime, precision=precision, device=device,
+                       compile=compiled, overwrite=True, progress=False,
                        engine_dir=str(cfg.engine_dir) if cfg.engine_dir else None)
 
 
 def unavailable(runtime: str, precision: str, device: str, caps) -> str | None:
     """Why a target cannot run here (``None``: it can)."""
-    from cdul_rt.engines.auto import _importable
-
     if runtime == "tensorrt" and not caps.tensorrt:
         return "not installed"
     if device == "cuda" and not caps.cuda:
@@ -138,8 +141,8 @@ def _max_diff(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max())
 
 
-def _wanted(cfg: BenchConfig, runtime: str, precision: str) -> bool:
-    return not cfg.only or any(f"{runtime}/{precision}".startswith(o) for o in cfg.only)
+def _wanted(cfg: BenchConfig, runtime: str, precision: str, device: str) -> bool:
+    return not cfg.only or any(f"{runtime}/{precision}/{device}".startswith(o) for o in cfg.only)
 
 
 class _Bench:
@@ -190,9 +193,13 @@ class _Bench:
         label_cfg = _label_config(self.cfg, self.folder, self.cfg.work_dir / name, runtime, precision, device)
         try:
             session = (self.reference if (runtime, precision, device) == ("torch", "fp32", "cpu")
-                       else _open_candidate(Candidate(runtime, precision, device), label_cfg, self.vocab,
+                       else _open_candidate(Candidate(label_cfg.runtime, precision, device), label_cfg, self.vocab,
                                             self.reference))
-            return self.rows_for(session, runtime, precision, device, label_cfg)
+            t = time.perf_counter()
+            rows = self.rows_for(session, runtime, precision, device, label_cfg)
+            if label_cfg.compile:  # the warm-up call compiled: say what that cost, once per process
+                rows[0].note = f"compiling + all runs took {time.perf_counter() - t:.0f} s"
+            return rows
         except CdulError as exc:
             return [Row(runtime, precision, scope, device, status=f"failed: {exc}") for scope in ("encode", "e2e")]
 
@@ -234,10 +241,12 @@ def run_bench(cfg: BenchConfig) -> BenchResult:
     visual = bench.reference.runner.bundle.model.visual
     flops_per_crop = visual_flops_per_crop(visual, bench.reference.preprocess.size)
     cfg.log("measuring matmul roofline (fp32, bf16)")
-    matmul = {p: measure_matmul_flops(p) for p in MATMUL_PRECISIONS}
+    matmul = {p: measure_matmul_flops(p, cfg.matmul_size) for p in MATMUL_PRECISIONS}
     rows: list[Row] = []
     for runtime, precision, device in TARGETS:
-        if (runtime, precision, device) == ("torch", "fp32", "cpu") or _wanted(cfg, runtime, precision):
+        if runtime == "torch.compile" and not cfg.compile:
+            continue
+        if (runtime, precision, device) == ("torch", "fp32", "cpu") or _wanted(cfg, runtime, precision, device):
             rows += bench.target(runtime, precision, device)
     crops_per_image = 1 + cfg.grid**2
     derive(rows, matmul, flops_per_crop * crops_per_image, PARITY_TOL)

@@ -34,9 +34,10 @@ def _print_summary(result) -> None:
 @click.option("--repeats", "-r", default=3, show_default=True, help="Timed runs per row (after a warm-up).")
 @click.option("--naive-images", default=3, show_default=True, help="Images timed in the naive loop (0: skip it).")
 @click.option("--classes", "-c", default="coco", show_default=True, help="Vocabulary.")
-@click.option("--only", multiple=True, help="Measure only runtime/precision starting with this (repeatable), "
-              "e.g. --only torch/bf16; the fp32 reference always runs.")
+@click.option("--only", multiple=True, help="Measure only runtime/precision/device starting with this (repeatable), "
+              "e.g. --only torch/bf16 or --only onnxruntime; the fp32 reference always runs.")
 @click.option("--no-auto", is_flag=True, help="Skip the --runtime auto row.")
+@click.option("--no-compile", is_flag=True, help="Skip the torch.compile row (compiling takes minutes).")
 @click.option("--engine-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Exported artifacts for the onnxruntime / tensorrt rows.")
 @click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-work"),
@@ -46,9 +47,10 @@ def _print_summary(result) -> None:
 @click.option("--floor", "floors", multiple=True,
               help="[ROW:]METRIC=MIN; exit 1 when not met. METRIC: speedup, images_per_s, roofline (fraction); "
                    "ROW: runtime/precision/scope (default: best end-to-end row), e.g. --floor speedup=3.")
+@click.option("--matmul-size", default=2048, show_default=True, hidden=True, help="n of the roofline matmul.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
 def command(model, pretrained, weights, images, image_size, batch_size, workers, repeats, naive_images, classes,
-            only, no_auto, engine_dir, work_dir, json_path, floors, quiet) -> None:
+            only, no_auto, no_compile, engine_dir, work_dir, json_path, floors, matmul_size, quiet) -> None:
     """Benchmark labeling throughput: end to end (decode .. write) and encoder only, every runtime here.
 
     Speed-up is over the loop a researcher writes with open_clip (per crop, batch of 1); roofline is the achieved
@@ -63,8 +65,8 @@ def command(model, pretrained, weights, images, image_size, batch_size, workers,
     parsed = [parse_floor(f) for f in floors]  # bad specs fail before minutes of measuring
     cfg = BenchConfig(model=model, pretrained=pretrained, weights=weights, images=images,
                       image_size=parse_size(image_size), batch_size=batch_size, workers=workers, repeats=repeats,
-                      naive_images=naive_images, classes=classes, only=tuple(only), auto=not no_auto,
-                      work_dir=work_dir, engine_dir=engine_dir,
+                      naive_images=naive_images, classes=classes, only=tuple(only), auto=not no_auto, compile=not no_compile,
+                      work_dir=work_dir, engine_dir=engine_dir, matmul_size=matmul_size,
                       log=(lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True)))
     result = run_bench(cfg)
     _print_summary(result)

@@ -45,6 +45,12 @@ def _default_workers() -> int:
               help="Exported artifact folder for --runtime onnxruntime/tensorrt.")
 @click.option("--max-pixels", default=178_956_970, show_default=True,
               help="Refuse images larger than this many pixels (decompression-bomb guard).")
+@click.option("--compile", is_flag=True,
+              help="torch runtime: torch.compile the visual encoder (inductor, frozen weights). Compiling takes "
+                   "minutes once per process; worth it for large folders (see BENCHMARKS.md).")
+@click.option("--jpeg-draft", is_flag=True,
+              help="Decode large JPEGs downscaled (DCT domain, 2-8x faster) as far as every tile stays >= the "
+                   "model input size; scores change slightly (see BENCHMARKS.md).")
 @click.option("--overwrite", is_flag=True, help="Discard an existing output and start fresh (default: resume).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--cluster", type=click.Choice(["local", "ray"]), default="local", show_default=True,

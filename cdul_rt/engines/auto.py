@@ -185,7 +185,7 @@ def _open_candidate(cand: Candidate, cfg, vocab, reference):
     if cand.runtime == "torch":  # share the reference's loaded CLIP: the runner casts a copy of its weights
         bundle = reference.runner.bundle
         runner = TorchLabelerRunner(bundle, grid=cfg.grid, mode=cfg.mode, zeta=cfg.zeta, lam=cfg.lam,
-                                    precision=cand.precision, device=cand.device)
+                                    precision=cand.precision, device=cand.device, compile=getattr(cfg, "compile", False))
         return LabelerSession(runner, reference.text_embeddings, reference.preprocess, reference.model,
                               reference.weights_hash, cand.precision, "torch")
     sub = replace(cfg, runtime=cand.runtime, precision=cand.precision, device=cand.device)
@@ -197,7 +197,7 @@ def open_labeler(cfg, vocab):
     from cdul_rt.engines.torch.loader import open_labeler as open_torch
 
     caps = detect()
-    reference = open_torch(replace(cfg, runtime="torch", precision="fp32", device="cpu"), vocab)
+    reference = open_torch(replace(cfg, runtime="torch", precision="fp32", device="cpu", compile=False), vocab)
     cands = rank(candidates(caps, cfg.precision), measured(caps, reference.model))
     probe = _probe_crops(cfg, reference.preprocess)
     ref_scores = None

@@ -14,6 +14,6 @@ def open_labeler(cfg, vocab) -> LabelerSession:
     bundle = load_clip(resolve_model(cfg.model, cfg.pretrained, cfg.weights), device=cfg.device)
     text = text_embeddings(bundle, vocab, cfg.template, model_key(bundle))
     runner = TorchLabelerRunner(bundle, grid=cfg.grid, mode=cfg.mode, zeta=cfg.zeta, lam=cfg.lam,
-                                precision=cfg.precision, device=cfg.device)
+                                precision=cfg.precision, device=cfg.device, compile=getattr(cfg, "compile", False))
     return LabelerSession(runner, text, bundle.preprocess, bundle.model_id, bundle.weights_hash,
                           cfg.precision, "torch")
