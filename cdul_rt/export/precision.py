@@ -105,8 +105,19 @@ def quantize_int8(src: Path, dst: Path, props: dict[str, str] | None = None) -> 
     model = onnx.load(str(src))
     matmuls = [n.name for n in model.graph.node
                if n.op_type in ("MatMul", "Gemm") and n.name.startswith(ENCODER_PREFIXES)]
-    quant.quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul", "Gemm"], nodes_to_quantize=matmuls,
-                           weight_type=quant.QuantType.QInt8, extra_options={"MatMulConstBOnly": True})
+    import logging
+
+    root = logging.getLogger()
+    level = root.level
+    # ORT logs "consider pre-processing before quantization"; its pre-processing (symbolic shape inference) fails
+    # on these graphs (an assertion in _infer_Reshape, measured with onnxruntime 1.32), so the advice is muted.
+    root.setLevel(logging.ERROR)
+    try:
+        quant.quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul", "Gemm"],
+                               nodes_to_quantize=matmuls, weight_type=quant.QuantType.QInt8,
+                               extra_options={"MatMulConstBOnly": True})
+    finally:
+        root.setLevel(level)
     from cdul_rt.export.onnx_io import stamp
 
     return stamp(dst, props or {})
