@@ -50,14 +50,14 @@ class RayOptions:
 
 
 # -- the two stages (run in Ray workers) ----------------------------------------------------------------------------
-def decode_batch(batch: dict[str, np.ndarray], grid: int, preprocess: PreprocessConfig,
-                 max_pixels: int) -> dict[str, np.ndarray]:
+def decode_batch(batch: dict[str, np.ndarray], grid: int, preprocess: PreprocessConfig, max_pixels: int,
+                 jpeg_draft: bool = False) -> dict[str, np.ndarray]:
     """Rows ``path, uri`` -> ``path, crops uint8 [n, 1+g^2, S, S, 3], error`` ("" when decoded; zero crops if not)."""
     s, k = preprocess.size, 1 + grid * grid
     crops = np.zeros((len(batch["uri"]), k, s, s, 3), np.uint8)
     errors = []
     for i, uri in enumerate(batch["uri"]):
-        d = decode_uri(str(uri), grid, preprocess, max_pixels)
+        d = decode_uri(str(uri), grid, preprocess, max_pixels, jpeg_draft)
         if d.crops is None:
             errors.append(d.error or "unknown decoding error")
         else:
@@ -192,7 +192,8 @@ def _build_dataset(ray, items: list[tuple[str, str]], cfg: LabelConfig, plan: Ra
     ds = ray.data.from_items([{"path": p, "uri": u} for p, u in items],
                              override_num_blocks=max(1, -(-len(items) // rows_per_block)))
     ds = ds.map_batches(decode_batch, batch_size=cfg.batch_size, batch_format="numpy",
-                        fn_kwargs={"grid": cfg.grid, "preprocess": preprocess, "max_pixels": cfg.max_pixels},
+                        fn_kwargs={"grid": cfg.grid, "preprocess": preprocess, "max_pixels": cfg.max_pixels,
+                                   "jpeg_draft": cfg.jpeg_draft},
                         num_cpus=1, memory=_decode_memory(cfg, preprocess),
                         compute=ray.data.TaskPoolStrategy(size=plan.decode_tasks))
     gpu = {"num_gpus": plan.gpus_per_actor} if plan.gpus_per_actor else {}

@@ -64,10 +64,11 @@ def list_images(source: str | Path) -> list[tuple[str, str]]:
     return sorted(found)
 
 
-def decode_uri(uri: str, grid: int, cfg: PreprocessConfig, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
+def decode_uri(uri: str, grid: int, cfg: PreprocessConfig, max_pixels: int = DEFAULT_MAX_PIXELS,
+               jpeg_draft: bool = False) -> Decoded:
     """Crops of one image, local or remote; any failure (also a failed download) is returned as a reason."""
     if not is_url(uri):
-        return load_crops(Path(uri), grid, cfg, max_pixels)
+        return load_crops(Path(uri), grid, cfg, max_pixels, jpeg_draft)
     try:
         fs, path = _filesystem(uri)
         with fs.open(path, "rb") as f:
@@ -80,6 +81,6 @@ def decode_uri(uri: str, grid: int, cfg: PreprocessConfig, max_pixels: int = DEF
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        return load_crops(Path(tmp), grid, cfg, max_pixels)
+        return load_crops(Path(tmp), grid, cfg, max_pixels, jpeg_draft)
     finally:
         os.unlink(tmp)
