@@ -1,0 +1,87 @@
+"""The distributed job's output directory and sources, without Ray: atomic shards, dedup, resume sets, refusals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cdul_rt.distributed.shards import (FAILURES_DIR, ShardWriter, done_paths, label_shards, prepare_output,
+                                        read_failures, read_shards)
+from cdul_rt.distributed.sources import decode_uri, is_url, list_images
+from cdul_rt.errors import CdulError
+from cdul_rt.labelfile import read_label_file
+from cdul_rt.preprocess import PreprocessConfig
+
+from conftest import make_broken, make_images
+
+CLASSES = ["cat", "dog", "car"]
+
+
+def test_shards_hold_every_row_once_and_read_back_sorted(tmp_path):
+    out = tmp_path / "labels.ray"
+    prepare_output(out, overwrite=False)
+    w = ShardWriter(out, CLASSES, threshold=0.5, save_parts=True, shard_rows=2)
+    rng = np.random.default_rng(0)
+    s = rng.random((5, 3), dtype=np.float32)
+    w.add(["d.jpg", "b.jpg", "a.jpg"], s[:3], s[:3] * 0.5, s[:3] * 0.25)
+    w.add(["b.jpg", "c.jpg"], s[3:], s[3:], s[3:])  # b.jpg again (a retried task): dropped
+    w.add_failures(["x.png"], ["not an image"])
+    w.flush()
+    assert w.written == 4 and w.duplicates == 1 and w.failed == 1
+    assert len(label_shards(out)) == 2 and not list(out.glob(".*"))
+    table = read_shards(out)
+    assert table.paths == ["a.jpg", "b.jpg", "c.jpg", "d.jpg"] and table.classes == CLASSES
+    np.testing.assert_array_equal(table.scores[3], s[0])
+    np.testing.assert_array_equal(table.parts["aggregate"][0], s[2] * 0.25)
+    shard = read_label_file(label_shards(out)[0])  # a shard is a plain-label Parquet file
+    assert shard.classes == CLASSES and shard.paths == ["d.jpg", "b.jpg", "a.jpg"]
+    assert read_failures(out) == [("x.png", "not an image")]
+    assert done_paths(out) == ({"a.jpg", "b.jpg", "c.jpg", "d.jpg"}, {"x.png"})
+    # a second run names its shards apart from the first
+    w2 = ShardWriter(out, CLASSES, save_parts=True, shard_rows=10)
+    w2.add(["e.jpg"], s[:1], s[:1], s[:1])
+    w2.flush()
+    assert len(label_shards(out)) == 3 and len(read_shards(out).paths) == 5
+
+
+def test_prepare_output_drops_torn_temporaries_and_refuses_foreign_folders(tmp_path):
+    out = tmp_path / "labels.ray"
+    prepare_output(out, overwrite=False)
+    w = ShardWriter(out, CLASSES)
+    w.add(["a.jpg"], np.zeros((1, 3), np.float32))
+    w.flush()
+    torn = out / ".part-x-00001.parquet.tmp"
+    torn.write_bytes(b"PAR1 half a shard")
+    prepare_output(out, overwrite=False)
+    assert not torn.exists() and len(label_shards(out)) == 1
+    prepare_output(out, overwrite=True)
+    assert not label_shards(out) and (out / FAILURES_DIR).is_dir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(CdulError, match="not cdul-rt shards"):
+        prepare_output(out, overwrite=True)
+    assert (out / "notes.txt").exists()
+    with pytest.raises(CdulError, match="directory of Parquet shards"):
+        prepare_output(tmp_path / "labels.jsonl", overwrite=False)
+
+
+def test_url_and_path_listings_name_images_alike_and_decode_the_same(tmp_path):
+    folder = tmp_path / "images"
+    make_images(folder, 5)
+    make_broken(folder)
+    (folder / ".hidden.jpg").write_bytes(b"x")
+    local = list_images(folder)
+    remote = list_images(f"file://{folder}")
+    assert [p for p, _ in local] == [p for p, _ in remote] and len(local) == 8
+    assert is_url(remote[0][1]) and not is_url(local[0][1])
+    cfg = PreprocessConfig(size=32)
+    for (path, uri_local), (_, uri_remote) in zip(local, remote):
+        a, b = decode_uri(uri_local, 2, cfg), decode_uri(uri_remote, 2, cfg)
+        assert (a.error is None) == (b.error is None), path
+        if a.crops is not None:
+            np.testing.assert_array_equal(a.crops, b.crops)
+        else:
+            assert a.error == b.error
+    missing = decode_uri(f"file://{folder}/nope.jpg", 2, cfg)
+    assert missing.crops is None and "nope.jpg" in missing.error
+    with pytest.raises(CdulError, match="does not exist"):
+        list_images(tmp_path / "nowhere")
