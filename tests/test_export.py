@@ -63,6 +63,9 @@ def test_fp32_graph_contracts(folders):
         assert json.loads(meta["cdul_rt.preprocess"]) == m.preprocess
         first = model.graph.input[0].type.tensor_type.shape.dim[0]
         assert first.dim_param and not first.dim_value  # dynamic batch
+    for name in ("visual.onnx", "text.onnx"):  # embedding width declared (Triton / TensorRT read it)
+        out = onnx.load(str(folder / name)).graph.output[0].type.tensor_type.shape.dim
+        assert out[1].dim_value == m.embed_dim == 32
     text = onnx.load(str(folder / "text.onnx"))
     assert text.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.INT32
     assert any(n.op_type == "ArgMax" for n in text.graph.node)  # end-of-text pooling

@@ -120,6 +120,20 @@ def _trace(module, args: tuple, path: Path, inputs: list[str], outputs: list[str
             torch.backends.mha.set_fastpath_enabled(True)
 
 
+def _fix_output_width(path: Path, output: str, width: int) -> None:
+    """Declare the embedding width of an output (the exporter leaves it symbolic after the L2 normalisation), so
+    consumers that need fixed non-batch dimensions (Triton, TensorRT profiles) read it from the graph."""
+    import onnx
+
+    from cdul_rt.export.onnx_io import save_model
+
+    model = onnx.load(str(path))
+    dim = next(o for o in model.graph.output if o.name == output).type.tensor_type.shape.dim[1]
+    dim.Clear()
+    dim.dim_value = width
+    save_model(model, path)
+
+
 def export_fp32_graphs(bundle, folder: Path, grid: int, mode: str, opset: int = OPSET) -> dict[str, Path]:
     """Trace the three graphs in fp32 into ``folder``; returns {file name: path}."""
     import torch
@@ -140,6 +154,8 @@ def export_fp32_graphs(bundle, folder: Path, grid: int, mode: str, opset: int = 
            {"crops": {0: "crops"}, "image_embeddings": {0: "crops"}}, opset)
     _trace(build_text(bundle.model), (tokens,), paths["text.onnx"], ["tokens"], ["text_embeddings"],
            {"tokens": {0: "prompts"}, "text_embeddings": {0: "prompts"}}, opset)
+    for name, output in (("visual.onnx", "image_embeddings"), ("text.onnx", "text_embeddings")):
+        _fix_output_width(paths[name], output, d)
     per_image = {0: "images", 1: "classes"}
     _trace(build_labeler(bundle.model, bundle.logit_scale, grid, mode), (crops, text, zeta, lam),
            paths["labeler.onnx"], ["crops", "text_embeddings", "zeta", "lambda"], LABELER_OUTPUTS,
