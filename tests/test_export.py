@@ -248,3 +248,18 @@ def test_label_cli_reports_artifact_errors_cleanly(copy_fp32, tiny_config, tmp_p
                                   "--model", str(tiny_config), "--pretrained", "none", "--classes", "cat,dog",
                                   "--out", str(tmp_path / "o.jsonl"), "-q", "-j", "0"])
     assert r.exit_code == 2 and "text.onnx is truncated" in r.output
+
+
+def test_model_without_exportable_text_tower_still_exports(tmp_path, tiny_config, tiny_bundle, monkeypatch):
+    """Text towers other than CLIP's transformer (HF text models): no text.onnx, stored vocabulary still works."""
+    import cdul_rt.export.graphs as graphs
+
+    monkeypatch.setattr(graphs, "text_tower_supported", lambda model: False)
+    folder = _export(tmp_path, tiny_config, tiny_bundle, "fp32")
+    m = verify_artifacts(folder)
+    assert "text.onnx" not in m.files and not (folder / "text.onnx").exists() and m.tokenizer["kind"] == "none"
+    assert not failures(verify_folder(folder, tiny_bundle, sample_images(2)))
+    session = _open(folder, tiny_config)
+    assert session.text_embeddings.shape == (20, 32)
+    with pytest.raises(CdulError, match="export with this vocabulary"):
+        _open(folder, tiny_config, classes="cat,dog")

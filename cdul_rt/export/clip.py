@@ -135,28 +135,33 @@ def _fix_output_width(path: Path, output: str, width: int) -> None:
 
 
 def export_fp32_graphs(bundle, folder: Path, grid: int, mode: str, opset: int = OPSET) -> dict[str, Path]:
-    """Trace the three graphs in fp32 into ``folder``; returns {file name: path}."""
+    """Trace the graphs in fp32 into ``folder``; returns {file name: path}.
+
+    ``text.onnx`` is left out for text towers other than open_clip's CLIP transformer (HF text models): such a
+    folder labels the vocabularies whose embeddings were stored at export and says so for others.
+    """
     import torch
 
-    from cdul_rt.export.graphs import build_labeler, build_text, build_visual
+    from cdul_rt.export.graphs import build_labeler, build_text, build_visual, text_tower_supported
 
     s, d = bundle.preprocess.size, int(bundle.config["embed_dim"])
     n = 2 * (1 + grid * grid)  # example sizes only; every leading dimension is dynamic
     crops = torch.randn(n, 3, s, s)
-    ctx = int(bundle.model.context_length)
-    tokens = torch.zeros(3, ctx, dtype=torch.int32)
-    tokens[:, 0], tokens[:, 1:4] = 49406, torch.tensor([320, 1125, 539])
-    tokens[:, 4] = 49407
     text = torch.nn.functional.normalize(torch.randn(5, d), dim=-1)
     zeta, lam = torch.tensor([DEFAULT_ZETA]), torch.tensor([DEFAULT_LAMBDA])
-    paths = {name: folder / name for name in ("visual.onnx", "text.onnx", "labeler.onnx")}
+    paths = {"visual.onnx": folder / "visual.onnx"}
     _trace(build_visual(bundle.model), (crops,), paths["visual.onnx"], ["crops"], ["image_embeddings"],
            {"crops": {0: "crops"}, "image_embeddings": {0: "crops"}}, opset)
-    _trace(build_text(bundle.model), (tokens,), paths["text.onnx"], ["tokens"], ["text_embeddings"],
-           {"tokens": {0: "prompts"}, "text_embeddings": {0: "prompts"}}, opset)
-    for name, output in (("visual.onnx", "image_embeddings"), ("text.onnx", "text_embeddings")):
-        _fix_output_width(paths[name], output, d)
+    _fix_output_width(paths["visual.onnx"], "image_embeddings", d)
+    if text_tower_supported(bundle.model):
+        tokens = torch.zeros(3, int(bundle.model.context_length), dtype=torch.int32)
+        tokens[:, :5] = torch.tensor([49406, 320, 1125, 539, 49407], dtype=torch.int32)  # "<sot> a photo of <eot>"
+        paths["text.onnx"] = folder / "text.onnx"
+        _trace(build_text(bundle.model), (tokens,), paths["text.onnx"], ["tokens"], ["text_embeddings"],
+               {"tokens": {0: "prompts"}, "text_embeddings": {0: "prompts"}}, opset)
+        _fix_output_width(paths["text.onnx"], "text_embeddings", d)
     per_image = {0: "images", 1: "classes"}
+    paths["labeler.onnx"] = folder / "labeler.onnx"
     _trace(build_labeler(bundle.model, bundle.logit_scale, grid, mode), (crops, text, zeta, lam),
            paths["labeler.onnx"], ["crops", "text_embeddings", "zeta", "lambda"], LABELER_OUTPUTS,
            {"crops": {0: "crops"}, "text_embeddings": {0: "classes"}, **{o: per_image for o in LABELER_OUTPUTS}},
@@ -207,12 +212,16 @@ def export_clip(opts: ExportOptions, log: Callable[[str], None] = lambda m: prin
     manifest = _skeleton(opts, bundle, vocab, emb_rel)
     with tempfile.TemporaryDirectory(dir=out, prefix=".fp32-") as tmp:
         fp32 = export_fp32_graphs(bundle, Path(tmp), opts.grid, opts.mode, opts.opset)
-        log(f"traced visual, text and labeler graphs (opset {opts.opset}) in {time.perf_counter() - t0:.1f}s")
+        log(f"traced {', '.join(p.stem for p in fp32.values())} graphs (opset {opts.opset}) in "
+            f"{time.perf_counter() - t0:.1f}s")
         written = _convert(fp32, out, opts.precision, manifest.metadata_props())
     for name, (precision, paths) in written.items():
         for path in paths:
             manifest.add_file(out, path.name, name.removesuffix(".onnx") if path.suffix == ".onnx" else "data",
                               precision)
+    if "text.onnx" not in written:
+        manifest.tokenizer = {**manifest.tokenizer, "kind": "none"}
+        log("text.onnx skipped: this model's text tower is not a CLIP transformer; new vocabularies need a re-export")
     if manifest.tokenizer["kind"] == "clip-bpe":
         from open_clip.tokenizer import default_bpe
 

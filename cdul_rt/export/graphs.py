@@ -24,10 +24,14 @@ def build_visual(model):
     return Visual().eval()
 
 
-def check_text_tower(model) -> None:
+def text_tower_supported(model) -> bool:
     """The text graph supports open_clip's built-in CLIP text transformer with end-of-text (argmax) pooling."""
     needed = ("token_embedding", "positional_embedding", "transformer", "ln_final", "attn_mask")
-    if not all(hasattr(model, n) for n in needed) or getattr(model, "text_pool_type", "argmax") != "argmax":
+    return all(hasattr(model, n) for n in needed) and getattr(model, "text_pool_type", "argmax") == "argmax"
+
+
+def check_text_tower(model) -> None:
+    if not text_tower_supported(model):
         raise CdulError(
             f"the text tower of {type(model).__name__} is not a CLIP text transformer with end-of-text pooling; "
             "text.onnx cannot be exported for it (export with the vocabulary you need: its embeddings are stored)"
