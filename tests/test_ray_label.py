@@ -151,3 +151,15 @@ def test_killed_job_resumes_to_exactly_one_row_per_image_through_an_actor_crash(
     assert len(final.paths) == n == len(set(final.paths))
     assert s.skipped == len(first.paths) and s.labeled == n - len(first.paths)
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"runtime": "auto"}, "auto is not available"),
+    ({"device": "cuda:1"}, "use --device cuda"),
+    ({"grid": 0}, "--grid must be >= 1"),
+    ({"out_name": "labels.jsonl"}, "directory of Parquet shards"),
+])
+def test_options_a_ray_job_cannot_honour_are_refused_before_ray_starts(tmp_path, tiny_config, kw, message):
+    out = tmp_path / kw.pop("out_name", "labels.ray")
+    with pytest.raises(CdulError, match=message):
+        label_with_ray(tiny_cfg(tmp_path, out, tiny_config, **kw), RayOptions(address="unused:1"))
