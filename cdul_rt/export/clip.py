@@ -19,8 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
 from cdul_rt.errors import CdulError, require
 from cdul_rt.export.manifest import MANIFEST, PRECISIONS, Manifest
 from cdul_rt.labeling import DEFAULT_LAMBDA, DEFAULT_ZETA, check_mode
@@ -169,7 +167,8 @@ def export_fp32_graphs(bundle, folder: Path, grid: int, mode: str, opset: int = 
     return paths
 
 
-def _convert(fp32: dict[str, Path], out: Path, precision: str, props: dict[str, str]) -> dict[str, tuple[str, list[Path]]]:
+def _convert(fp32: dict[str, Path], out: Path, precision: str,
+             props: dict[str, str]) -> dict[str, tuple[str, list[Path]]]:
     """Write the graphs of ``precision`` with their metadata into ``out``; returns {file: (precision, paths)}."""
     from cdul_rt.export.onnx_io import stamp
     from cdul_rt.export.precision import convert_fp16, quantize_int8

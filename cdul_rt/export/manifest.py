@@ -82,7 +82,8 @@ class Manifest:
         try:
             data = json.loads(text)
         except ValueError as exc:
-            raise CdulError(f"{source} is not valid JSON ({exc}); the artifact folder is damaged: re-export it") from exc
+            raise CdulError(f"{source} is not valid JSON ({exc}); the artifact folder is damaged: "
+                            "re-export it") from exc
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise CdulError(f"{source} is not a cdul-rt artifact manifest; re-export with `cdul-rt export`")
         if data.get("schema_version") != SCHEMA_VERSION:

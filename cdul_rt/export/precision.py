@@ -4,9 +4,9 @@ fp16 uses the converter that ships inside onnxruntime (``onnxruntime.transformer
 ``onnxconverter_common.float16``), so no extra dependency is needed. What stays fp32, and why:
 
 - LayerNormalization, Softmax and every Reduce*: their sums overflow or lose precision in fp16 (DESIGN.md 4).
-- Every node outside the encoder modules (names not under ``/visual/``, ``/transformer/``, ...): the L2 normalisation (a sum of
-  squares of D values), the similarity, the softmax over classes and the CDUL aggregation. They cost nothing next
-  to the encoder and keep the scores as exact as the embeddings allow.
+- Every node outside the encoder modules (names not under ``/visual/``, ``/transformer/``, ...): the L2
+  normalisation (a sum of squares of D values), the similarity, the softmax over classes and the CDUL
+  aggregation. They cost nothing next to the encoder and keep the scores as exact as the embeddings allow.
 - Graph inputs and outputs (``keep_io_types``): callers feed and read float32 whatever the precision.
 
 int8 is ONNX Runtime dynamic quantisation (int8 weights, activations quantised per batch at run time) of MatMul and
