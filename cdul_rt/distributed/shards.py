@@ -7,7 +7,7 @@ Layout of ``OUT/`` (a directory; ``OUT.meta.json`` beside it is the same sidecar
 
 Label shards have the schema of plain ``label``'s ``.parquet`` output (``scores`` a fixed-size list<float32>, the
 classes in the schema metadata), so any one shard reads with :func:`cdul_rt.labelfile.read_label_file`, and the
-directory reads with pyarrow/pandas/Spark/Ray as one dataset (they skip ``_``- and ``.``-prefixed names). A shard is
+directory reads as one dataset with pyarrow or pandas (they skip ``_``- and ``.``-prefixed names). A shard is
 written under a hidden temporary name and renamed into place, so a killed job leaves whole shards only; every run
 names its shards with a fresh run id, so a resumed job never overwrites earlier ones.
 """
