@@ -85,6 +85,14 @@ def command(out: Path | None, verify: bool, verify_images: tuple[Path, ...], eng
         export_classifier(classifier, out, precisions, opset=opts["opset"], check=verify,
                           images=list(verify_images) or None)
         click.echo(f"exported the classifier of {classifier} to {out}")
+        if engine == "tensorrt":
+            from cdul_rt.export.tensorrt import build_engines
+
+            build_engines(out, kinds=("classifier",), log=click.echo)
+        if triton is not None:
+            from cdul_rt.export.triton import write_triton_repository
+
+            write_triton_repository(out, triton, models=("classifier",), log=click.echo)
         return
     from cdul_rt.export.clip import ExportOptions, export_clip
     from cdul_rt.models import load_clip
