@@ -20,13 +20,13 @@ def main() -> None:
     for f in fields(TrainConfig):
         kind = (lambda s: s.lower() in ("1", "true", "yes")) if f.type in (bool, "bool") else type(getattr(defaults, f.name))
         parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=getattr(defaults, f.name))
-    parser.add_argument("--eval-every", type=int, default=0, help="log held-out accuracy every N steps")
+    parser.add_argument("--eval-every", type=int, default=0, help="log held-out accuracy and save the weights every N steps")
     parser.add_argument("--out", type=Path, default=TINY_CLIP_WEIGHTS, help="weights file (.pth)")
     args = vars(parser.parse_args())
     out = args.pop("out")
     eval_every = args.pop("eval_every")
     cfg = replace(defaults, **args)
-    model, _, _, record = train(cfg, checkpoint_every=eval_every)
+    model, _, _, record = train(cfg, checkpoint_every=eval_every, on_checkpoint=lambda m, rec: save(m, rec, out))
     save(model, record, out)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB) and {out.with_suffix('.train.json').name}")
 
