@@ -74,7 +74,8 @@ def main(out: Path, arch: str, n_images: int, size: int, epochs: int, lr: float,
         model.eval()
         with torch.no_grad():
             pred = torch.cat([model(b).argmax(1) for b in _tensor(x_test).split(128)]).numpy()
-        click.echo(f"epoch {epoch + 1}: loss {float(loss.detach()):.3f}, held-out accuracy {(pred == y_test).mean():.3f}")
+        accuracy = float((pred == y_test).mean())
+        click.echo(f"epoch {epoch + 1}: loss {float(loss.detach()):.3f}, held-out accuracy {accuracy:.3f}")
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), out)
     record = {"arch": arch, "images": n_images, "size": size, "epochs": epochs, "lr": lr, "seed": seed,
