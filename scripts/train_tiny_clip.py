@@ -18,9 +18,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     defaults = TrainConfig()
     for f in fields(TrainConfig):
-        kind = (lambda s: s.lower() in ("1", "true", "yes")) if f.type in (bool, "bool") else type(getattr(defaults, f.name))
+        is_bool = f.type in (bool, "bool")
+        kind = (lambda s: s.lower() in ("1", "true", "yes")) if is_bool else type(getattr(defaults, f.name))
         parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=getattr(defaults, f.name))
-    parser.add_argument("--eval-every", type=int, default=0, help="log held-out accuracy and save the weights every N steps")
+    parser.add_argument("--eval-every", type=int, default=0,
+                        help="log held-out accuracy and save the weights every N steps")
     parser.add_argument("--out", type=Path, default=TINY_CLIP_WEIGHTS, help="weights file (.pth)")
     args = vars(parser.parse_args())
     out = args.pop("out")

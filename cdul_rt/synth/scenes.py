@@ -47,7 +47,8 @@ def paste_object(canvas: np.ndarray, cls_index: int, cx: float, cy: float, size:
     region = canvas[cy0:cy1, cx0:cx1]
     weight = float(mask.sum())
     under = float((luminance(region) * mask[..., 0]).sum() / weight) if weight > 0 else float(luminance(region).mean())
-    fill = fill_texture(size, size, rng, contrasting_luma(rng, under), float(size))[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0]
+    fill = fill_texture(size, size, rng, contrasting_luma(rng, under), float(size))
+    fill = fill[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0]
     region *= 1.0 - mask
     region += mask * fill
 
@@ -77,7 +78,7 @@ def render_view(cls_index: int | None, rng: np.random.Generator, size: int = 96)
 def _place(sizes: np.ndarray, canvas_size: int, rng: np.random.Generator) -> list[tuple[float, float]]:
     """Free positions (not tied to any grid) with little overlap: centres at least 0.45*(s_i + s_j) apart."""
     placed: list[tuple[float, float]] = []
-    for k, s in enumerate(sizes):
+    for s in sizes:
         lo, hi = 0.35 * s, canvas_size - 0.35 * s
         for _ in range(200):
             c = (float(rng.uniform(lo, hi)), float(rng.uniform(lo, hi)))

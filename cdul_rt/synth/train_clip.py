@@ -207,7 +207,8 @@ def train(cfg: TrainConfig, log=print, checkpoint_every: int = 0, on_checkpoint=
     record: dict[str, Any] = {
         "config": asdict(cfg), "classes": list(SYNTH_CLASSES), "template": TINY_CLIP_TEMPLATE,
         "caption_templates": list(CAPTION_TEMPLATES), "zero_shot_top1": acc,
-        "eval_images": cfg.eval_per_class * len(SYNTH_CLASSES), "logit_scale_exp": float(model.logit_scale.exp().detach()),
+        "eval_images": cfg.eval_per_class * len(SYNTH_CLASSES),
+        "logit_scale_exp": float(model.logit_scale.exp().detach()),
         "render_seconds": round(t_pool, 1), "train_seconds": round(t_train, 1), "torch": torch.__version__,
     }
     return model, preprocess, tokenizer, record
