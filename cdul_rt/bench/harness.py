@@ -113,28 +113,16 @@ def encode_once(runner, crops: np.ndarray, text: np.ndarray) -> tuple[float, np.
     return time.perf_counter() - t, out["S_final"]
 
 
-def measure_encode(session, crops: np.ndarray, images: int, repeats: int) -> tuple[list[float], np.ndarray]:
-    """Seconds per ``runner.infer`` on ready crops of ``images`` images (one warm-up call first)."""
-    with session.runner as runner:
-        _, scores = encode_once(runner, crops, session.text_embeddings)
-        seconds = [encode_once(runner, crops, session.text_embeddings)[0] for _ in range(repeats)]
-    return seconds, scores
-
-
-def measure_e2e(cfg: BenchConfig, label_cfg, session, repeats: int) -> tuple[list[float], np.ndarray]:
-    """Seconds of whole ``label_folder`` runs (fresh output each time) and the S_final they wrote."""
+def e2e_once(cfg: BenchConfig, label_cfg, session) -> tuple[float, np.ndarray]:
+    """Seconds of one whole ``label_folder`` run (fresh output) and the S_final it wrote, in path order."""
     from cdul_rt.labelfile import read_label_file
     from cdul_rt.pipeline import label_folder
 
-    seconds = []
-    for _ in range(repeats):
-        summary = label_folder(label_cfg, session=session)
-        if summary.failed or summary.labeled != cfg.images:
-            raise CdulError(f"bench run labeled {summary.labeled}/{cfg.images} images ({summary.failed} failed)")
-        seconds.append(summary.seconds)
+    summary = label_folder(label_cfg, session=session)
+    if summary.failed or summary.labeled != cfg.images:
+        raise CdulError(f"bench run labeled {summary.labeled}/{cfg.images} images ({summary.failed} failed)")
     table = read_label_file(label_cfg.out)
-    order = np.argsort(table.paths)
-    return seconds, table.scores[order]
+    return summary.seconds, table.scores[np.argsort(table.paths)]
 
 
 def _max_diff(a: np.ndarray, b: np.ndarray) -> float:
@@ -145,8 +133,31 @@ def _wanted(cfg: BenchConfig, runtime: str, precision: str, device: str) -> bool
     return not cfg.only or any(f"{runtime}/{precision}/{device}".startswith(o) for o in cfg.only)
 
 
+@dataclass
+class _Target:
+    """One runtime/precision being measured: its open session and the samples collected round by round."""
+
+    runtime: str
+    precision: str
+    device: str
+    session: object = None
+    label_cfg: object = None
+    status: str = "ok"
+    note: str = ""
+    encode_s: list[float] = field(default_factory=list)
+    e2e_s: list[float] = field(default_factory=list)
+    encode_scores: np.ndarray | None = None
+    e2e_scores: np.ndarray | None = None
+
+
 class _Bench:
-    """State shared by the rows of one run: the reference session, its scores, the ready crops."""
+    """State shared by the rows of one run: the reference session, the ready crops, the targets.
+
+    Targets are opened and warmed up first, then measured in rounds (one encoder call and one end-to-end run of
+    every target per round, and one roofline matmul): on a machine shared with other jobs the load drifts over
+    minutes, and interleaving spreads that drift over all rows alike instead of favouring whichever ran in a
+    quiet moment.
+    """
 
     def __init__(self, cfg: BenchConfig) -> None:
         from cdul_rt.bench.images import write_jpeg_folder
@@ -168,66 +179,90 @@ class _Bench:
         self.k = min(cfg.batch_size, cfg.images)
         self.crops = normalize_batch(np.concatenate([load_crops(p, cfg.grid, pp).crops for p in self.paths[:self.k]]),
                                      pp)
-        self.ref_encode: np.ndarray | None = None
-        self.ref_e2e: np.ndarray | None = None
+        self.naive_s: list[float] = []
+        self.naive_scores: list[np.ndarray] = []
 
-    def rows_for(self, session, runtime: str, precision: str, device: str, label_cfg) -> list[Row]:
-        cfg = self.cfg
-        cfg.log(f"measuring {runtime}/{precision}/{device}: encoder ({self.k} images x {cfg.repeats})")
-        seconds, scores = measure_encode(session, self.crops, self.k, cfg.repeats)
-        self.ref_encode = scores if self.ref_encode is None else self.ref_encode
-        enc = Row(runtime, precision, "encode", device, parity=_max_diff(scores, self.ref_encode))
-        cfg.log(f"measuring {runtime}/{precision}/{device}: end to end ({cfg.images} images x {cfg.repeats})")
-        seconds_e2e, scores_e2e = measure_e2e(cfg, label_cfg, session, cfg.repeats)
-        self.ref_e2e = scores_e2e if self.ref_e2e is None else self.ref_e2e
-        e2e = Row(runtime, precision, "e2e", device, parity=_max_diff(scores_e2e, self.ref_e2e))
-        return [enc.measured(throughput(self.k, seconds)), e2e.measured(throughput(cfg.images, seconds_e2e))]
-
-    def target(self, runtime: str, precision: str, device: str) -> list[Row]:
+    def open(self, runtime: str, precision: str, device: str) -> _Target:
+        """Open and warm up (one encoder call: compiles, fills oneDNN caches) a target, or say why not."""
         from cdul_rt.engines.auto import _open_candidate
-
-        why = unavailable(runtime, precision, device, self.caps)
-        if why:
-            return [Row(runtime, precision, scope, device, status=why) for scope in ("encode", "e2e")]
-        name = f"labels-{runtime}-{precision}-{device}.jsonl"
-        label_cfg = _label_config(self.cfg, self.folder, self.cfg.work_dir / name, runtime, precision, device)
-        try:
-            session = (self.reference if (runtime, precision, device) == ("torch", "fp32", "cpu")
-                       else _open_candidate(Candidate(label_cfg.runtime, precision, device), label_cfg, self.vocab,
-                                            self.reference))
-            t = time.perf_counter()
-            rows = self.rows_for(session, runtime, precision, device, label_cfg)
-            if label_cfg.compile:  # the warm-up call compiled: say what that cost, once per process
-                rows[0].note = f"compiling + all runs took {time.perf_counter() - t:.0f} s"
-            return rows
-        except CdulError as exc:
-            return [Row(runtime, precision, scope, device, status=f"failed: {exc}") for scope in ("encode", "e2e")]
-
-    def auto_row(self) -> Row:
         from cdul_rt.engines.auto import open_labeler as open_auto
 
-        cfg = self.cfg
-        label_cfg = _label_config(cfg, self.folder, cfg.work_dir / "labels-auto.jsonl", "auto", "auto", "cpu")
-        session = open_auto(label_cfg, self.vocab)
-        choice = session.auto_choice["chosen"]
-        cfg.log(f"measuring auto (chose {choice}): end to end")
-        seconds, scores = measure_e2e(cfg, label_cfg, session, cfg.repeats)
-        row = Row("auto", session.precision, "e2e", choice.split("/")[-1], parity=_max_diff(scores, self.ref_e2e),
-                  note=f"chose {choice}")
-        return row.measured(throughput(cfg.images, seconds))
+        t = _Target(runtime, precision, device)
+        t.status = unavailable(runtime, precision, device, self.caps) or "ok"
+        if t.status != "ok":
+            return t
+        name = f"labels-{runtime}-{precision}-{device}.jsonl"
+        t.label_cfg = _label_config(self.cfg, self.folder, self.cfg.work_dir / name, runtime, precision, device)
+        self.cfg.log(f"opening {runtime}/{precision}/{device}")
+        start = time.perf_counter()
+        try:
+            if runtime == "auto":
+                t.session = open_auto(t.label_cfg, self.vocab)
+                t.precision, t.note = t.session.precision, f"chose {t.session.auto_choice['chosen']}"
+            elif (runtime, precision, device) == ("torch", "fp32", "cpu"):
+                t.session = self.reference
+            else:
+                t.session = _open_candidate(Candidate(t.label_cfg.runtime, precision, device), t.label_cfg,
+                                            self.vocab, self.reference)
+            with t.session.runner as runner:
+                encode_once(runner, self.crops, t.session.text_embeddings)
+        except CdulError as exc:
+            t.status = f"failed: {exc}"
+        if t.label_cfg.compile:
+            t.note = f"compile + warm-up {time.perf_counter() - start:.0f} s, once per process"
+        return t
 
-    def naive_row(self) -> Row:
+    def round(self, targets: list[_Target], index: int) -> None:
+        cfg = self.cfg
+        for t in targets:
+            if t.status != "ok":
+                continue
+            cfg.log(f"round {index + 1}/{cfg.repeats}: {t.runtime}/{t.precision}/{t.device}")
+            try:
+                if t.runtime != "auto":
+                    with t.session.runner as runner:
+                        sec, t.encode_scores = encode_once(runner, self.crops, t.session.text_embeddings)
+                    t.encode_s.append(sec)
+                sec, t.e2e_scores = e2e_once(cfg, t.label_cfg, t.session)
+                t.e2e_s.append(sec)
+            except CdulError as exc:
+                t.status = f"failed: {exc}"
+
+    def naive_round(self, index: int, per_round: int) -> None:
         from cdul_rt.bench.peers import run_naive
 
-        cfg = self.cfg
-        n = min(cfg.naive_images, len(self.paths) - 1)
-        cfg.log(f"measuring the naive open_clip loop ({n} images, batch of 1 crop)")
-        seconds, scores = run_naive(self.reference.runner.bundle, self.paths[:n + 1],
-                                    self.reference.text_embeddings, cfg.work_dir / "labels-naive.jsonl",
-                                    cfg.grid, warmup=1, classes=list(self.vocab.classes))
-        row = Row("naive", "fp32", "e2e", parity=_max_diff(scores, self.ref_e2e[1:n + 1]),
-                  note="open_clip loop: per crop, preprocess + encode_image, batch 1")
-        return row.measured(per_item(seconds))
+        n = len(self.paths)
+        picks = [self.paths[1 + (index * per_round + i) % (n - 1)] for i in range(per_round)]
+        self.cfg.log(f"round {index + 1}/{self.cfg.repeats}: naive open_clip loop ({per_round} images)")
+        warmup = [self.paths[0]] if index == 0 else []  # one untimed image warms the loop up, once
+        seconds, scores = run_naive(self.reference.runner.bundle, [*warmup, *picks],
+                                    self.reference.text_embeddings, self.cfg.work_dir / "labels-naive.jsonl",
+                                    self.cfg.grid, warmup=len(warmup), classes=list(self.vocab.classes))
+        self.naive_s += seconds
+        self.naive_scores += [(self.paths.index(p), s) for p, s in zip(picks, scores)]
+
+    def rows(self, targets: list[_Target]) -> list[Row]:
+        ref = targets[0]  # torch fp32
+        rows = []
+        for t in targets:
+            if t.status != "ok" and not t.e2e_s:
+                scopes = ("e2e",) if t.runtime == "auto" else ("encode", "e2e")
+                rows += [Row(t.runtime, t.precision, s, t.device, status=t.status, note=t.note) for s in scopes]
+                continue
+            if t.runtime != "auto":
+                rows.append(Row(t.runtime, t.precision, "encode", t.device, status=t.status, note=t.note,
+                                parity=_max_diff(t.encode_scores, ref.encode_scores))
+                            .measured(throughput(self.k, t.encode_s)))
+            rows.append(Row(t.runtime, t.precision, "e2e", t.device, status=t.status,
+                            note=t.note if t.runtime == "auto" else "",
+                            parity=_max_diff(t.e2e_scores, ref.e2e_scores))
+                        .measured(throughput(self.cfg.images, t.e2e_s)))
+        if self.naive_s:
+            diff = max(_max_diff(s, ref.e2e_scores[i]) for i, s in self.naive_scores)
+            rows.append(Row("naive", "fp32", "e2e", parity=diff,
+                            note="open_clip loop: per crop, preprocess + encode_image, batch 1")
+                        .measured(per_item(self.naive_s)))
+        return rows
 
 
 def run_bench(cfg: BenchConfig) -> BenchResult:
@@ -240,34 +275,29 @@ def run_bench(cfg: BenchConfig) -> BenchResult:
     bench = _Bench(cfg)
     visual = bench.reference.runner.bundle.model.visual
     flops_per_crop = visual_flops_per_crop(visual, bench.reference.preprocess.size)
-    # the roofline is measured before every target and at the end, and its median used: on a shared machine
-    # one measurement can land in a quiet or a busy moment, and the rows are spread over minutes
+    wanted = [t for t in TARGETS if t == ("torch", "fp32", "cpu")
+              or (_wanted(cfg, *t) and (t[0] != "torch.compile" or cfg.compile))]
+    if cfg.auto:
+        wanted.append(("auto", "auto", "cpu"))
+    targets = [bench.open(*t) for t in wanted]
+    if targets[0].status != "ok":
+        raise CdulError(f"the fp32 torch reference could not run: {targets[0].status}")
     samples: dict[str, list[float]] = {p: [] for p in MATMUL_PRECISIONS}
-
-    def roofline() -> None:
+    naive = cfg.naive and cfg.naive_images > 0 and cfg.images > 1
+    for i in range(cfg.repeats):
         for p in MATMUL_PRECISIONS:
             samples[p].append(measure_matmul_flops(p, cfg.matmul_size))
-
-    rows: list[Row] = []
-    for runtime, precision, device in TARGETS:
-        if runtime == "torch.compile" and not cfg.compile:
-            continue
-        if (runtime, precision, device) == ("torch", "fp32", "cpu") or _wanted(cfg, runtime, precision, device):
-            roofline()
-            rows += bench.target(runtime, precision, device)
-    roofline()
+        bench.round(targets, i)
+        if naive:
+            bench.naive_round(i, -(-cfg.naive_images // cfg.repeats))
+    rows = bench.rows(targets)
     machine["matmul_flops_samples"] = samples
     matmul = {p: float(np.median(v)) for p, v in samples.items()}
     crops_per_image = 1 + cfg.grid**2
     derive(rows, matmul, flops_per_crop * crops_per_image, PARITY_TOL)
     passing = {f"{r.runtime}/{r.precision}/{r.device}": r.images_per_s for r in rows
-               if r.scope == "e2e" and r.status == "ok" and r.parity_ok}
+               if r.scope == "e2e" and r.status == "ok" and r.parity_ok and r.runtime not in ("auto", "naive")}
     record_measurements(bench.caps, bench.reference.model, passing)
-    if cfg.auto:
-        rows.append(bench.auto_row())
-    if cfg.naive and cfg.naive_images > 0 and cfg.images > 1:
-        rows.append(bench.naive_row())
-    derive(rows, matmul, flops_per_crop * crops_per_image, PARITY_TOL)
     machine["load_avg_after"] = list(os.getloadavg())
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(cfg).items() if k != "log"}
     return BenchResult(rows, machine, bench.reference.model, flops_per_crop, crops_per_image, matmul, config)
