@@ -69,3 +69,18 @@ def test_cdul_beats_global_on_multi_object_scenes(bundle, text):
     scenes = make_scenes(48, seed=7)
     table = mode_table(crop_scores(bundle, scenes.images, 3, text), scenes.targets, DEFAULT_ZETA, DEFAULT_LAMBDA)
     assert table["cdul"] >= table["global"] + CDUL_OVER_GLOBAL_MARGIN, table
+
+
+def test_local_dir_layout_holds_the_same_model_and_explicit_preprocessing():
+    """`open_clip.create_model_and_transforms("local-dir:<assets/tiny_clip>")` works too; its config must not drift
+    from cdul-tiny.json, and its preprocessing (mean/std) is the one the weights were trained with (open_clip's
+    defaults, which the plain-config route applies)."""
+    import json
+
+    import open_clip
+
+    local = json.loads((TINY_CLIP_DIR / "open_clip_config.json").read_text())
+    assert local["model_cfg"] == json.loads(TINY_CLIP_CONFIG.read_text())
+    assert local["preprocess_cfg"]["size"] == local["model_cfg"]["vision_cfg"]["image_size"]
+    model = open_clip.create_model(f"local-dir:{TINY_CLIP_DIR}")
+    assert list(model.visual.preprocess_cfg["mean"]) == list(open_clip.OPENAI_DATASET_MEAN)
