@@ -66,3 +66,15 @@ def test_config_rejects_bad_values():
         TrainConfig(sigma=0)
     assert TrainConfig().aligns_at(4) and not TrainConfig().aligns_at(3)
     assert not TrainConfig(alignment=False).aligns_at(10)
+
+
+def test_hard_label_ablation_thresholds_the_scores():
+    import numpy as np
+
+    from cdul_rt.train.trainer import initial_pseudo_labels
+
+    scores = np.array([[0.2, 0.5, 0.7]], np.float32)
+    np.testing.assert_array_equal(initial_pseudo_labels(scores, TrainConfig()), scores)
+    np.testing.assert_array_equal(initial_pseudo_labels(scores, TrainConfig(hard_labels=True)), [[0, 1, 1]])
+    np.testing.assert_array_equal(
+        initial_pseudo_labels(scores, TrainConfig(hard_labels=True, hard_threshold=0.6)), [[0, 0, 1]])
