@@ -32,9 +32,13 @@ class TrainConfig:
         lr: Adam learning rate (paper: 1e-5, end-to-end).
         weight_decay: Adam weight decay.
         warmup_epochs: epochs 1..warmup train the network only, labels fixed (paper: 3).
-        eta: step size of the latent update (eq. 7). The gradient is per image, so eta does not depend on batch size.
-            With psi's maximum of ~1.38 (defaults), eta * psi < 1 and the latent logit never overshoots the
-            network's logit in one step.
+        eta: step size of the latent update (eq. 7). The gradient is per image (dL/dy_u = logit(y_u) - z_p), so
+            eta does not depend on batch size, and eta * psi(y_u) is the fraction of the gap between the latent
+            logit and the network's logit closed per update (each label is updated once per epoch). The default
+            0.1 closes at most 14% per epoch (psi peaks at ~1.38): on the synthetic world (800 scenes, resnet18,
+            tiny-CLIP labels at 56.5 mAP) eta 0.5 made the labels copy a still-weak network within a few epochs
+            (labels 59.8, classifier 57.4 held-out vs 59.0 without alignment), eta 0.1 refined them to 61.6 with
+            the classifier at 60.0.
         sigma: width of the Gaussian psi around 0.5 (supplement 6.2). 0.25 keeps labels within ~0.1 of 0 or 1
             nearly frozen (psi(0.05) ~ 0.1) while unsure ones move fastest.
         c1: scale of psi; with sigma = 0.25, psi(0.5) = 1.38 * c1.
@@ -63,7 +67,7 @@ class TrainConfig:
     lr: float = 1e-5
     weight_decay: float = 0.0
     warmup_epochs: int = 3
-    eta: float = 0.5
+    eta: float = 0.1
     sigma: float = 0.25
     c1: float = 1.0
     loss: str = "bernoulli"
