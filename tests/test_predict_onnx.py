@@ -88,6 +88,7 @@ def test_export_cli_hook(exported, tmp_path):
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "classifier.manifest.json").read_text())
     assert set(manifest["files"]) == {"fp32", "fp16"} and all(r["ok"] for r in manifest["verify"])
+    assert "max_abs" in result.output and f"cdul-rt predict IMAGES --engine {out}" in result.output
 
 
 def test_export_classifier_triton_and_tensorrt_hooks(exported, tmp_path):
@@ -97,9 +98,9 @@ def test_export_classifier_triton_and_tensorrt_hooks(exported, tmp_path):
     assert result.exit_code == 0, result.output
     config = (repo / "classifier" / "config.pbtxt").read_text()
     assert 'name: "classifier"' in config and (repo / "classifier" / "1" / "model.onnx").is_file()
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt") is None:
         result = CliRunner().invoke(main, ["export", "--classifier", str(run), "--out", str(out),
                                            "--engine", "tensorrt"])
         assert result.exit_code == 2 and "cdul-rt[tensorrt]" in result.output

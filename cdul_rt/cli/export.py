@@ -78,12 +78,14 @@ def command(out: Path | None, verify: bool, verify_images: tuple[Path, ...], eng
     for the --classes given here).
     """
     if classifier is not None:
-        from cdul_rt.export.classifier import export_classifier
+        from cdul_rt.export.classifier import export_classifier, format_parity_table
 
         out = out or Path("engines") / f"classifier-{classifier.name}"
         precisions = ("fp32", "fp16") if opts["precision"] == "fp32" else (opts["precision"],)
-        export_classifier(classifier, out, precisions, opset=opts["opset"], check=verify,
-                          images=list(verify_images) or None)
+        manifest = export_classifier(classifier, out, precisions, opset=opts["opset"], check=verify,
+                                     images=list(verify_images) or None)
+        if verify and manifest.get("verify"):
+            click.echo(format_parity_table(manifest["verify"]))
         click.echo(f"exported the classifier of {classifier} to {out}")
         if engine == "tensorrt":
             from cdul_rt.export.tensorrt import build_engines
@@ -93,6 +95,7 @@ def command(out: Path | None, verify: bool, verify_images: tuple[Path, ...], eng
             from cdul_rt.export.triton import write_triton_repository
 
             write_triton_repository(out, triton, models=("classifier",), log=click.echo)
+        click.echo(f"predict with:\n  cdul-rt predict IMAGES --engine {out} --out predictions.jsonl")
         return
     from cdul_rt.export.clip import ExportOptions, export_clip
     from cdul_rt.models import load_clip
