@@ -28,3 +28,23 @@ def test_readme_has_two_setup_commands_and_ci_runs_them():
     # ...and runs the README's test command
     test_args = shlex.split(tests)[1:]  # drop the interpreter path
     assert " ".join(test_args) in ci
+
+
+def test_readme_main_job_runs_offline(tmp_path):
+    """The README's main job (`cdul-rt demo`, after the install) end to end, in its --quick size."""
+    import os
+    import subprocess
+    import sys
+
+    install, _ = setup_commands()
+    main_job = shlex.split(install.split("&&")[-1])
+    assert main_job[:2] == ["cdul-rt", "demo"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CDUL_RT_CACHE": str(tmp_path / "cache")}
+    cmd = [sys.executable, "-m", "cdul_rt", *main_job[1:], str(tmp_path / "demo"), "--quick", "--threads", "1"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = r.stdout
+    rows = dict(re.findall(r"^\s+(global|avg|max|cdul)\s+([\d.]+)$", out, re.M))
+    assert set(rows) == {"global", "avg", "max", "cdul"}
+    assert float(rows["cdul"]) > float(rows["global"])  # the paper's effect, on the shipped tiny CLIP
+    assert "map_pred_val" in out and (tmp_path / "demo" / "run" / "model.pt").is_file()
