@@ -203,7 +203,13 @@ class LabelWriter:
         return done
 
     def open(self) -> None:
+        """Prepare to write. The file itself is opened on the first batch, so a resumed run with nothing left to
+        label does not copy a finished Parquet / npz into a journal only to write it out again."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def _open_file(self) -> io.TextIOBase:
+        if self._file is not None:
+            return self._file
         if self.journal != self.path and self.path.is_file() and not self.journal.is_file():
             # a finished parquet/npz gets more rows: carry its rows into a fresh journal first
             with open(self.journal, "w", encoding="utf-8") as f:
@@ -216,10 +222,11 @@ class LabelWriter:
             if self.save_parts:
                 header += [f"{k}:{c}" for k in PARTS for c in self.classes]
             csv.writer(self._file).writerow(header)
+        return self._file
 
     def write_batch(self, paths: list[str], final: np.ndarray, s_global: np.ndarray | None = None,
                     s_ag: np.ndarray | None = None) -> None:
-        assert self._file is not None, "open() first"
+        out = self._open_file()
         buf = io.StringIO()
         writer = csv.writer(buf) if self.journal_fmt == "csv" else None
         for i, p in enumerate(paths):
@@ -232,11 +239,13 @@ class LabelWriter:
                 row.update({k: dict(zip(self.classes, _fmt(v))) for k, v in zip(PARTS, parts)})
                 buf.write(json.dumps(row) + "\n")
         # one write + flush per batch: a crash loses at most the batch in flight, never corrupts earlier rows
-        self._file.write(buf.getvalue())
-        self._file.flush()
+        out.write(buf.getvalue())
+        out.flush()
         self.written += len(paths)
 
     def close(self, finalize: bool = True) -> None:
+        if self._file is None and not self.path.is_file() and not self.journal.is_file():
+            self._open_file()  # nothing was labeled: still leave a valid (empty) output behind
         if self._file is not None:
             self._file.close()
             self._file = None

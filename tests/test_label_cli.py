@@ -190,6 +190,9 @@ def test_npz_output_resumes_when_new_images_arrive(tmp_path, image_folder, tiny_
     out = tmp_path / "d.npz"
     run_cli(*label_args(image_folder, out, tiny_config))
     first = read_label_file(out)
+    stamp = out.stat().st_mtime_ns
+    assert "12 already done" in run_cli(*label_args(image_folder, out, tiny_config)).output
+    assert out.stat().st_mtime_ns == stamp  # nothing new: the finished file is not rewritten
     make_images(image_folder / "new", 3, seed=9)
     r = run_cli(*label_args(image_folder, out, tiny_config))
     assert "12 already done" in r.output
