@@ -136,3 +136,20 @@ def test_bf16_run_and_random_init_warning(world, tmp_path):
     assert "warning: no ImageNet weights for resnet18" in result.output
     row = json.loads((tmp_path / "bf16" / "metrics.jsonl").read_text().splitlines()[1])
     assert np.isfinite(row["loss"]) and row["loss"] > 0
+
+
+def test_resume_continues_from_the_checkpoint_not_from_scratch(world, tmp_path):
+    """A resume that retrained from scratch would equal an uninterrupted run too (every epoch is seeded from
+    (seed, epoch)); a checkpoint whose weights were changed tells the two apart."""
+    images, labels, _ = world
+    full, part = tmp_path / "full", tmp_path / "part"
+    _train(images, labels, full, "--epochs", "3", "--seed", "5")
+    _train(images, labels, part, "--epochs", "2", "--seed", "5")
+    ckpt = torch.load(part / "checkpoint.pt", weights_only=False)
+    ckpt["model"]["fc.bias"] = ckpt["model"]["fc.bias"] + 3.0  # as if epochs 1-2 had ended elsewhere
+    torch.save(ckpt, part / "checkpoint.pt")
+    _train(images, labels, part, "--epochs", "3", "--seed", "5", "--resume")
+    history = [json.loads(x) for x in (part / "metrics.jsonl").read_text().splitlines()]
+    assert [row.get("epoch") for row in history if "epoch" in row][-1] == 3
+    resumed, uninterrupted = _weights(part)["fc.bias"], _weights(full)["fc.bias"]
+    assert (resumed - uninterrupted).abs().max() > 1.0  # epoch 3 started from the changed weights

@@ -257,3 +257,28 @@ def test_topological_sort_repairs_order_and_refuses_cycles():
                             [], [helper.make_tensor_value_info("p", f, [1])])
     with pytest.raises(CdulError, match="cycle"):
         topological_sort(cyc)
+
+
+def test_repository_labeler_bakes_the_requested_zeta_and_lambda(tmp_path):
+    """Values, not shapes: the served labeler equals the exported one run with the same zeta and lambda inputs."""
+    import onnxruntime as ort
+
+    art = make_artifacts(tmp_path / "art")
+    repo = tmp_path / "repo"
+    write_triton_repository(art, repo, TritonOptions(max_images=8, opt_images=2, kind="KIND_CPU", zeta=0.2, lam=0.5),
+                            log=lambda _: None)
+    crops = np.random.default_rng(5).normal(size=(6 * CPI, 3, S, S)).astype(np.float32)
+    text = np.load(art / "text_embeddings" / "voc.npy")
+    exported = ort.InferenceSession(str(art / "labeler.onnx"), providers=["CPUExecutionProvider"])
+
+    def reference(zeta: float, lam: float) -> list[np.ndarray]:
+        return exported.run(None, {"crops": crops, "text_embeddings": text,
+                                   "zeta": np.array([zeta], np.float32), "lambda": np.array([lam], np.float32)})
+
+    served = ort.InferenceSession(str(repo / "labeler" / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    out = served.run(None, {"crops": crops.reshape(6, CPI, 3, S, S)})
+    want, swapped = reference(0.2, 0.5), reference(0.5, 0.2)
+    spread = float(np.ptp(want[0]))
+    for a, b in zip(want, out):
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-6)
+    assert np.abs(swapped[0] - want[0]).max() > 0.01 * spread  # zeta/lambda swapped would be caught above
