@@ -17,6 +17,19 @@ TINY_CLIP_CONFIG = {
 }
 
 
+# A script that runs the CLI with `import torch` failing (format with args=[...]): proves a path is torch-free.
+BLOCK_TORCH = """
+import sys
+sys.modules["torch"] = None  # `import torch` now raises ImportError, in this process and its imports
+sys.argv = ["cdul-rt"] + {args!r}
+from cdul_rt.cli import main
+try:
+    main()
+finally:
+    assert sys.modules.get("torch") is None
+"""
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_cache(tmp_path_factory):
     """Caches (text embeddings, hashes, exported engines) go to a temp dir, never the user's home."""

@@ -21,7 +21,7 @@ from cdul_rt.errors import CdulError  # noqa: E402
 from cdul_rt.export.clip import ExportOptions, export_clip  # noqa: E402
 from cdul_rt.labelfile import read_label_file  # noqa: E402
 
-from conftest import make_images  # noqa: E402
+from conftest import BLOCK_TORCH, make_images  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -56,18 +56,6 @@ def test_label_onnxruntime_matches_torch(tmp_path, artifacts, images, tiny_confi
         assert np.abs(a.parts[part] - b.parts[part]).max() <= 1e-5
     meta = json.loads((tmp_path / "onnxruntime.npz.meta.json").read_text())
     assert meta["config"]["runtime"] == "onnxruntime" and meta["config"]["model"] == "tiny-test-clip.none"
-
-
-BLOCK_TORCH = """
-import sys
-sys.modules["torch"] = None  # `import torch` now raises ImportError, in this process and its imports
-sys.argv = ["cdul-rt"] + {args!r}
-from cdul_rt.cli import main
-try:
-    main()
-finally:
-    assert sys.modules.get("torch") is None
-"""
 
 
 def test_labeling_from_artifacts_never_imports_torch(tmp_path, artifacts, images, tiny_config):

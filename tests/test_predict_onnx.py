@@ -73,6 +73,19 @@ def test_predict_with_engine_matches_torch(exported, tmp_path):
     np.testing.assert_allclose(results["onnx16"].scores, results["torch"].scores, atol=2e-2)
 
 
+def test_predict_engine_dir_is_self_describing(exported, tmp_path):
+    """`--engine-dir` names the same folder option as `label`; the graph actually run is what the meta records."""
+    from cdul_rt.labelfile import read_meta
+
+    images, _, out, _ = exported
+    for name, target, want in (("dir", out, "fp32"), ("file16", out / "classifier.fp16.onnx", "fp16")):
+        path = tmp_path / f"{name}.jsonl"
+        result = CliRunner().invoke(main, ["predict", str(images), "--engine-dir", str(target), "--out", str(path),
+                                           "-q", "--threads", "1"])
+        assert result.exit_code == 0, result.output
+        assert read_meta(path)["precision"] == want
+
+
 def test_engine_without_manifest_is_a_clear_error(tmp_path, exported):
     images = exported[0]
     (tmp_path / "classifier.onnx").write_bytes(b"")

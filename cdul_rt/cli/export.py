@@ -20,17 +20,13 @@ def default_out(model: str, pretrained: str | None, precision: str, grid: int, m
     return Path("engines") / f"{name}{tag}-{precision}{extra}"
 
 
-def label_command(out: Path, opts: dict) -> str:
-    """The ``cdul-rt label`` line that uses this folder (only the options the folder is tied to)."""
-    args = ["cdul-rt", "label", "IMAGES", "--runtime", "onnxruntime", "--engine-dir", str(out),
-            "--model", opts["model"]]
-    if opts["pretrained"]:
-        args += ["--pretrained", opts["pretrained"]]
-    if opts["weights"]:
-        args += ["--weights", opts["weights"]]
-    args += ["--classes", opts["classes"]]
-    for flag, key, default in (("--precision", "precision", "fp32"), ("--grid", "grid", 3),
-                               ("--mode", "mode", "cdul"), ("--template", "template", DEFAULT_TEMPLATE)):
+def label_command(out: Path, opts: dict, runtime: str = "onnxruntime", device: str | None = None) -> str:
+    """The ``cdul-rt label`` line that uses this folder. The folder is self-describing (model, weights, grid, mode,
+    zeta, lambda and precision come from its manifest), so only the vocabulary is named when it is not the default."""
+    args = ["cdul-rt", "label", "IMAGES", "--runtime", runtime, "--engine-dir", str(out)]
+    if device:
+        args += ["--device", device]
+    for flag, key, default in (("--classes", "classes", "coco"), ("--template", "template", DEFAULT_TEMPLATE)):
         if opts[key] != default:
             args += [flag, str(opts[key])]
     return " ".join(shlex.quote(a) if a != "IMAGES" else a for a in args)
@@ -107,12 +103,13 @@ def command(out: Path | None, verify: bool, verify_images: tuple[Path, ...], eng
     if verify:
         _verify(out, bundle, verify_images)
     if engine == "tensorrt":
-        from cdul_rt.export.tensorrt import build_engines
+        from cdul_rt.export.tensorrt import TrtBuildConfig, build_engines
 
-        build_engines(out, log=click.echo)
+        build_engines(out, cfg=TrtBuildConfig(precision=opts["precision"]), log=click.echo)
     if triton is not None:
         from cdul_rt.export.triton import write_triton_repository
 
         write_triton_repository(out, triton, classes=opts["classes"], template=opts["template"], log=click.echo)
-    click.echo(f"artifacts in {out}; label with:\n  {label_command(out, opts)}")
+    trt = {"runtime": "tensorrt", "device": "cuda"} if engine == "tensorrt" else {}
+    click.echo(f"artifacts in {out}; label with:\n  {label_command(out, opts, **trt)}")
 

@@ -11,6 +11,14 @@ from cdul_rt.cli.options import model_options, vocab_options
 from cdul_rt.labeling import DEFAULT_LAMBDA, DEFAULT_ZETA, MODES
 
 
+def given_options(ctx: click.Context, names) -> set[str]:
+    """Which of ``names`` the user set (command line or environment), as opposed to their defaults."""
+    from click.core import ParameterSource
+
+    defaults = (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP, None)
+    return {n for n in names if ctx.get_parameter_source(n) not in defaults}
+
+
 def _default_workers() -> int:
     return max(1, min(4, (os.cpu_count() or 2)))
 
@@ -42,7 +50,8 @@ def _default_workers() -> int:
                    "chosen (give one to restrict auto to it).")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
 @click.option("--engine-dir", type=click.Path(file_okay=False), default=None,
-              help="Exported artifact folder for --runtime onnxruntime/tensorrt.")
+              help="Exported artifact folder for --runtime onnxruntime/tensorrt; the model, grid, mode, zeta, "
+                   "lambda and precision not given here come from its manifest.")
 @click.option("--max-pixels", default=178_956_970, show_default=True,
               help="Refuse images larger than this many pixels (decompression-bomb guard).")
 @click.option("--compile", is_flag=True,
@@ -68,8 +77,10 @@ def command(images: str, out: Path | None, quiet: bool, cluster: str, ray_addres
     Re-running the same command resumes: images already in OUT are skipped. Unreadable files are listed in
     OUT.failures.jsonl and never stop the run.
     """
+    from cdul_rt.engines.artifacts import FOLDER_OPTIONS, label_options_from_folder
     from cdul_rt.pipeline import LabelConfig, label_folder
 
+    opts = label_options_from_folder(opts, given_options(click.get_current_context(), FOLDER_OPTIONS))
     opts["precision"] = opts["precision"] or ("auto" if opts["runtime"] == "auto" else "fp32")
     if cluster == "ray":
         from cdul_rt.distributed.ray_label import RayOptions, default_out, label_with_ray

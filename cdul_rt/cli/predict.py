@@ -11,10 +11,11 @@ import click
 @click.argument("images", type=click.Path(exists=True, path_type=Path))
 @click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="A `cdul-rt train` run folder (runs the model with torch).")
-@click.option("--engine", type=click.Path(exists=True, path_type=Path), default=None,
-              help="An exported classifier folder or classifier*.onnx (runs with onnxruntime, no torch).")
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
-              help="Which exported graph to run (with --engine DIR).")
+@click.option("--engine", "--engine-dir", "engine", type=click.Path(exists=True, path_type=Path), default=None,
+              help="An exported classifier folder or classifier*.onnx (runs with onnxruntime, no torch); the folder's "
+                   "manifest says the classes and preprocessing.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default=None,
+              help="Which exported graph to run (with --engine DIR). Default: fp32 when the folder has it.")
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Output label file: .jsonl, .csv, .parquet or .npz (as `label` writes).")
 @click.option("--threshold", type=float, default=0.5, show_default=True,
@@ -25,7 +26,7 @@ import click
 @click.option("--threads", type=int, default=0, help="CPU threads of the runtime (0: its default).")
 @click.option("--overwrite", is_flag=True, help="Discard an existing output (default: resume it).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def command(images: Path, run_dir: Path | None, engine: Path | None, precision: str, out: Path, threshold: float,
+def command(images: Path, run_dir: Path | None, engine: Path | None, precision: str | None, out: Path, threshold: float,
             top_k: int | None, batch_size: int, workers: int, threads: int, overwrite: bool, quiet: bool) -> None:
     """Predict labels for every image under IMAGES; re-running resumes, unreadable files are listed, not fatal."""
     from cdul_rt.errors import CdulError
@@ -42,7 +43,7 @@ def command(images: Path, run_dir: Path | None, engine: Path | None, precision: 
 
         runner = load_engine(engine, precision, threads=threads)
     summary = predict_folder(runner, images, out, threshold, top_k, batch_size, workers, overwrite,
-                             progress=not quiet, meta={"precision": precision if engine else "fp32"})
+                             progress=not quiet, meta={"precision": runner.precision if engine else "fp32"})
     click.echo(f"predicted {summary.predicted} images in {summary.seconds:.1f}s"
                + (f", {summary.skipped} already done" if summary.skipped else "") + f" -> {out}")
     if summary.failures:

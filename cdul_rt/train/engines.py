@@ -107,18 +107,25 @@ class OnnxClassifierRunner(ClassifierRunner):
         self.session = None
 
 
-def load_engine(engine: Path, precision: str = "fp32", threads: int = 0) -> OnnxClassifierRunner:
-    """An exported classifier folder (with its manifest) or a ``classifier*.onnx`` file beside one."""
+def load_engine(engine: Path, precision: str | None = None, threads: int = 0) -> OnnxClassifierRunner:
+    """An exported classifier folder (with its manifest) or a ``classifier*.onnx`` file beside one. ``precision``
+    picks the folder's graph (default fp32 when exported, else the one there is); the runner's ``precision`` says
+    which graph it runs."""
     engine = Path(engine)
     folder = engine if engine.is_dir() else engine.parent
     manifest_path = folder / MANIFEST
     if not manifest_path.is_file():
         raise CdulError(f"no {MANIFEST} in {folder}; export one with `cdul-rt export --classifier RUN --out DIR`")
     manifest = json.loads(manifest_path.read_text())
+    files = manifest["files"]
     if engine.is_dir():
-        files = manifest["files"]
+        precision = precision or ("fp32" if "fp32" in files else next(iter(files)))
         if precision not in files:
             raise CdulError(f"{folder} has no {precision} classifier (has {', '.join(files)}); re-export it")
         engine = folder / files[precision]
+    else:
+        precision = next((p for p, f in files.items() if f == engine.name), precision or "fp32")
     info = ClassifierInfo.from_meta(manifest["model"], str(engine))
-    return OnnxClassifierRunner(engine, info, threads=threads)
+    runner = OnnxClassifierRunner(engine, info, threads=threads)
+    runner.precision = precision
+    return runner
