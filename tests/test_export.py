@@ -124,7 +124,25 @@ def test_int8_graph_is_quantized_and_reports_parity(folders, tiny_bundle):
     rows = verify_folder(folder, tiny_bundle, sample_images(3))
     labeler = [r for r in rows if r.graph == "labeler.onnx"]
     assert all(r.passed is None for r in labeler)  # reported, not judged
-    assert next(r.value for r in labeler if r.metric == "S_final max abs diff") < 0.1
+    # the tiny random model's scores sit near 1/C: judge the int8 error against their spread, not in absolute terms
+    spread = float(np.ptp(_torch_scores(tiny_bundle, sample_images(3))))
+    assert next(r.value for r in labeler if r.metric == "S_final max abs diff") < 0.2 * spread
+    assert next(r.value for r in labeler if r.metric == "top-1 agreement") >= 2 / 3
+    assert next(r.value for r in rows if r.metric == "crop cosine (min)") >= 0.999
+
+
+def _torch_scores(bundle, images) -> np.ndarray:
+    from cdul_rt.crops import image_crops
+    from cdul_rt.engines.torch.runner import TorchLabelerRunner
+    from cdul_rt.preprocess import normalize_batch
+    from cdul_rt.textcache import encode_text_torch
+    from cdul_rt.vocab import DEFAULT_TEMPLATE, load_vocabulary
+
+    crops = normalize_batch(np.concatenate([image_crops(im, 3, bundle.preprocess) for im in images]),
+                            bundle.preprocess)
+    text = encode_text_torch(bundle, load_vocabulary("voc").prompts(DEFAULT_TEMPLATE))
+    with TorchLabelerRunner(bundle, grid=3) as runner:
+        return runner.infer({"crops": crops, "text_embeddings": text})["S_final"]
 
 
 def test_cli_export_verify_prints_table_and_a_working_label_command(tmp_path, tiny_config):

@@ -50,9 +50,11 @@ def test_label_jsonl_with_failures_and_meta(tmp_path, image_folder, tiny_config)
     assert "3 images could not be read" in r.output
     meta = json.loads((tmp_path / "labels.jsonl.meta.json").read_text())
     cfg = meta["config"]
-    for key in ("classes", "template", "model", "weights_hash", "runtime", "precision", "grid", "zeta", "lambda",
-                "mode"):
-        assert key in cfg
+    from cdul_rt.vocab import DEFAULT_TEMPLATE, load_vocabulary
+
+    assert cfg["classes"] == list(load_vocabulary("voc").classes) and cfg["template"] == DEFAULT_TEMPLATE
+    assert (cfg["grid"], cfg["zeta"], cfg["lambda"], cfg["mode"], cfg["precision"]) == (3, 0.3, 1.0, "cdul", "fp32")
+    assert cfg["weights_hash"] == "random-seed0" and cfg["top_k"] == 2 and cfg["save_parts"] is True
     assert meta["version"] and meta["status"] == "complete" and cfg["runtime"] == "torch"
     assert meta["last_run"]["labeled"] == 12 and meta["last_run"]["failed"] == 3
 

@@ -117,3 +117,28 @@ def test_export_classifier_triton_and_tensorrt_hooks(exported, tmp_path):
         result = CliRunner().invoke(main, ["export", "--classifier", str(run), "--out", str(out),
                                            "--engine", "tensorrt"])
         assert result.exit_code == 2 and "cdul-rt[tensorrt]" in result.output
+
+
+def test_predict_from_an_exported_classifier_runs_with_torch_blocked(exported, tmp_path):
+    """The torch-free promise, kept: `predict --engine` in a process where `import torch` fails."""
+    import subprocess
+    import sys
+    import textwrap
+
+    images, run, out, _ = exported
+    blocked, ref = tmp_path / "blocked.jsonl", tmp_path / "torch.jsonl"
+    code = textwrap.dedent(f"""
+        import sys
+        sys.modules["torch"] = None  # any `import torch` now raises ImportError
+        from cdul_rt.cli import main
+        main(["predict", {str(images)!r}, "--engine", {str(out)!r}, "--out", {str(blocked)!r}, "-q",
+              "--threads", "1"])
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    result = CliRunner().invoke(main, ["predict", str(images), "--run", str(run), "--out", str(ref), "-q",
+                                       "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    got, want = read_label_file(blocked), read_label_file(ref)
+    assert got.paths == want.paths
+    np.testing.assert_allclose(got.scores, want.scores, atol=1e-4)
