@@ -163,3 +163,15 @@ def test_options_a_ray_job_cannot_honour_are_refused_before_ray_starts(tmp_path,
     out = tmp_path / kw.pop("out_name", "labels.ray")
     with pytest.raises(CdulError, match=message):
         label_with_ray(tiny_cfg(tmp_path, out, tiny_config, **kw), RayOptions(address="unused:1"))
+
+
+def test_an_actor_with_another_labeler_is_refused_naming_its_node(tmp_path, tiny_config):
+    """README: a node whose files differ (other weights behind the same path) is refused by name, not mixed in."""
+    from cdul_rt.distributed.ray_label import _describe
+
+    cfg = tiny_cfg(tmp_path, tmp_path / "out", tiny_config, runtime="torch")
+    expected, _ = _describe(cfg)
+    LabelActor(cfg, expected)  # the same labeler is accepted
+    other = dict(expected, weights_hash="0" * 64)
+    with pytest.raises(CdulError, match=rf"actor on {os.uname().nodename} .*weights_hash"):
+        LabelActor(cfg, other)
