@@ -25,18 +25,28 @@ def average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
     targets = np.asarray(targets).ravel()
     if scores.shape != targets.shape:
         raise CdulError(f"scores and targets differ in length ({scores.size} vs {targets.size})")
+    precision, recall = precision_recall_curve(scores, targets)
+    if not precision.size:
+        return float("nan")
+    return float(np.sum(np.diff(recall, prepend=0.0) * precision))
+
+
+def precision_recall_curve(scores: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Precision and recall at each distinct score threshold (highest first), the steps ``average_precision`` sums.
+
+    Entries equal to ``IGNORE`` are dropped; with no positive, both arrays are empty.
+    """
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    targets = np.asarray(targets).ravel()
     keep = targets != IGNORE
     scores, positives = scores[keep], targets[keep] == 1
     if not positives.any():
-        return float("nan")
+        return np.empty(0), np.empty(0)
     order = np.argsort(-scores, kind="mergesort")
     scores, positives = scores[order], positives[order]
-    # Last index of each run of equal scores: one threshold per distinct score (ties share a threshold).
     threshold_idx = np.r_[np.flatnonzero(np.diff(scores)), scores.size - 1]
     true_pos = np.cumsum(positives)[threshold_idx]
-    precision = true_pos / (threshold_idx + 1)
-    recall = true_pos / true_pos[-1]
-    return float(np.sum(np.diff(recall, prepend=0.0) * precision))
+    return true_pos / (threshold_idx + 1), true_pos / true_pos[-1]
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cdul_rt.errors import CdulError
-from cdul_rt.metrics import IGNORE, average_precision, mean_average_precision
+from cdul_rt.metrics import IGNORE, average_precision, mean_average_precision, precision_recall_curve
 
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
 
@@ -28,6 +28,20 @@ def test_ap_hand_example_and_ties():
     # all tied: one threshold, precision = base rate
     assert average_precision([0.5, 0.5, 0.5, 0.5], [1, 0, 0, 1]) == pytest.approx(0.5)
     assert np.isnan(average_precision([0.1, 0.2], [0, 0]))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_pr_curve_agrees_with_sklearn(seed):
+    rng = np.random.default_rng(seed)
+    targets = (rng.random(120) < 0.3).astype(int)
+    targets[0] = 1
+    scores = np.round(rng.random(120), 2)  # ties
+    precision, recall = precision_recall_curve(scores, targets)
+    sk_precision, sk_recall, _ = sklearn_metrics.precision_recall_curve(targets, scores)
+    # sklearn: thresholds ascending plus a final (precision 1, recall 0) point; ours: thresholds descending
+    np.testing.assert_allclose(precision, sk_precision[:-1][::-1])
+    np.testing.assert_allclose(recall, sk_recall[:-1][::-1])
+    assert precision_recall_curve([0.3, 0.2], [0, IGNORE])[0].size == 0
 
 
 def test_ignored_entries_are_dropped():
