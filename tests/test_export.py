@@ -72,7 +72,8 @@ def test_fp32_graph_contracts(folders):
     labeler = onnx.load(str(folder / "labeler.onnx"))
     assert [i.name for i in labeler.graph.input] == m.labeler["inputs"] == ["crops", "text_embeddings", "zeta",
                                                                               "lambda"]
-    assert [o.name for o in labeler.graph.output] == ["S_final", "S_global", "S_ag"]
+    assert [o.name for o in labeler.graph.output] == ["S_final", "S_global", "S_ag", "image_embeddings"]
+    assert labeler.graph.output[3].type.tensor_type.shape.dim[1].dim_value == m.embed_dim  # [images, D]
     assert m.vocabulary["classes"][:2] == ["aeroplane", "bicycle"] and m.labeler["crops_per_image"] == 10
     assert m.versions["torch"] and m.versions["onnxruntime"]
 
@@ -83,6 +84,7 @@ def test_fp32_parity_with_torch(folders, tiny_bundle):
     got = {(r.graph, r.metric): r.value for r in rows}
     assert got[("visual.onnx", "crop cosine (min)")] >= 0.9999
     assert got[("labeler.onnx", "S_final max abs diff")] <= 1e-4
+    assert got[("labeler.onnx", "image cosine (min)")] >= 0.9999
     assert got[("text.onnx", "class cosine (min)")] >= 0.9999
     assert got[("tokenizer", "tokenizer ids equal")] == 1.0
 

@@ -124,7 +124,8 @@ def test_runner_checks_inputs_before_onnxruntime(artifacts):
         with pytest.raises(CdulError, match="missing inputs \\['text_embeddings'\\]"):
             runner.infer({"crops": np.zeros((10, 3, s, s), np.float32)})
         out = runner.infer({"crops": np.zeros((20, 3, s, s), np.float32), "text_embeddings": text})
-    assert {k: v.shape for k, v in out.items()} == {"S_final": (2, 4), "S_global": (2, 4), "S_ag": (2, 4)}
+    assert {k: v.shape for k, v in out.items()} == {"S_final": (2, 4), "S_global": (2, 4), "S_ag": (2, 4),
+                                                   "image_embeddings": (2, d)}
 
 
 @pytest.mark.parametrize("zeta,lam", [(0.0, 1.0), (0.3, 0.0), (1.0, 0.5)])

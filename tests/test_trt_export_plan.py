@@ -110,8 +110,9 @@ def test_serving_labeler_on_real_exports(exports, precision, tol):
     ref = ref_sess.run(None, {i.name: feed[i.name] for i in ref_sess.get_inputs()})
     served = serving_labeler(onnx.load(str(folder / "labeler.onnx")), CPI, text, 0.3, 1.0)
     out = _session(served.SerializeToString()).run(None, {"crops": crops.reshape(3, CPI, 3, 32, 32)})
-    for a, b in zip(ref, out):
-        assert a.shape == b.shape == (3, len(manifest["vocabulary"]["classes"]))
+    widths = {"image_embeddings": manifest["model"]["embed_dim"]}  # [images, D]; the scores are [images, C]
+    for o, a, b in zip(ref_sess.get_outputs(), ref, out):
+        assert a.shape == b.shape == (3, widths.get(o.name, len(manifest["vocabulary"]["classes"])))
         assert np.abs(a - b).max() <= tol
 
 

@@ -80,7 +80,8 @@ class FakeContext:
         return True
 
     def get_tensor_shape(self, name):
-        return (self.shapes["crops"][0] // CPI, self.shapes["text_embeddings"][0])
+        k = self.shapes["crops"][0] // CPI
+        return (k, D) if name == "image_embeddings" else (k, self.shapes["text_embeddings"][0])
 
     def set_tensor_address(self, name, ptr) -> bool:
         self.addr[name] = ptr
@@ -96,7 +97,7 @@ class FakeContext:
         crops, text = self._read("crops").astype(np.float32), self._read("text_embeddings")
         zeta, lam = float(self._read("zeta")[0]), float(self._read("lambda")[0])
         outs = reference(crops, text, zeta, lam, self.engine.w)
-        for name, value in zip(("S_final", "S_global", "S_ag"), outs):
+        for name, value in zip(("S_final", "S_global", "S_ag", "image_embeddings"), outs):
             raw = value.astype(np.float32).view(np.uint8).ravel()
             MEMORY[self.addr[name]][:raw.size] = raw
         return True
@@ -108,7 +109,7 @@ class FakeEngine:
         self.dtypes = {"crops": np.dtype(crops_dtype), "text_embeddings": np.dtype(np.float32),
                        "zeta": np.dtype(np.float32), "lambda": np.dtype(np.float32),
                        "S_final": np.dtype(np.float32), "S_global": np.dtype(np.float32),
-                       "S_ag": np.dtype(np.float32)}
+                       "S_ag": np.dtype(np.float32), "image_embeddings": np.dtype(np.float32)}
         self.names = list(self.dtypes)
         self.profile = {"crops": ((CPI, 3, S, S), (opt_images * CPI, 3, S, S), (max_images * CPI, 3, S, S)),
                         "text_embeddings": ((1, D), (C, D), (64, D)), "zeta": ((1,),) * 3, "lambda": ((1,),) * 3}
@@ -137,9 +138,11 @@ class FakeEngine:
 
 
 def reference(crops, text, zeta, lam, w):
+    """(S_final, S_global, S_ag, image_embeddings of the global views)."""
     emb = crops.reshape(crops.shape[0], -1) @ w
     s = class_scores_np(emb, text, np.log(100.0))
-    return aggregate_np(s.reshape(-1, CPI, s.shape[-1]), "cdul", zeta, lam)
+    global_emb = emb[::CPI] / np.linalg.norm(emb[::CPI], axis=1, keepdims=True)
+    return (*aggregate_np(s.reshape(-1, CPI, s.shape[-1]), "cdul", zeta, lam), global_emb)
 
 
 @pytest.fixture
@@ -180,7 +183,7 @@ def test_chunked_pipeline_equals_one_big_batch(fake_native, images, chunk):
     with TrtLabelerRunner(plan, grid=3, image_size=S, embed_dim=D, zeta=0.25, lam=0.5, chunk_images=chunk) as r:
         got = r.infer(feed)
         again = r.infer(_feed(images, seed=1))  # buffers and addresses are reused across calls
-    for name, ref in zip(("S_final", "S_global", "S_ag"), want):
+    for name, ref in zip(("S_final", "S_global", "S_ag", "image_embeddings"), want):
         np.testing.assert_allclose(got[name], ref, rtol=0, atol=1e-5)
     assert engine.contexts[0].runs == -(-images // chunk) * 2  # one engine run per chunk
     want2 = reference(*_feed(images, seed=1).values(), 0.25, 0.5, engine.w)

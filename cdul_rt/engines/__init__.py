@@ -1,7 +1,8 @@
 """Runtimes behind one interface (Polygraphy style): a loader builds or loads, a runner infers.
 
 Every runner of the fused labeler takes ``crops`` (float32 ``[k*(1+g^2), 3, S, S]``, normalised) and
-``text_embeddings`` (float32 ``[C, D]``) and returns ``S_final``, ``S_global`` and ``S_ag`` (float32 ``[k, C]``).
+``text_embeddings`` (float32 ``[C, D]``) and returns ``S_final``, ``S_global`` and ``S_ag`` (float32 ``[k, C]``)
+plus ``image_embeddings`` (float32 ``[k, D]``, L2-normalised: each image's global view, from the same encoder call).
 Runtimes are registered by name and imported lazily, so choosing ``onnxruntime`` never imports torch.
 """
 

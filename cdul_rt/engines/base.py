@@ -9,6 +9,17 @@ import numpy as np
 from cdul_rt.errors import CdulError
 
 LABELER_OUTPUTS = ("S_final", "S_global", "S_ag")
+# every labeler runner also returns the L2-normalised embedding of each image's global view (float32 [k, D]),
+# taken from the same encoder call as the scores: `label --save-embeddings`, `Labeler.embed_images`
+EMBEDDING_OUTPUT = "image_embeddings"
+
+
+def image_embeddings(out: dict[str, np.ndarray], runner: str = "the runner") -> np.ndarray:
+    """The ``image_embeddings`` a labeler runner returned, or a clear error for artifacts made before it had them."""
+    if EMBEDDING_OUTPUT not in out:
+        raise CdulError(f"{runner} returned no image embeddings: its labeler graph was exported by an older cdul-rt "
+                        "(scores only); re-export the folder with `cdul-rt export` to get embeddings")
+    return out[EMBEDDING_OUTPUT]
 
 
 @dataclass(frozen=True)

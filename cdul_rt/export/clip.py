@@ -27,7 +27,8 @@ from cdul_rt.vocab import DEFAULT_TEMPLATE, check_template, load_vocabulary
 OPSET = 17
 EXPORTER = "torchscript"
 TOKENIZER_FILE = "tokenizer/bpe_simple_vocab_16e6.txt.gz"
-LABELER_OUTPUTS = ["S_final", "S_global", "S_ag"]
+SCORE_OUTPUTS = ["S_final", "S_global", "S_ag"]
+LABELER_OUTPUTS = [*SCORE_OUTPUTS, "image_embeddings"]  # embeddings: per image [k, D], global view
 
 
 @dataclass
@@ -162,8 +163,9 @@ def export_fp32_graphs(bundle, folder: Path, grid: int, mode: str, opset: int = 
     paths["labeler.onnx"] = folder / "labeler.onnx"
     _trace(build_labeler(bundle.model, bundle.logit_scale, grid, mode), (crops, text, zeta, lam),
            paths["labeler.onnx"], ["crops", "text_embeddings", "zeta", "lambda"], LABELER_OUTPUTS,
-           {"crops": {0: "crops"}, "text_embeddings": {0: "classes"}, **{o: per_image for o in LABELER_OUTPUTS}},
-           opset)
+           {"crops": {0: "crops"}, "text_embeddings": {0: "classes"}, **{o: per_image for o in SCORE_OUTPUTS},
+            "image_embeddings": {0: "images"}}, opset)
+    _fix_output_width(paths["labeler.onnx"], "image_embeddings", d)
     return paths
 
 

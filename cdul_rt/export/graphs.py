@@ -75,7 +75,8 @@ def build_text(model):
 
 
 def build_labeler(model, logit_scale: float, grid: int, mode: str):
-    """The fused labeler: crops of k images + class text embeddings -> ``S_final, S_global, S_ag`` ``[k, C]``.
+    """The fused labeler: crops of k images + class text embeddings -> ``S_final, S_global, S_ag`` ``[k, C]`` and
+    ``image_embeddings`` ``[k, D]`` (each image's global view, L2-normalised; same encoder call, no second pass).
 
     ``zeta`` and ``lambda`` are graph inputs (float32 ``[1]``) so one export serves every threshold; the mode and
     the grid change the graph's structure and are baked in (recorded in the manifest). ``logit_scale`` is the raw
@@ -91,7 +92,9 @@ def build_labeler(model, logit_scale: float, grid: int, mode: str):
         def forward(self, emb, text, zeta, lam):
             s = class_scores_torch(emb, text, logit_scale)
             s = s.reshape(-1, crops_per_image, s.shape[-1])
-            return aggregate_torch(s, mode, zeta, lam)
+            # the global view of each image is crop 0 of its 1+g^2; normalised here so it stays fp32 in fp16 graphs
+            global_emb = torch.nn.functional.normalize(emb.reshape(-1, crops_per_image, emb.shape[-1])[:, 0], dim=-1)
+            return (*aggregate_torch(s, mode, zeta, lam), global_emb)
 
     class Labeler(torch.nn.Module):
         def __init__(self) -> None:

@@ -7,7 +7,8 @@ An artifact folder written by ``cdul-rt export`` holds::
     text.onnx                  tokens int32 [b, L] -> text_embeddings float32 [b, D] (L2-normalised)
     labeler.onnx               crops float32 [k*(1+g^2), 3, S, S], text_embeddings float32 [C, D],
                                zeta float32 [1], lambda float32 [1]  (present only where the mode uses them)
-                               -> S_final, S_global, S_ag float32 [k, C]
+                               -> S_final, S_global, S_ag float32 [k, C], image_embeddings float32 [k, D]
+                               (L2-normalised global view of each image; absent in folders exported before it)
     tokenizer/bpe_simple_vocab_16e6.txt.gz   CLIP BPE merges, for torch-free tokenisation of new vocabularies
     text_embeddings/<key>.npy  class embeddings float32 [C, D] of one (vocabulary, template), with <key>.json
 

@@ -221,13 +221,14 @@ def serving_labeler(model, crops_per_image: int, text_embeddings, zeta: float, l
     g.node.insert(0, helper.make_node("Reshape", ["crops", "crops_fused_shape"], [fused],
                                       name="/serving/fuse_crops"))
     topological_sort(g)
-    for out in g.output:  # [k, C]: the batch dimension is now the images dimension
+    for out in g.output:  # [k, C] scores, [k, D] image_embeddings: the batch dimension is now the images one
         shape = out.type.tensor_type.shape.dim
         if len(shape) == 2:
             shape[0].Clear()
             shape[0].dim_param = "images"
-            shape[1].Clear()
-            shape[1].dim_value = text.shape[0]
+            if out.name != "image_embeddings":  # its width D was fixed at export
+                shape[1].Clear()
+                shape[1].dim_value = text.shape[0]
     onnx.checker.check_model(model)
     return model
 

@@ -3,7 +3,8 @@
 Checks, on sample images (generated when none are given) and the exported vocabulary:
 
 - ``visual.onnx``: cosine of every crop's embedding with torch's (the minimum is reported).
-- ``labeler.onnx``: max abs difference of ``S_final`` (and ``S_global``, ``S_ag``) on the same crops and the same
+- ``labeler.onnx``: min cosine of its ``image_embeddings`` to the torch encoder's global-view embeddings; max abs
+  difference of ``S_final`` (and ``S_global``, ``S_ag``) on the same crops and the same
   class embeddings, and the share of images whose top-1 class agrees.
 - ``text.onnx``: cosine of every class embedding, tokenised by the torch-free tokenizer, with torch's.
 - tokenizer: the share of prompts whose ids equal open_clip's.
@@ -24,6 +25,8 @@ from cdul_rt.errors import CdulError
 LIMITS = {  # (precision, metric) -> ("min" | "max", value)
     ("fp32", "crop cosine (min)"): ("min", 0.9999),
     ("fp32", "class cosine (min)"): ("min", 0.9999),
+    ("fp32", "image cosine (min)"): ("min", 0.9999),  # labeler.onnx's image_embeddings vs the torch encoder
+    ("fp16", "image cosine (min)"): ("min", 0.999),
     ("fp32", "S_final max abs diff"): ("max", 1e-4),
     ("fp16", "S_final max abs diff"): ("max", 1e-2),
     # ours, not the issue's: a sanity floor that catches a broken fp16 conversion (e.g. token ids rounded in fp16)
@@ -134,6 +137,10 @@ def verify_folder(folder: Path, bundle, images: list | None = None) -> list[Pari
         out = runner.infer({"crops": crops, "text_embeddings": text_ref})
     for name in ("S_final", "S_global", "S_ag"):
         rows.append(_row("labeler.onnx", p, f"{name} max abs diff", float(np.abs(out[name] - out_ref[name]).max())))
+    from cdul_rt.engines.base import image_embeddings
+
+    rows.append(_row("labeler.onnx", p, "image cosine (min)",
+                     _cos_min(image_embeddings(out, "labeler.onnx"), emb_ref[::m.crops_per_image])))
     agree = float((out["S_final"].argmax(1) == out_ref["S_final"].argmax(1)).mean())
     rows.append(_row("labeler.onnx", p, "top-1 agreement", agree))
     if m.tokenizer.get("kind") == "clip-bpe":

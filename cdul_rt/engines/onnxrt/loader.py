@@ -154,8 +154,9 @@ def cached_folder(cfg) -> Path:
     folder = cache_dir("engines", key)
     if (folder / MANIFEST).is_file():
         try:
-            verify_artifacts(folder, ("labeler.onnx",))
-            return folder
+            if "image_embeddings" in verify_artifacts(folder, ("labeler.onnx",)).labeler["outputs"]:
+                return folder
+            print(f"cached ONNX export in {folder} predates image embeddings; exporting it again", file=sys.stderr)
         except CdulError as exc:
             print(f"cached ONNX export in {folder} is damaged ({exc}); exporting it again", file=sys.stderr)
     print(f"no --engine-dir given: exporting {cfg.model} to ONNX ({cfg.precision}) once into {folder}; "

@@ -10,7 +10,7 @@ from typing import Callable
 
 import numpy as np
 
-from cdul_rt.engines.base import LABELER_OUTPUTS, BaseRunner, LabelerRunnerMixin, TensorSpec
+from cdul_rt.engines.base import EMBEDDING_OUTPUT, LABELER_OUTPUTS, BaseRunner, LabelerRunnerMixin, TensorSpec
 from cdul_rt.errors import CdulError
 
 
@@ -27,6 +27,7 @@ class OnnxRunner(BaseRunner):
     def _activate(self) -> None:
         self.session = self.session_loader()
         self.graph_inputs = {i.name for i in self.session.get_inputs()}
+        self.graph_outputs = [o.name for o in self.session.get_outputs()]
 
     def _deactivate(self) -> None:
         self.session = None
@@ -41,7 +42,9 @@ class OnnxRunner(BaseRunner):
 
 
 class OnnxLabelerRunner(LabelerRunnerMixin, OnnxRunner):
-    """``labeler.onnx``: crops + text embeddings -> S_final, S_global, S_ag; zeta and lambda fed as [1] tensors."""
+    """``labeler.onnx``: crops + text embeddings -> S_final, S_global, S_ag, image_embeddings; zeta and lambda fed
+    as [1] tensors. Graphs exported before ``image_embeddings`` existed still label (scores only); asking for their
+    embeddings raises :func:`~cdul_rt.engines.base.image_embeddings`'s re-export message."""
 
     def __init__(self, session_loader: Callable, crops_per_image: int, image_size: int, embed_dim: int,
                  zeta: float, lam: float) -> None:
@@ -51,7 +54,8 @@ class OnnxLabelerRunner(LabelerRunnerMixin, OnnxRunner):
         self.lam = np.array([lam], dtype=np.float32)
 
     def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self._run({**feed, "zeta": self.zeta, "lambda": self.lam}, list(LABELER_OUTPUTS))
+        outputs = [*LABELER_OUTPUTS, *([EMBEDDING_OUTPUT] if EMBEDDING_OUTPUT in self.graph_outputs else [])]
+        return self._run({**feed, "zeta": self.zeta, "lambda": self.lam}, outputs)
 
 
 class OnnxVisualRunner(OnnxRunner):

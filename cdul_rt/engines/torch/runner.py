@@ -1,10 +1,11 @@
-"""Torch runners: the fused labeler (crops + text embeddings -> S_final) and the bare visual encoder."""
+"""Torch runners: the fused labeler (crops + text embeddings -> S_final, ..., image_embeddings) and the bare
+visual encoder."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from cdul_rt.engines.base import LABELER_OUTPUTS, BaseRunner, LabelerRunnerMixin, TensorSpec
+from cdul_rt.engines.base import EMBEDDING_OUTPUT, LABELER_OUTPUTS, BaseRunner, LabelerRunnerMixin, TensorSpec
 from cdul_rt.errors import CdulError
 from cdul_rt.labeling import aggregate_torch, class_scores_torch, DEFAULT_LAMBDA, DEFAULT_ZETA
 
@@ -102,18 +103,21 @@ class TorchLabelerRunner(LabelerRunnerMixin, TorchVisualRunner):
         self.logit_scale = bundle.logit_scale
 
     def crop_scores(self, crops: np.ndarray, text_embeddings: np.ndarray):
-        """Per-crop class scores ``[k, 1+N, C]`` (torch tensor, float32)."""
+        """Per-crop class scores ``[k, 1+N, C]`` and the global views' embeddings ``[k, D]`` (torch, float32),
+        from one encoder call."""
         import torch
 
         emb = self.encode(crops)
         text = torch.from_numpy(text_embeddings).to(emb.device)
         s = class_scores_torch(emb, text, self.logit_scale)
-        return s.reshape(-1, self.crops_per_image, s.shape[-1])
+        return s.reshape(-1, self.crops_per_image, s.shape[-1]), emb[::self.crops_per_image]
 
     def _infer(self, feed):
         import torch
 
         with torch.inference_mode():
-            s = self.crop_scores(feed["crops"], feed["text_embeddings"])
+            s, global_emb = self.crop_scores(feed["crops"], feed["text_embeddings"])
             outs = aggregate_torch(s, self.mode, self.zeta, self.lam)
-        return {name: o.float().cpu().numpy() for name, o in zip(LABELER_OUTPUTS, outs)}
+        result = {name: o.float().cpu().numpy() for name, o in zip(LABELER_OUTPUTS, outs)}
+        result[EMBEDDING_OUTPUT] = global_emb.float().cpu().numpy()
+        return result

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cdul_rt.engines.base import LABELER_OUTPUTS, BaseRunner, LabelerRunnerMixin, TensorSpec
+from cdul_rt.engines.base import EMBEDDING_OUTPUT, LABELER_OUTPUTS, BaseRunner, LabelerRunnerMixin, TensorSpec
 from cdul_rt.errors import CdulError
 
 SLOTS = 2
@@ -208,4 +208,5 @@ class TrtLabelerRunner(LabelerRunnerMixin, TrtRunner):
             if name in self.inputs:
                 full[name] = np.array([value], dtype=np.float32)
         out = TrtRunner._infer(self, full)
-        return {n: out[n] for n in LABELER_OUTPUTS}
+        # engines built from labeler graphs that predate image_embeddings return scores only
+        return {n: out[n] for n in (*LABELER_OUTPUTS, EMBEDDING_OUTPUT) if n in out}
