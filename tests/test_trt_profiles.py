@@ -66,9 +66,22 @@ def test_cache_key_changes_with_every_field():
     assert k.digest() == _key().digest()  # deterministic
     other_profile = shapes_to_json(profile_shapes("labeler", LABELER_INPUTS, ProfileSpec(max_images=64), 3))
     variants = [_key(onnx_sha256="b" * 64), _key(tensorrt_version="10.5.0"), _key(compute_capability="9.0"),
-                _key(precision="fp32"), _key(typing="strong"), _key(profile=other_profile)]
+                _key(precision="fp32"), _key(typing="strong"), _key(profile=other_profile), _key(gpu="NVIDIA L4"),
+                _key(workspace_bytes=8 << 30), _key(builder_optimization_level=5)]
     digests = {v.digest() for v in variants}
     assert len(digests) == len(variants) and k.digest() not in digests
+
+
+def test_plan_names_carry_gpu_model_compute_capability_and_tensorrt_version():
+    from cdul_rt.engines.trt.cache import plan_stem
+
+    a100 = _key(gpu="NVIDIA A100-SXM4-80GB", compute_capability="8.0")
+    l4 = _key(gpu="NVIDIA L4", compute_capability="8.9", tensorrt_version="10.5.0")
+    assert plan_stem("labeler", "fp16", a100) == "labeler.fp16.nvidia-a100-sxm4-80gb.sm80.trt10.3.0"
+    assert plan_stem("labeler", "fp16", l4) == "labeler.fp16.nvidia-l4.sm89.trt10.5.0"
+    # the same device with another profile or workspace keeps the name (rebuilt in place with a reason)
+    assert plan_stem("labeler", "fp16", _key(gpu="NVIDIA L4", compute_capability="8.9", tensorrt_version="10.5.0",
+                                             workspace_bytes=1)) == plan_stem("labeler", "fp16", l4)
 
 
 def test_mismatch_messages_name_what_changed():
@@ -122,6 +135,33 @@ def test_fp16_verdict_from_layer_information():
     assert not bad.ok and "FP32 2" in bad.detail
     with pytest.raises(CdulError, match="asked for fp16 but is not fp16"):
         require_fp16(bad, "labeler")
+
+
+def _layer11(kind, *types):
+    """TensorRT 11 layout: ``DataType`` and ``Format`` apart (migration guide, IEngineInspector JSON output)."""
+    fmt = {"Half": "Row major linear FP16 format (kLINEAR)", "Float": "Row major linear FP32 format (kLINEAR)"}
+    return {"Name": kind.lower(), "LayerType": kind,
+            "Inputs": [{"Name": "x", "Location": "Device", "DataType": types[0], "Format": fmt[types[0]]}],
+            "Outputs": [{"Name": "y", "Location": "Device", "DataType": t, "Format": fmt[t]} for t in types[1:]]}
+
+
+def test_fp16_verdict_reads_both_inspector_layouts():
+    trt10 = {"Layers": [_layer("CaskConvolution", "Row major linear FP32 format", "Row major linear FP16 format"),
+                        _layer("CaskGemmMatrixMultiply", "Half", "Half"),
+                        _layer("Normalization", "Float", "Float")], "Bindings": ["crops", "S_final"]}
+    trt11 = {"Layers": [_layer11("CaskConvolution", "Float", "Half"), _layer11("CaskGemmMatrixMultiply", "Half", "Half"),
+                        _layer11("Normalization", "Float", "Float")],
+             "I/O Tensors": [{"Name": "crops", "IOMode": "Input", "DataType": "Float", "Dimensions": [-1, 3, 8, 8],
+                              "Location": "Device", "IsShapeInferenceIO": False,
+                              "ProfileInfo": [{"MinShape": [10, 3, 8, 8], "OptShape": [40, 3, 8, 8],
+                                               "MaxShape": [80, 3, 8, 8],
+                                               "Format": "Row major linear FP32 format (kLINEAR)"}]}]}
+    assert layer_precisions(trt10) == layer_precisions(trt11) == {"FP16": 2, "FP32": 1}
+    for info in (trt10, trt11):
+        check = check_fp16(json.dumps(info), engine_bytes=10, fp32_weight_bytes=10)
+        assert check.ok and check.method == "layers"
+    fp32_11 = {"Layers": [_layer11("CaskGemmMatrixMultiply", "Float", "Float")] * 2, "I/O Tensors": []}
+    assert layer_precisions(fp32_11) == {"FP32": 2} and not check_fp16(fp32_11, 1, 100).ok
 
 
 def test_opaque_myelin_layers_defer_to_the_engine_size():

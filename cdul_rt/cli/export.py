@@ -73,6 +73,11 @@ def command(out: Path | None, verify: bool, verify_images: tuple[Path, ...], eng
     A new vocabulary later needs no re-export: `label` encodes it with text.onnx (or reads the embeddings stored
     for the --classes given here).
     """
+    if engine == "tensorrt" and opts["precision"] == "int8":
+        from cdul_rt.errors import CdulError
+
+        raise CdulError("--engine tensorrt builds fp32 or fp16 engines; the int8 export is onnxruntime's dynamic "
+                        "quantisation for CPUs, which TensorRT does not compile. Use --precision fp16 (or fp32)")
     if classifier is not None:
         from cdul_rt.export.classifier import export_classifier, format_parity_table
 
@@ -84,9 +89,10 @@ def command(out: Path | None, verify: bool, verify_images: tuple[Path, ...], eng
             click.echo(format_parity_table(manifest["verify"]))
         click.echo(f"exported the classifier of {classifier} to {out}")
         if engine == "tensorrt":
-            from cdul_rt.export.tensorrt import build_engines
+            from cdul_rt.export.tensorrt import TrtBuildConfig, build_engines
 
-            build_engines(out, kinds=("classifier",), log=click.echo)
+            build_engines(out, kinds=("classifier",), cfg=TrtBuildConfig(precision=opts["precision"]),
+                          log=click.echo)
         if triton is not None:
             from cdul_rt.export.triton import write_triton_repository
 

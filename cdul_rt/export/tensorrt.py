@@ -3,9 +3,10 @@
 For each graph (fused labeler, visual encoder, text encoder, classifier when exported) this picks the ONNX file the
 precision path needs (TRT 10 ``flag``: the fp32 graph + ``BuilderFlag.FP16``; ``strong``: the fp16 graph, the only
 fp16 path on TRT 11), sizes the optimization profile in images of 1+g^2 crops, builds with a workspace limit and a
-shared timing cache, checks that an fp16 engine really is fp16, and stores it in an :class:`EngineCache` keyed by
-ONNX sha256, TensorRT version, compute capability, precision and profile. An engine whose key no longer matches is
-rebuilt with a message saying what changed.
+timing cache per device, checks that an fp16 engine really is fp16, and stores it in an :class:`EngineCache` named by
+GPU model, compute capability and TensorRT version and keyed by everything else it depends on (ONNX sha256,
+precision, typing, profile, workspace, optimisation level). An engine whose key no longer matches is rebuilt with a
+message saying what changed. fp32 engines are built with TF32 off, so they match torch and onnxruntime fp32.
 
 Everything up to ``build_serialized`` (graph choice, profiles, keys, cache decisions) runs without TensorRT and is
 tested on CPU; the build itself needs TensorRT and a GPU.
@@ -44,7 +45,7 @@ class TrtBuildConfig:
     profile: ProfileSpec = field(default_factory=ProfileSpec)
     workspace_gib: float = 4.0
     device: int = 0
-    timing_cache: Path | None = None  # default: <engine folder>/timing.cache
+    timing_cache: Path | None = None  # default: <engine folder>/timing.<device tag>.cache
     builder_optimization_level: int | None = None
     force: bool = False
     verbose: bool = False
@@ -120,9 +121,11 @@ def onnx_precision_for(typing: str | None, precision: str) -> str:
 
 
 def engine_key(src: GraphSource, onnx_sha256: str, trt_version: str, cc: str, precision: str, typing: str | None,
-               spec: ProfileSpec) -> tuple[EngineKey, dict]:
+               spec: ProfileSpec, gpu: str = "", workspace_bytes: int = 0,
+               builder_optimization_level: int | None = None) -> tuple[EngineKey, dict]:
     shapes = profile_shapes(src.kind, onnx_input_shapes(src.onnx), spec, max(src.grid, 1))
-    key = EngineKey(onnx_sha256, trt_version, cc, precision, typing or "none", shapes_to_json(shapes))
+    key = EngineKey(onnx_sha256, trt_version, cc, precision, typing or "none", shapes_to_json(shapes), gpu,
+                    int(workspace_bytes), builder_optimization_level)
     return key, shapes
 
 
@@ -147,27 +150,32 @@ def build_engine(src: GraphSource, out_dir: Path, cfg: TrtBuildConfig,
     from cdul_rt.cache import file_sha256
     from cdul_rt.engines.trt import cuda
     from cdul_rt.engines.trt.builder import BuildOptions, build_serialized, choose_typing, import_tensorrt, trt_major
-    from cdul_rt.engines.trt.cache import EngineCache
+    from cdul_rt.engines.trt.cache import EngineCache, plan_stem
 
     trt = import_tensorrt()
     dev = cuda.device_info(cfg.device)
     cuda.set_device(cfg.device)
     typing = choose_typing(trt_major(trt.__version__), cfg.precision, cfg.typing)
+    workspace = int(cfg.workspace_gib * (1 << 30))
     key, shapes = engine_key(src, file_sha256(src.onnx), trt.__version__, dev.compute_capability, cfg.precision,
-                             typing, cfg.profile)
-    cache, stem = EngineCache(out_dir), f"{src.kind}.{cfg.precision}"
+                             typing, cfg.profile, dev.name, workspace, cfg.builder_optimization_level)
+    cache, stem = EngineCache(out_dir), plan_stem(src.kind, cfg.precision, key)
     plan_path, reason = cache.lookup(stem, key)
     if plan_path is not None and not cfg.force:
         log(f"{stem}: up to date ({plan_path})")
         return BuiltEngine(src.kind, plan_path, False, None, None)
+    others = cache.others(src.kind, cfg.precision, stem)
     if reason:
         log(f"{stem}: rebuilding ({reason})")
+    elif others:
+        reason = f"no engine for this GPU and TensorRT yet (the folder has {', '.join(others)})"
+        log(f"{stem}: {reason}")
     log(f"{stem}: building from {src.onnx.name} on {dev.name} (sm {dev.compute_capability}), TensorRT "
         f"{trt.__version__}, {typing or 'fp32'} typing; this takes minutes")
-    opts = BuildOptions(cfg.precision, typing, int(cfg.workspace_gib * (1 << 30)),
-                        cfg.timing_cache or out_dir / TIMING_CACHE, cfg.builder_optimization_level, cfg.verbose)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    plan, typed = build_serialized(src.onnx, shapes, opts)
+    timing = cfg.timing_cache or out_dir / f"{TIMING_CACHE[:-len('.cache')]}.{key.device_tag()}.cache"  # per device
+    opts = BuildOptions(cfg.precision, typing, workspace, timing,
+                        cfg.builder_optimization_level, cfg.verbose)
+    plan, typed = build_serialized(src.onnx, shapes, opts, log)
     check = _verify_fp16(plan, shapes, src, cfg.verbose, typed) if cfg.precision == "fp16" else None
     path = cache.store(stem, key, plan, {"onnx": str(src.onnx), "onnx_precision": src.onnx_precision,
                                          "grid": src.grid, "device": dev.name, "precision_check": check})

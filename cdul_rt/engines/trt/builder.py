@@ -11,7 +11,6 @@ Precision paths (DESIGN.md section 4):
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,23 +103,39 @@ def _parse(trt, builder, logger, onnx_path: Path, typing: str | None):
     return network, parser
 
 
-def _load_timing_cache(config, path: Path | None):
+def _load_timing_cache(config, path: Path | None, log=print) -> None:
+    """Attach the timing cache at ``path`` (an empty one when there is none or it does not fit).
+
+    ``ignore_mismatch=False``, as Polygraphy does: with True, ``set_timing_cache`` accepts a cache recorded on
+    another device model or TensorRT version, whose timings then steer tactic choice on this one. With False it
+    refuses such a cache (returns False); the build then starts from an empty cache, which it writes back."""
     data = path.read_bytes() if path is not None and path.is_file() else b""
     cache = config.create_timing_cache(data)
-    # ignore_mismatch=True: a cache from another GPU/TRT version is discarded by TensorRT, not an error
-    config.set_timing_cache(cache, True)
+    if cache is None and data:  # unreadable (truncated, or from an incompatible TensorRT): start afresh
+        log(f"timing cache {path} cannot be read by this TensorRT; starting a new one")
+        data, cache = b"", config.create_timing_cache(b"")
+    if cache is None:
+        raise CdulError("TensorRT could not create a timing cache (create_timing_cache returned None); check the "
+                        "TensorRT log above, or that the GPU has free memory")
+    if config.set_timing_cache(cache, False):
+        return
+    if not data:
+        raise CdulError("TensorRT refused a new, empty timing cache (set_timing_cache returned False); see the "
+                        "TensorRT log above")
+    log(f"timing cache {path} was recorded on another GPU or TensorRT version; starting a new one")
+    if not config.set_timing_cache(config.create_timing_cache(b""), False):
+        raise CdulError("TensorRT refused a new, empty timing cache (set_timing_cache returned False)")
 
 
 def _save_timing_cache(config, path: Path | None) -> None:
+    from cdul_rt.engines.trt.cache import atomic_write
+
     if path is None:
         return
     cache = config.get_timing_cache()
     if cache is None:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_bytes(memoryview(cache.serialize()))
-    os.replace(tmp, path)
+    atomic_write(path, bytes(memoryview(cache.serialize())))
 
 
 def network_layer_types(network) -> list[tuple[str, str]]:
@@ -133,7 +148,8 @@ def network_layer_types(network) -> list[tuple[str, str]]:
     return out
 
 
-def build_serialized(onnx_path: Path, shapes: ProfileShapes, opts: BuildOptions) -> tuple[bytes, list | None]:
+def build_serialized(onnx_path: Path, shapes: ProfileShapes, opts: BuildOptions,
+                     log=print) -> tuple[bytes, list | None]:
     """Parse, configure (profile, workspace, precision, timing cache) and build.
 
     Returns the plan bytes and, for strongly typed builds, the network's layer types (the fp16 evidence)."""
@@ -148,6 +164,8 @@ def build_serialized(onnx_path: Path, shapes: ProfileShapes, opts: BuildOptions)
         config.builder_optimization_level = int(opts.builder_optimization_level)
     if opts.typing == "flag":
         config.set_flag(trt.BuilderFlag.FP16)
+    if opts.precision == "fp32":  # TensorRT enables TF32 by default (10-bit mantissa matmuls): fp32 means fp32
+        config.clear_flag(trt.BuilderFlag.TF32)
     inputs = [network.get_input(i) for i in range(network.num_inputs)]
     if {t.name for t in inputs} != set(shapes):
         raise CdulError(f"{onnx_path.name}: the network inputs {sorted(t.name for t in inputs)} do not match the "
@@ -157,7 +175,7 @@ def build_serialized(onnx_path: Path, shapes: ProfileShapes, opts: BuildOptions)
         if any(d < 0 for d in tuple(t.shape)):  # only dynamic inputs take a (min, opt, max) range
             profile.set_shape(t.name, *shapes[t.name])
     config.add_optimization_profile(profile)
-    _load_timing_cache(config, opts.timing_cache)
+    _load_timing_cache(config, opts.timing_cache, log)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise CdulError(f"TensorRT failed to build an engine from {onnx_path.name} (see the TensorRT log above); "

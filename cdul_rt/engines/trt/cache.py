@@ -1,8 +1,13 @@
-"""A folder of built engines, each ``<graph>.<precision>.plan`` with a ``.json`` beside it recording its key.
+"""A folder of built engines, each ``<graph>.<precision>.<gpu>.sm<cc>.trt<version>.plan`` with a ``.json`` beside it
+recording its key.
 
-An engine only runs on the TensorRT version and GPU architecture it was built for, and was tuned for one graph,
-precision and profile. The JSON holds those (:class:`EngineKey`) plus the plan's size and sha256, so a stale or
-truncated plan is detected before TensorRT sees it, and rebuilt with a message that says why.
+An engine only runs on the TensorRT version and GPU architecture it was built for, was tuned for one GPU model, and
+for one graph, precision, profile, workspace limit and optimisation level. The file name carries the GPU model,
+compute capability and TensorRT version (:meth:`EngineKey.device_tag`), so machines with different GPUs can share
+one folder (a Ray cluster on shared storage) without overwriting each other's engines. The JSON holds the whole
+:class:`EngineKey` plus the plan's size and sha256, so a stale or truncated plan is detected before TensorRT sees
+it, and rebuilt with a message that says why. Every file is written through a temporary with a unique name and
+renamed into place, so concurrent builders never write into the same temporary file.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from pathlib import Path
 
 from cdul_rt.engines.trt.profiles import EngineKey, describe_mismatch
@@ -23,13 +29,25 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to a uniquely named temporary beside ``path`` (mkstemp), then rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def plan_stem(kind: str, precision: str, key: EngineKey) -> str:
+    """``labeler.fp16.nvidia-a100-sxm4-80gb.sm80.trt10.3.0``: one plan per graph, precision and device."""
+    return f"{kind}.{precision}.{key.device_tag()}"
 
 
 class EngineCache:
@@ -68,13 +86,18 @@ class EngineCache:
         return plan, None
 
     def store(self, stem: str, key: EngineKey, plan: bytes, extra: dict | None = None) -> Path:
-        self.folder.mkdir(parents=True, exist_ok=True)
         path = self.plan_path(stem)
-        _atomic_write(path, plan)
+        atomic_write(path, plan)
         meta = {"key": key.to_dict(), "key_digest": key.digest(), "plan_bytes": len(plan),
                 "plan_sha256": hashlib.sha256(plan).hexdigest(), **(extra or {})}
-        _atomic_write(self.meta_path(stem), json.dumps(meta, indent=2).encode())
+        atomic_write(self.meta_path(stem), json.dumps(meta, indent=2).encode())
         return path
+
+    def others(self, kind: str, precision: str, stem: str) -> list[str]:
+        """Device tags of the other engines of this graph and precision in the folder (built for other GPUs)."""
+        prefix = f"{kind}.{precision}."
+        return sorted(p.name[len(prefix):-len(".plan")] for p in self.folder.glob(f"{prefix}*.plan")
+                      if p.name != f"{stem}.plan")
 
     def check_runtime(self, stem: str, tensorrt_version: str, compute_capability: str) -> str | None:
         """Why the stored engine cannot run here (another TRT version or GPU architecture), or None."""

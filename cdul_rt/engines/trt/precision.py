@@ -7,8 +7,10 @@ may keep layers in fp32 when fp16 tactics are slower or unsupported). Signals, i
    change it, so the parsed network's matrix-multiply and convolution output types *are* the compute precision.
 2. Layer precisions (weakly typed TRT 10 builds, where the builder chooses): with ``ProfilingVerbosity.DETAILED`` and
    an execution context whose input shapes are set, ``IEngineInspector.get_engine_information(
-   LayerInformationFormat.JSON)`` lists every layer with the ``Format/Datatype`` of its inputs and outputs ("Row major
-   linear FP16 format", "Half", "Float", ...). A layer counts as fp16 when any of its tensors is fp16. Fused Myelin /
+   LayerInformationFormat.JSON)`` lists every layer with the types of its inputs and outputs. TensorRT 10 writes one
+   ``Format/Datatype`` string per tensor ("Row major linear FP16 format", "Half", "Float", ...) and a ``Bindings``
+   list of I/O names; TensorRT 11 splits it into ``DataType`` ("Half") and ``Format`` and replaces ``Bindings`` by
+   ``I/O Tensors`` objects. Both layouts are read. A layer counts as fp16 when any of its tensors is fp16. Fused Myelin /
    ForeignNode layers are opaque (their I/O can be the fp32 graph I/O while they compute in fp16): when there are
    any, a failing layer count is not trusted and the size decides.
 3. Engine size: fp16 weights take half the bytes of the fp32 weights in the ONNX graph, so an fp16 engine is well
@@ -50,6 +52,16 @@ def tensor_precision(fmt: str) -> str | None:
     return None
 
 
+def tensor_datatype(tensor: dict) -> str | None:
+    """The precision of one tensor of a layer in either inspector layout: TensorRT 11's ``DataType`` (its
+    ``Format`` names only the layout, or repeats the type), else TensorRT 10's combined ``Format/Datatype``."""
+    for field in ("DataType", "Format/Datatype", "Format"):
+        kind = tensor_precision(str(tensor.get(field, "")))
+        if kind is not None:
+            return kind
+    return None
+
+
 def layer_precisions(engine_info: str | dict) -> dict[str, int]:
     """Count compute layers by precision (a layer is FP16 if any input/output is FP16, else its widest float type).
 
@@ -66,7 +78,7 @@ def layer_precisions(engine_info: str | dict) -> dict[str, int]:
             counts["opaque"] = counts.get("opaque", 0) + 1
             continue
         tensors = [*layer.get("Inputs", []), *layer.get("Outputs", [])]
-        kinds = {tensor_precision(str(t.get("Format/Datatype", ""))) for t in tensors if isinstance(t, dict)}
+        kinds = {tensor_datatype(t) for t in tensors if isinstance(t, dict)}
         kinds.discard(None)
         if not kinds:
             continue

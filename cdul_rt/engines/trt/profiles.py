@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass
 
 from cdul_rt.errors import CdulError
@@ -118,14 +119,18 @@ def shapes_to_json(shapes: ProfileShapes) -> dict[str, list[list[int]]]:
 @dataclass(frozen=True)
 class EngineKey:
     """Everything an engine is tied to. A built engine only runs on the TensorRT version and GPU architecture it
-    was built with, and only for the graph, precision and shape ranges it was tuned for."""
+    was built with, is tuned for one GPU model (its tactics were timed there), and only for the graph, precision,
+    shape ranges, workspace limit and builder optimisation level it was built with."""
 
     onnx_sha256: str
     tensorrt_version: str
     compute_capability: str  # "8.6", "9.0", ...
     precision: str  # fp32 | fp16
-    typing: str  # "flag" (TRT 10 BuilderFlag.FP16) | "strong" (strongly typed network from an fp16 graph)
+    typing: str  # "flag" (TRT 10 BuilderFlag.FP16) | "strong" (strongly typed network from an fp16 graph) | "none"
     profile: dict  # shapes_to_json(...)
+    gpu: str = ""  # device name, e.g. "NVIDIA A100-SXM4-80GB": tactics timed on one model may be slow on another
+    workspace_bytes: int = 0
+    builder_optimization_level: int | None = None  # None: TensorRT's default (3)
 
     def digest(self) -> str:
         blob = json.dumps(asdict(self), sort_keys=True).encode()
@@ -134,11 +139,21 @@ class EngineKey:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def device_tag(self) -> str:
+        """What a plan file is named by besides graph and precision: GPU model, compute capability and TensorRT
+        version, so engines for several GPUs (a Ray cluster sharing one folder) live side by side."""
+        gpu = re.sub(r"[^a-z0-9]+", "-", self.gpu.lower()).strip("-") or "gpu"
+        return f"{gpu}.sm{self.compute_capability.replace('.', '')}.trt{self.tensorrt_version}"
+
+
+KEY_FIELDS = ("onnx_sha256", "tensorrt_version", "compute_capability", "gpu", "precision", "typing", "profile",
+              "workspace_bytes", "builder_optimization_level")
+
 
 def describe_mismatch(old: dict, new: dict) -> str:
     """Human-readable reason why a cached engine cannot be reused, e.g. "tensorrt_version 10.3.0 -> 10.5.0"."""
     diffs = []
-    for field in ("onnx_sha256", "tensorrt_version", "compute_capability", "precision", "typing", "profile"):
+    for field in KEY_FIELDS:
         a, b = old.get(field), new.get(field)
         if a == b:
             continue
