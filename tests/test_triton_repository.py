@@ -1,4 +1,4 @@
-"""Triton model repository: config.pbtxt parsed back and checked, the serving labeler (batched by image, vocabulary
+"""Triton model repository: config.pbtxt parsed back with Triton's own schema (tests/triton_schema.py) and checked, the serving labeler (batched by image, vocabulary
 baked in) equal to the exported labeler under onnxruntime, and the repository layout from an artifact folder.
 
 The artifact folder is built here from small hand-made ONNX graphs with the labeler's I/O contract (crops, text
@@ -20,11 +20,12 @@ from cdul_rt.export.triton import (
     TensorConfig,
     TritonOptions,
     config_pbtxt,
-    parse_pbtxt,
     preferred_sizes,
     serving_labeler,
     write_triton_repository,
 )
+
+from triton_schema import parse_config
 
 S, D, C, GRID = 8, 6, 5, 3
 CPI = 1 + GRID * GRID
@@ -113,27 +114,28 @@ def test_pbtxt_round_trip_keeps_every_field():
     cfg = ModelConfig("visual", "onnxruntime", 320, (TensorConfig("crops", "TYPE_FP32", (3, 224, 224)),),
                       (TensorConfig("image_embeddings", "TYPE_FP32", (512,)),), (40, 80, 320), 500, 2,
                       parameters={"note": "x"})
-    back = parse_pbtxt(config_pbtxt(cfg))
+    back = parse_config(config_pbtxt(cfg))
     assert back["name"] == "visual" and back["platform"] == "onnxruntime_onnx" and back["max_batch_size"] == 320
     assert back["input"] == [{"name": "crops", "data_type": "TYPE_FP32", "dims": [3, 224, 224]}]
     assert back["output"][0]["dims"] == [512]
     assert back["instance_group"] == [{"count": 2, "kind": "KIND_GPU"}]
     assert back["dynamic_batching"] == {"preferred_batch_size": [40, 80, 320], "max_queue_delay_microseconds": 500}
-    assert back["parameters"] == {"key": "note", "value": {"string_value": "x"}}
-    plan = parse_pbtxt(config_pbtxt(ModelConfig("c", "tensorrt", 0, cfg.inputs, cfg.outputs)))
+    assert back["parameters"] == {"note": {"string_value": "x"}}
+    plan = parse_config(config_pbtxt(ModelConfig("c", "tensorrt", 0, cfg.inputs, cfg.outputs)))
     assert plan["platform"] == "tensorrt_plan" and "dynamic_batching" not in plan
 
 
-def test_parser_reads_hand_written_triton_config():
-    text = '''
-    name: "m"  # comment
-    max_batch_size: 8
-    input [ { name: "a" data_type: TYPE_INT32 dims: [ 77 ] }, { name: "b", data_type: TYPE_FP16, dims: [-1] } ]
-    dynamic_batching { preferred_batch_size: 4 preferred_batch_size: 8 }
-    '''
-    back = parse_pbtxt(text)
-    assert back["input"][1] == {"name": "b", "data_type": "TYPE_FP16", "dims": [-1]}
-    assert back["dynamic_batching"]["preferred_batch_size"] == [4, 8]
+def test_schema_refuses_what_triton_would_refuse():
+    """The check is Triton's schema, not a lenient reader: a wrong enum value or field name is an error."""
+    from google.protobuf.text_format import ParseError
+
+    good = config_pbtxt(ModelConfig("m", "onnxruntime", 8, (TensorConfig("a", "TYPE_INT32", (77,)),),
+                                    (TensorConfig("b", "TYPE_FP32", (-1,)),)))
+    assert parse_config(good)["input"][0]["data_type"] == "TYPE_INT32"
+    for bad in (good.replace("TYPE_INT32", "TYPE_I32"), good.replace("max_batch_size", "max_batch"),
+                good.replace("KIND_GPU", "GPU")):
+        with pytest.raises(ParseError):
+            parse_config(bad)
 
 
 def test_preferred_batch_sizes_are_whole_ten_crop_groups():
@@ -196,12 +198,12 @@ def test_repository_layout_and_configs(tmp_path):
     write_triton_repository(art, repo, TritonOptions(max_images=16, opt_images=4, kind="KIND_CPU"),
                             log=logs.append)
     assert sorted(p.name for p in repo.iterdir()) == ["cdul_rt.json", "labeler", "visual"]
-    lab = parse_pbtxt((repo / "labeler" / "config.pbtxt").read_text())
+    lab = parse_config((repo / "labeler" / "config.pbtxt").read_text())
     assert lab["max_batch_size"] == 16 and lab["platform"] == "onnxruntime_onnx"
     assert lab["input"] == [{"name": "crops", "data_type": "TYPE_FP32", "dims": [CPI, 3, S, S]}]
     assert {o["name"]: o["dims"] for o in lab["output"]} == {"S_final": [C], "S_global": [C], "S_ag": [C]}
     assert lab["dynamic_batching"]["preferred_batch_size"] == [2, 4, 16]
-    vis = parse_pbtxt((repo / "visual" / "config.pbtxt").read_text())
+    vis = parse_config((repo / "visual" / "config.pbtxt").read_text())
     assert vis["max_batch_size"] == 16 * CPI and vis["input"][0]["dims"] == [3, S, S]
     assert all(s % CPI == 0 for s in vis["dynamic_batching"]["preferred_batch_size"])
     assert vis["instance_group"] == [{"count": 1, "kind": "KIND_CPU"}]

@@ -20,7 +20,9 @@ from cdul_rt.export.tensorrt import (
     onnx_precision_for,
     plan_sources,
 )
-from cdul_rt.export.triton import TritonOptions, parse_pbtxt, serving_labeler, write_triton_repository
+from cdul_rt.export.triton import TritonOptions, serving_labeler, write_triton_repository
+
+from triton_schema import parse_config  # Triton's own model_config.proto
 
 CPI = 10
 
@@ -120,9 +122,9 @@ def test_triton_repository_from_a_real_export(exports, tmp_path):
     repo = tmp_path / "repo"
     write_triton_repository(exports["fp16"], repo, TritonOptions(max_images=8, opt_images=4), log=lambda m: None)
     assert sorted(p.name for p in repo.iterdir() if p.is_dir()) == ["labeler", "text", "visual"]
-    text = parse_pbtxt((repo / "text" / "config.pbtxt").read_text())
+    text = parse_config((repo / "text" / "config.pbtxt").read_text())
     assert text["input"][0]["data_type"] == "TYPE_INT32" and text["output"][0]["dims"] == [32]
-    vis = parse_pbtxt((repo / "visual" / "config.pbtxt").read_text())
+    vis = parse_config((repo / "visual" / "config.pbtxt").read_text())
     assert vis["max_batch_size"] == 80 and vis["dynamic_batching"]["preferred_batch_size"] == [20, 40, 80]
     info = json.loads((repo / "cdul_rt.json").read_text())
     assert info["models"]["labeler"]["precision"] == "fp16" and len(info["classes"]) == 20

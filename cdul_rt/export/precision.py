@@ -83,13 +83,14 @@ def convert_fp16(src: Path, dst: Path, props: dict[str, str] | None = None) -> l
     """Write an fp16 copy of ``src``: fp16 weights and activations, the fp32 islands listed above, fp32 I/O."""
     onnx = require("onnx", "onnx")
     float16 = require("onnxruntime.transformers.float16", "onnx")
-    from cdul_rt.export.onnx_io import save_model, set_metadata
+    from cdul_rt.export.onnx_io import save_model, set_metadata, topological_sort
 
     model = onnx.load(str(src))
     converted = float16.convert_float_to_float16(
         model, keep_io_types=True, op_block_list=float16.DEFAULT_OP_BLOCK_LIST + FP32_OPS,
         node_block_list=_tail_nodes(model))
     fold_cast_round_trips(converted)
+    topological_sort(converted.graph)  # the converter appends its input casts last: invalid ONNX until sorted
     count = sum(1 for init in converted.graph.initializer if init.data_type == onnx.TensorProto.FLOAT16)
     if count == 0:
         raise CdulError(f"fp16 conversion of {src.name} left no fp16 weights; this graph cannot be made fp16")

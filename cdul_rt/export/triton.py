@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 from cdul_rt.errors import CdulError
+from cdul_rt.export.onnx_io import topological_sort  # noqa: F401 - re-exported (tests, engines)
 
 BACKENDS = ("onnxruntime", "tensorrt")
 PLATFORM = {"onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan"}
@@ -87,105 +88,8 @@ def config_pbtxt(m: ModelConfig) -> str:
     return "\n".join(lines) + "\n"
 
 
-# -- a small reader of protobuf text format, so the written configs can be parsed back and checked -------------------
-def _tokens(text: str) -> list[str]:
-    import re
-
-    text = "\n".join(line.split("#", 1)[0] for line in text.splitlines())
-    return re.findall(r'"(?:[^"\\]|\\.)*"|[{}\[\]:,;]|[^\s{}\[\]:,;"]+', text)
-
-
-def _scalar(tok: str):
-    if tok.startswith('"'):
-        return tok[1:-1]
-    try:
-        return int(tok)
-    except ValueError:
-        try:
-            return float(tok)
-        except ValueError:
-            return tok  # enum names: TYPE_FP32, KIND_GPU, true/false
-
-
-def _parse_message(toks: list[str], i: int, end: str | None) -> tuple[dict, int]:
-    out: dict = {}
-    while i < len(toks) and toks[i] != end:
-        if toks[i] in (",", ";"):  # optional field separators
-            i += 1
-            continue
-        key = toks[i]
-        i += 1
-        if toks[i] == ":":
-            i += 1
-        if toks[i] == "{":
-            value, i = _parse_message(toks, i + 1, "}")
-            i += 1
-        elif toks[i] == "[":
-            value, i = [], i + 1
-            while toks[i] != "]":
-                if toks[i] == "{":
-                    item, i = _parse_message(toks, i + 1, "}")
-                    value.append(item)
-                else:
-                    value.append(_scalar(toks[i]))
-                i += 1
-                if toks[i] == ",":
-                    i += 1
-            i += 1
-        else:
-            value, i = _scalar(toks[i]), i + 1
-        if key in out:  # repeated field written as several entries
-            out[key] = (out[key] if isinstance(out[key], list) else [out[key]]) + \
-                       (value if isinstance(value, list) else [value])
-        else:
-            out[key] = value
-    return out, i
-
-
-def parse_pbtxt(text: str) -> dict:
-    """Protobuf text format -> nested dicts/lists (enough for Triton model configs)."""
-    toks = _tokens(text)
-    msg, i = _parse_message(toks, 0, None)
-    return msg
-
-
 # -- the serving variant of the labeler ----------------------------------------------------------------------------
 SERVING_LABELER_INPUTS = ("text_embeddings", "zeta", "lambda", "lam")
-
-
-def topological_sort(graph) -> None:
-    """Reorder ``graph.node`` in place so every node comes after the producers of its inputs (stable otherwise).
-
-    The fp16 converter (keep_io_types) appends its input casts at the end of the node list; onnxruntime accepts
-    that, but the ONNX checker and some consumers do not."""
-    import heapq
-
-    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
-    nodes = list(graph.node)
-    producer = {out: k for k, n in enumerate(nodes) for out in n.output}
-    waiting = [len({producer[x] for x in n.input if x not in available and x in producer}) for n in nodes]
-    consumers: dict[int, list[int]] = {}
-    for k, n in enumerate(nodes):
-        missing = [x for x in n.input if x not in available and x not in producer]
-        if missing:
-            raise CdulError(f"node {n.name or n.op_type} reads undefined tensors {missing[:3]}")
-        for p in {producer[x] for x in n.input if x not in available and x in producer}:
-            consumers.setdefault(p, []).append(k)
-    ready = [k for k, w in enumerate(waiting) if w == 0]
-    heapq.heapify(ready)  # smallest original index first: the order is kept wherever it was already valid
-    ordered = []
-    while ready:
-        k = heapq.heappop(ready)
-        ordered.append(nodes[k])
-        for c in consumers.get(k, []):
-            waiting[c] -= 1
-            if waiting[c] == 0:
-                heapq.heappush(ready, c)
-    if len(ordered) != len(nodes):
-        raise CdulError("the graph has a cycle; it cannot be served")
-    copies = [type(n).FromString(n.SerializeToString()) for n in ordered]
-    del graph.node[:]
-    graph.node.extend(copies)
 
 
 def serving_labeler(model, crops_per_image: int, text_embeddings, zeta: float, lam: float):
