@@ -75,6 +75,15 @@ def read_coco(path: Path) -> tuple[Entries, list[str]]:
     return entries, list(categories.values())
 
 
+def _label_set(labels) -> set[str]:
+    """A list of class names, or one string of names separated by ``;`` or ``|`` (as in a CSV), never letters."""
+    if isinstance(labels, str):
+        return {t.strip() for t in labels.replace("|", ";").split(";") if t.strip()}
+    if not isinstance(labels, list | tuple):
+        raise TypeError(f"labels must be a list of class names or a string, got {type(labels).__name__}")
+    return set(map(str, labels))
+
+
 def read_jsonl(path: Path) -> Entries:
     """Rows ``{"path": ..., "labels": [...]}`` (the ``label`` command's output works as ground truth too)."""
     entries: Entries = {}
@@ -84,7 +93,7 @@ def read_jsonl(path: Path) -> Entries:
                 continue
             try:
                 row = json.loads(line)
-                entries[str(row["path"])] = (set(map(str, row["labels"])), set())
+                entries[str(row["path"])] = (_label_set(row["labels"]), set())
             except (json.JSONDecodeError, KeyError, TypeError) as exc:
                 raise CdulError(f"{path}:{number}: expected {{\"path\": ..., \"labels\": [...]}} ({exc})") from exc
     return entries

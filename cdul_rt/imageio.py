@@ -47,10 +47,15 @@ def relative_name(path: Path, root: Path) -> str:
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
-    """Any PIL mode -> RGB. Alpha is composited on white; 16/32-bit data is scaled to 8 bits, not clipped."""
+    """Any PIL mode -> RGB. Alpha is composited on white; 16-bit and float data are scaled to 8 bits.
+
+    The scale is the pixel type's range, never the image's content (one white pixel must not change the others):
+    16-bit integers (``I;16*``, and ``I``, which is how PIL opens 16-bit PNGs) by 65535, floats (``F``) by 1.0,
+    the usual convention for float images (values outside [0, 1] are clipped, NaN becomes 0).
+    """
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        a = np.asarray(img, dtype=np.float64)
-        hi = 65535.0 if a.max(initial=0) > 255 else 255.0
+        a = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=np.inf, neginf=-np.inf)
+        hi = 1.0 if img.mode == "F" else 65535.0
         img = Image.fromarray(np.clip(a / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
     if img.mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")

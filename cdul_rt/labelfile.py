@@ -4,6 +4,11 @@ JSONL and CSV are appended batch by batch; after a crash (even ``kill -9``) a pa
 the next run. Parquet and ``.npz`` cannot be appended to, so their rows stream into ``<out>.journal.jsonl`` and are
 converted at the end in one streaming pass (memory stays flat). ``<out>.meta.json`` records how the file was made;
 ``<out>.failures.jsonl`` lists images that could not be read.
+
+File names that are not valid UTF-8 (possible on Linux) are carried as Python does (``os.fsdecode``: each bad byte
+becomes a lone surrogate, ``os.fsencode`` gives the exact bytes back) and stored losslessly in every format: JSONL
+as ``\\udcXX`` escapes, CSV as the original bytes, npz as the code points, Parquet as a readable ``path`` (bad bytes
+shown as ``\\xNN``) plus a binary ``path_bytes`` column holding the exact name (present only when needed).
 """
 
 from __future__ import annotations
@@ -77,23 +82,33 @@ def _rows_jsonl(path: Path) -> Iterator[dict]:
                 raise CdulError(f"{path}:{n} is not valid JSON ({exc})") from exc
 
 
+def csv_layout(cols: list[str]) -> dict[str, list[str]]:
+    """Split a label CSV's score columns into ``{"scores": classes, ["global", "aggregate"]: classes}``.
+
+    Written as ``<classes>`` or ``<classes>, global:<classes>, aggregate:<classes>``; decided by that structure
+    (not by ``:`` in a name), so class names may contain ``:``.
+    """
+    n = len(cols) // 3
+    if n and len(cols) == 3 * n and all(cols[k * n + i] == f"{part}:{cols[i]}" for k, part in enumerate(PARTS, 1)
+                                        for i in range(n)):
+        return {"scores": cols[:n], **{part: cols[:n] for part in PARTS}}
+    return {"scores": cols}
+
+
 def _rows_csv(path: Path) -> Iterator[dict]:
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
         reader = csv.reader(f)
         header = next(reader, None)
         if not header or header[:2] != ["path", "labels"]:
             raise CdulError(f"{path} is not a cdul-rt label CSV (expected columns path,labels,<classes>...)")
-        cols = header[2:]
+        layout = csv_layout(header[2:])
         for row in reader:
             if len(row) != len(header):
                 continue
             row_d: dict = {"path": row[0], "labels": [x for x in row[1].split(";") if x]}
-            for key in ("scores", *PARTS):
-                prefix = "" if key == "scores" else key + ":"
-                vals = {c[len(prefix):]: float(v) for c, v in zip(cols, row[2:])
-                        if (c.startswith(prefix) if prefix else ":" not in c)}
-                if vals:
-                    row_d[key] = vals
+            values = iter(row[2:])
+            for key, classes in layout.items():
+                row_d[key] = {c: float(v) for c, v in zip(classes, values)}
             yield row_d
 
 
@@ -135,7 +150,10 @@ def read_label_file(path: str | Path) -> LabelTable:
         def dense(col):
             return np.asarray(t.column(col).to_pylist(), dtype=np.float32).reshape(len(t), len(classes))
         parts = {k: dense(k) for k in PARTS if k in t.column_names}
-        return LabelTable(t.column("path").to_pylist(), classes, dense("scores"), parts, meta)
+        paths = t.column("path").to_pylist()
+        if "path_bytes" in t.column_names:  # exact names that are not valid UTF-8 (see the module docstring)
+            paths = [os.fsdecode(b) if b is not None else p for p, b in zip(paths, t.column("path_bytes").to_pylist())]
+        return LabelTable(paths, classes, dense("scores"), parts, meta)
     paths, rows, parts_rows = [], [], {k: [] for k in PARTS}
     classes = meta.get("classes")
     for row in iter_rows(path):
@@ -152,13 +170,16 @@ def read_label_file(path: str | Path) -> LabelTable:
 
 # -- crash repair -------------------------------------------------------------------------------------------------
 def repair_tail(path: Path, fmt: str) -> None:
-    """Cut off a partly written last line (left by a crash) so the file is valid again."""
+    """Cut off a partly written last line (left by a crash) so the file is valid again.
+
+    CSV records end at a newline outside quotes (a quoted file name may hold a newline); JSONL lines must parse.
+    """
     if not path.is_file():
         return
     size = path.stat().st_size
     with open(path, "rb+") as f:
         data = f.read()
-        keep = data.rfind(b"\n") + 1
+        keep = _csv_record_end(data) if fmt == "csv" else data.rfind(b"\n") + 1
         tail = data[keep:]
         if keep > 0 and fmt == "jsonl":
             # the last newline-terminated line must parse too (a crash can leave a line cut before its newline
@@ -170,6 +191,21 @@ def repair_tail(path: Path, fmt: str) -> None:
                 keep = start
         if tail or keep < size:
             f.truncate(keep)
+
+
+def _csv_record_end(data: bytes) -> int:
+    """Offset just after the last newline that is outside quotes (0 if none): the end of the last whole record.
+
+    ``csv`` quotes any field holding a quote, comma or newline and doubles inner quotes, so a position is inside a
+    quoted field exactly when an odd number of quote characters precede it.
+    """
+    end = data.rfind(b"\n")
+    quotes = data.count(b'"', 0, max(end, 0))
+    while end >= 0 and quotes % 2:
+        prev = data.rfind(b"\n", 0, end)
+        quotes -= data.count(b'"', max(prev, 0), end)
+        end = prev
+    return end + 1
 
 
 def done_paths(path: Path, fmt: str) -> set[str]:
@@ -216,7 +252,9 @@ class LabelWriter:
                 for row in iter_rows(self.path):
                     f.write(json.dumps(row) + "\n")
         new = not self.journal.is_file() or self.journal.stat().st_size == 0
-        self._file = open(self.journal, "a", encoding="utf-8", newline="")
+        # surrogateescape: a file name that is not valid UTF-8 is written as its original bytes (CSV) and read back
+        # identically; JSON escapes it (\udcXX) itself
+        self._file = open(self.journal, "a", encoding="utf-8", errors="surrogateescape", newline="")
         if new and self.journal_fmt == "csv":
             header = ["path", "labels", *self.classes]
             if self.save_parts:
@@ -225,11 +263,21 @@ class LabelWriter:
         return self._file
 
     def write_batch(self, paths: list[str], final: np.ndarray, s_global: np.ndarray | None = None,
-                    s_ag: np.ndarray | None = None) -> None:
+                    s_ag: np.ndarray | None = None) -> list[tuple[str, str]]:
+        """Append one batch. Rows whose scores are not finite (NaN / inf: broken weights or an overflowing
+        precision) are never written (they would not be JSON); they come back as ``(path, reason)`` failures."""
+        arrays = [final, *((s_global, s_ag) if self.save_parts else ())]
+        finite = np.all([np.isfinite(np.asarray(a, dtype=np.float64)).all(axis=1) for a in arrays], axis=0)
+        refused = [(p, "the model returned non-finite scores (NaN or inf); check --weights and --precision")
+                   for p, ok in zip(paths, finite) if not ok]
+        if not finite.any():
+            return refused
         out = self._open_file()
         buf = io.StringIO()
         writer = csv.writer(buf) if self.journal_fmt == "csv" else None
         for i, p in enumerate(paths):
+            if not finite[i]:
+                continue
             labels = select_labels(final[i], self.classes, self.threshold, self.top_k)
             parts = [s_global[i], s_ag[i]] if self.save_parts else []
             if writer is not None:
@@ -237,11 +285,12 @@ class LabelWriter:
             else:
                 row = {"path": p, "scores": dict(zip(self.classes, _fmt(final[i]))), "labels": labels}
                 row.update({k: dict(zip(self.classes, _fmt(v))) for k, v in zip(PARTS, parts)})
-                buf.write(json.dumps(row) + "\n")
+                buf.write(json.dumps(row, allow_nan=False) + "\n")
         # one write + flush per batch: a crash loses at most the batch in flight, never corrupts earlier rows
         out.write(buf.getvalue())
         out.flush()
-        self.written += len(paths)
+        self.written += int(finite.sum())
+        return refused
 
     def close(self, finalize: bool = True) -> None:
         if self._file is None and not self.path.is_file() and not self.journal.is_file():
@@ -251,9 +300,13 @@ class LabelWriter:
             self._file = None
         if finalize and self.journal != self.path and self.journal.is_file():
             tmp = self.path.with_name(self.path.name + ".tmp")
-            (_journal_to_npz if self.fmt == "npz" else _journal_to_parquet)(self.journal, tmp, self.classes,
-                                                                            self.save_parts)
-            os.replace(tmp, self.path)
+            try:
+                (_journal_to_npz if self.fmt == "npz" else _journal_to_parquet)(self.journal, tmp, self.classes,
+                                                                                self.save_parts)
+                os.replace(tmp, self.path)
+            except BaseException:
+                tmp.unlink(missing_ok=True)  # the journal stays: the next run finalises again
+                raise
             self.journal.unlink()
 
 
@@ -293,6 +346,20 @@ def _journal_to_npz(journal: Path, out: Path, classes: list[str], save_parts: bo
                 z.write(Path(tmp) / f"{k}.npy", f"{k}.npy")
 
 
+def _is_text(name: str) -> bool:
+    """False for a name holding lone surrogates (bytes that were not UTF-8, see ``os.fsdecode``)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def display_name(name: str) -> str:
+    """Valid UTF-8 text for a name: undecodable bytes shown as ``\\xNN``."""
+    return name if _is_text(name) else os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
 def _journal_to_parquet(journal: Path, out: Path, classes: list[str], save_parts: bool,
                         rows_per_group: int = 8192) -> None:
     import pyarrow as pa
@@ -302,13 +369,18 @@ def _journal_to_parquet(journal: Path, out: Path, classes: list[str], save_parts
     fields = [pa.field("path", pa.string()), pa.field("labels", pa.list_(pa.string())), pa.field("scores", vec)]
     keys = ["scores", *(PARTS if save_parts else ())]
     fields += [pa.field(k, vec) for k in keys[1:]]
+    exact = any(not _is_text(row["path"]) for row in _rows_jsonl(journal))
+    if exact:
+        fields.append(pa.field("path_bytes", pa.binary()))
     schema = pa.schema(fields, metadata={"cdul_rt.classes": json.dumps(classes)})
     with pq.ParquetWriter(out, schema) as writer:
         batch: list[dict] = []
 
         def flush() -> None:
-            cols = {"path": [r["path"] for r in batch], "labels": [r.get("labels", []) for r in batch]}
+            cols = {"path": [display_name(r["path"]) for r in batch], "labels": [r.get("labels", []) for r in batch]}
             cols.update({k: [[r[k][c] for c in classes] for r in batch] for k in keys})
+            if exact:
+                cols["path_bytes"] = [None if _is_text(r["path"]) else os.fsencode(r["path"]) for r in batch]
             writer.write_table(pa.table(cols, schema=schema))
             batch.clear()
 

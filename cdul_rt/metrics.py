@@ -68,6 +68,34 @@ class MapResult:
         }
 
 
+def check_predictions(paths: list[str], scores: np.ndarray, source: str = "predictions"
+                      ) -> tuple[np.ndarray, list[str]]:
+    """Refuse what would make mAP silently wrong; return usable scores and warnings.
+
+    No rows: an error (not "no positive"). A path on several rows: an error (which row counts is ambiguous, and
+    duplicates weigh an image twice). Non-finite scores (NaN, inf): a warning; they rank below every finite score
+    (NaN, -inf) or above it (+inf), so the AP stays defined and says what such a row is worth.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    if len(paths) == 0:
+        raise CdulError(f"{source} holds no rows; nothing to evaluate (was the label run interrupted?)")
+    if len(set(paths)) != len(paths):
+        seen: set[str] = set()
+        dup = sorted({p for p in paths if p in seen or seen.add(p)})
+        raise CdulError(f"{source} has {len(dup)} images on more than one row (e.g. {', '.join(dup[:3])}); a label "
+                        "file holds one row per image: re-create it (cdul-rt label --overwrite) or drop the repeats")
+    warnings = []
+    bad = ~np.isfinite(scores)
+    if bad.any():
+        rows = np.flatnonzero(bad.any(axis=1))
+        warnings.append(f"{int(bad.sum())} scores in {len(rows)} rows of {source} are NaN or infinite (e.g. "
+                        f"{', '.join(paths[i] for i in rows[:3])}); NaN and -inf rank lowest, +inf highest")
+        finite = scores[~bad]
+        lo, hi = (finite.min() - 1, finite.max() + 1) if finite.size else (-1.0, 1.0)
+        scores = np.where(np.isnan(scores) | (scores == -np.inf), lo, np.where(scores == np.inf, hi, scores))
+    return scores, warnings
+
+
 def mean_average_precision(scores: np.ndarray, targets: np.ndarray, classes: list[str]) -> MapResult:
     """mAP of ``scores [N, C]`` against ``targets [N, C]`` (0/1, or ``IGNORE``)."""
     scores = np.asarray(scores)

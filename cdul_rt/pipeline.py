@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -61,12 +62,21 @@ class LabelConfig:
             raise CdulError(f"--grid must be >= 1, got {self.grid}")
         if self.batch_size < 1:
             raise CdulError(f"--batch-size must be >= 1 (images per encoder call), got {self.batch_size}")
-        if not 0.0 <= self.zeta <= 1.0:
-            raise CdulError(f"--zeta must be in [0, 1] (paper: 0-0.4), got {self.zeta}")
-        if self.lam < 0:
-            raise CdulError(f"--lam must be >= 0, got {self.lam}")
-        if self.top_k is not None and self.top_k < 1:
-            raise CdulError(f"--top-k must be >= 1, got {self.top_k}")
+        check_numbers(self)
+
+
+def check_numbers(cfg: LabelConfig) -> None:
+    """Numeric options: finite and in range (NaN passes every ``<`` test, so test for the good range)."""
+    if not (math.isfinite(cfg.zeta) and 0.0 <= cfg.zeta <= 1.0):
+        raise CdulError(f"--zeta must be in [0, 1] (paper: 0-0.4), got {cfg.zeta}")
+    if not (math.isfinite(cfg.lam) and cfg.lam >= 0):
+        raise CdulError(f"--lam must be a finite number >= 0 (1 = max, 0 = mean), got {cfg.lam}")
+    if not (math.isfinite(cfg.threshold) and 0.0 <= cfg.threshold <= 1.0):
+        raise CdulError(f"--threshold must be in [0, 1] (scores are probabilities), got {cfg.threshold}")
+    if cfg.top_k is not None and cfg.top_k < 1:
+        raise CdulError(f"--top-k must be >= 1, got {cfg.top_k}")
+    if cfg.max_pixels < 1:
+        raise CdulError(f"--max-pixels must be >= 1 (default {DEFAULT_MAX_PIXELS}), got {cfg.max_pixels}")
 
 
 @dataclass
@@ -185,13 +195,23 @@ def _run(cfg, session, runner, todo, writer, failures, summary, writer_skip: set
     batch_crops: list[np.ndarray] = []
     root = cfg.input
 
+    def record_failure(rel: str, reason: str) -> None:
+        failures.write(json.dumps({"path": rel, "reason": reason}) + "\n")
+        failures.flush()
+        summary.failed += 1
+        if len(summary.failures) < 20:
+            summary.failures.append((rel, reason))
+        bar.set_postfix(failed=summary.failed)
+
     def flush() -> None:
         if not batch_paths:
             return
         crops = normalize_batch(np.concatenate(batch_crops), session.preprocess)
         out = runner.infer({"crops": crops, "text_embeddings": session.text_embeddings})
-        writer.write_batch(batch_paths, out["S_final"], out["S_global"], out["S_ag"])
-        summary.labeled += len(batch_paths)
+        refused = writer.write_batch(batch_paths, out["S_final"], out["S_global"], out["S_ag"])
+        for rel, reason in refused:
+            record_failure(rel, reason)
+        summary.labeled += len(batch_paths) - len(refused)
         bar.update(len(batch_paths))
         batch_paths.clear()
         batch_crops.clear()
@@ -203,12 +223,7 @@ def _run(cfg, session, runner, todo, writer, failures, summary, writer_skip: set
                                   prefetch=max(16, 4 * cfg.batch_size), jpeg_draft=cfg.jpeg_draft):
             rel = relative_name(item.path, root)
             if item.crops is None:
-                failures.write(json.dumps({"path": rel, "reason": item.error}) + "\n")
-                failures.flush()
-                summary.failed += 1
-                if len(summary.failures) < 20:
-                    summary.failures.append((rel, item.error or "unknown"))
-                bar.set_postfix(failed=summary.failed)
+                record_failure(rel, item.error or "unknown")
                 continue
             batch_paths.append(rel)
             batch_crops.append(item.crops)

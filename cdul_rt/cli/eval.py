@@ -21,9 +21,14 @@ def command(pred: Path, gt: Path, as_json: bool) -> None:
     from cdul_rt.labelfile import read_label_file
     from cdul_rt.metrics import mean_average_precision
 
+    from cdul_rt.metrics import check_predictions
+
     table = read_label_file(pred)
+    scores, warnings = check_predictions(table.paths, table.scores, str(pred))
+    for warning in warnings:
+        click.secho(f"warning: {warning}", fg="yellow", err=True)
     truth = load_ground_truth(gt, table.paths, table.classes)
-    result = mean_average_precision(table.scores, truth.targets, table.classes)
+    result = mean_average_precision(scores, truth.targets, table.classes)
     if as_json:
         click.echo(json.dumps({**result.to_dict(), "pred": str(pred), "gt": str(gt), "gt_format": truth.source_kind,
                                "notes": truth.notes}, indent=2))

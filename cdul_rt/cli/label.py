@@ -101,5 +101,7 @@ def command(images: str, out: Path | None, quiet: bool, cluster: str, ray_addres
                + (f", {summary.skipped} already done" if summary.skipped else "") + f" -> {out}")
     if summary.failed:
         click.secho(f"{summary.failed} images could not be read (see {failures_at}):", fg="yellow", err=True)
+        from cdul_rt.labelfile import display_name
+
         for path, reason in summary.failures[:10]:
-            click.echo(f"  {path}: {reason}", err=True)
+            click.echo(f"  {display_name(path)}: {reason}", err=True)
