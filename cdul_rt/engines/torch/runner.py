@@ -76,11 +76,13 @@ class TorchVisualRunner(BaseRunner):
                 outs.append(self.visual(chunk)[:k])
         return torch.cat(outs)
 
-    def encode(self, crops: np.ndarray):
+    def encode(self, crops):
+        """``crops``: float32 numpy ``[B, 3, S, S]``, or a torch tensor (the device decode path's, already there)."""
         import torch
 
         with torch.inference_mode():
-            x = torch.from_numpy(crops).to(self.device, self.dtype)
+            x = crops if isinstance(crops, torch.Tensor) else torch.from_numpy(crops)
+            x = x.to(self.device, self.dtype)
             emb = self._forward(x).float()
             return torch.nn.functional.normalize(emb, dim=-1)
 
@@ -111,6 +113,16 @@ class TorchLabelerRunner(LabelerRunnerMixin, TorchVisualRunner):
         text = torch.from_numpy(text_embeddings).to(emb.device)
         s = class_scores_torch(emb, text, self.logit_scale)
         return s.reshape(-1, self.crops_per_image, s.shape[-1]), emb[::self.crops_per_image]
+
+    def infer_tensor(self, crops, text_embeddings: np.ndarray) -> dict[str, np.ndarray]:
+        """:meth:`infer` for crops that are already a normalised torch tensor ``[k * (1+g^2), 3, S, S]``, e.g. on
+        the GPU (:mod:`cdul_rt.devicedecode`): no host copy, no numpy checks beyond the shape."""
+        if not self.is_active:
+            raise CdulError(f"runner {self.name} is not active; call activate() or use it in a `with` block")
+        n, s = crops.shape[0], self.image_size
+        if tuple(crops.shape[1:]) != (3, s, s) or n == 0 or n % self.crops_per_image:
+            raise CdulError(f"crops must be [k*{self.crops_per_image}, 3, {s}, {s}], got {list(crops.shape)}")
+        return self._infer({"crops": crops, "text_embeddings": text_embeddings})
 
     def _infer(self, feed):
         import torch

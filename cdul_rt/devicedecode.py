@@ -1,0 +1,290 @@
+"""``--decode gpu``: file bytes read by threads, JPEGs decoded in batches on the device, crops built there.
+
+Per batch of ``k`` images:
+
+1. Threads read each file and parse its header with PIL (no pixel decoding): a plain JPEG (RGB or grayscale, within
+   ``--max-pixels``, ending in its EOI marker) keeps its bytes and EXIF orientation for the device decoder. Anything
+   else (PNG, WebP, GIF, TIFF, BMP, CMYK JPEGs, truncated or unreadable files) goes through the CPU path's own
+   :func:`cdul_rt.imageio.open_rgb` in the thread, so it decodes exactly as with ``--decode cpu`` or fails with the
+   very same reason.
+2. The JPEGs of the batch are decoded in one ``torchvision.io.decode_jpeg(list, device=...)`` call (nvJPEG on
+   CUDA, libjpeg-turbo on CPU tensors). When that call fails, each JPEG is retried alone; one that still fails is
+   handed to the CPU path, which either decodes it or gives the CPU path's failure reason. No other image of the
+   batch is lost.
+3. EXIF orientation is applied to the tensor (flips / transposes, as ``ImageOps.exif_transpose``), CPU-decoded
+   images join the batch, and :func:`cdul_rt.devicecrops.device_crops` builds the normalised crops on the device.
+
+Memory in flight is bounded: at most ``(prefetch + 1) * k`` files (bytes or CPU-decoded pixels) on the host and
+one batch of decoded images and crops on the device, whatever the folder size.
+
+The same code runs on CPU tensors (``device="cpu"``): that is how the tests check it on machines without a GPU.
+The user-facing ``--decode gpu`` still refuses to run without CUDA; :data:`ON_CPU_TENSORS` is the internal choice
+that runs this path on the CPU (tests, the dry run of ``bench/gpu_check.sh``).
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import lru_cache
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+
+from cdul_rt.errors import CdulError
+from cdul_rt.imageio import DEFAULT_MAX_PIXELS, describe_error, open_rgb
+from cdul_rt.preprocess import PreprocessConfig
+
+DECODE_CHOICES = ("auto", "cpu", "gpu")
+ON_CPU_TENSORS = "gpu-path-on-cpu"  # internal --decode value: the device path with CPU tensors (tests, dry runs)
+EXIF_ORIENTATION = 0x0112
+_JPEG_MODES = ("RGB", "L")  # what the device decoder turns into RGB like PIL does; CMYK & co. go to PIL
+
+
+@dataclass
+class Loaded:
+    """One file after the reader thread: JPEG bytes for the device, or CPU-decoded pixels, or why it failed."""
+
+    path: Path
+    jpeg: bytearray | None = None
+    orientation: int = 1
+    image: np.ndarray | None = None  # uint8 [H, W, 3], already EXIF-oriented (the CPU path's open_rgb)
+    error: str | None = None
+
+
+@dataclass
+class DeviceBatch:
+    """The images of one batch that decoded (in input order) with their crops, and the ones that did not."""
+
+    paths: list[Path]
+    crops: object | None  # torch tensor [len(paths) * (1+g^2), 3, S, S], normalised, on the decode device
+    failures: list[tuple[Path, str]] = field(default_factory=list)
+
+
+# -- choosing the decode path ---------------------------------------------------------------------------------------
+
+def check_decode(choice: str, device: str, jpeg_draft: bool = False) -> None:
+    """Refuse an impossible ``--decode`` before any model is loaded (``gpu`` without CUDA fails here, at once)."""
+    if choice not in (*DECODE_CHOICES, ON_CPU_TENSORS):
+        raise CdulError(f"--decode must be one of {', '.join(DECODE_CHOICES)}, got {choice!r}")
+    if choice != "gpu":
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise CdulError("--decode gpu decodes JPEGs on a CUDA GPU (nvJPEG), but torch sees no CUDA device here; "
+                        "use --decode cpu (or --decode auto, which picks cpu without CUDA)")
+    if not device.startswith("cuda"):
+        raise CdulError(f"--decode gpu decodes on the CUDA device that encodes, but --device is {device!r}; "
+                        "add --device cuda (or use --decode cpu)")
+    if jpeg_draft:
+        raise CdulError("--jpeg-draft is a CPU decoding option (PIL's DCT-domain downscaling); "
+                        "drop it with --decode gpu, or use --decode cpu")
+
+
+def resolve_decode(choice: str, device: str, preprocess: PreprocessConfig, jpeg_draft: bool = False) -> str | None:
+    """The torch device the JPEGs are decoded on, or ``None`` for the CPU path (worker processes + PIL).
+
+    ``auto`` is the GPU path when ``device`` is CUDA and nvJPEG decodes there, else the CPU path: without CUDA,
+    ``auto`` is exactly ``cpu``.
+    """
+    from cdul_rt.devicecrops import check_interpolation
+
+    check_decode(choice, device, jpeg_draft)
+    if choice == "cpu":
+        return None
+    if choice == ON_CPU_TENSORS:
+        check_interpolation(preprocess)
+        return "cpu"
+    if choice == "auto":
+        if not device.startswith("cuda") or jpeg_draft or preprocess.interpolation not in ("bicubic", "bilinear"):
+            return None
+        import torch
+
+        return device if torch.cuda.is_available() and nvjpeg_error(device) is None else None
+    check_interpolation(preprocess)
+    why = nvjpeg_error(device)
+    if why is not None:
+        raise CdulError(f"--decode gpu: torchvision's nvJPEG decoder does not work on {device} ({why}); "
+                        "use --decode cpu")
+    return device
+
+
+@lru_cache(maxsize=None)
+def nvjpeg_error(device: str) -> str | None:
+    """Why a small JPEG cannot be decoded on ``device`` (``None``: it can)."""
+    buf = io.BytesIO()
+    from PIL import Image
+
+    Image.new("RGB", (16, 16), (200, 30, 90)).save(buf, "JPEG")
+    try:
+        (t,) = decode_jpegs([buf.getvalue()], device)
+        return None if tuple(t.shape) == (3, 16, 16) else f"decoded shape {tuple(t.shape)}"
+    except Exception as exc:  # noqa: BLE001 - any failure means: not usable here
+        return f"{type(exc).__name__}: {str(exc)[:200]}"
+
+
+# -- reading (threads) ----------------------------------------------------------------------------------------------
+
+def read_file(path: Path) -> bytearray:
+    """The whole file in a writable buffer (torch takes it without a copy or a warning)."""
+    with open(path, "rb") as f:
+        size = f.seek(0, 2)
+        f.seek(0)
+        buf = bytearray(size)
+        if f.readinto(buf) != size:
+            raise OSError(f"{path} changed size while being read")
+        return buf
+
+
+def jpeg_header(data: bytes | bytearray, max_pixels: int) -> int | None:
+    """EXIF orientation (1-8) of a JPEG the device decoder takes, or ``None`` to leave the file to the CPU path.
+
+    Only the header is parsed (PIL reads up to the first scan, decodes nothing). A file that does not end in the
+    EOI marker may be truncated: the CPU path decides (PIL refuses truncated files; nvJPEG could pad them).
+    """
+    from PIL import Image
+
+    if data[:3] != b"\xff\xd8\xff" or bytes(data[-64:]).rstrip(b"\x00\r\n ")[-2:] != b"\xff\xd9":
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a decompression-bomb warning: the size check below decides
+            with Image.open(io.BytesIO(data)) as im:
+                if im.format != "JPEG" or im.mode not in _JPEG_MODES or im.width * im.height > max_pixels:
+                    return None
+                orientation = im.getexif().get(EXIF_ORIENTATION, 1)
+    except Exception:  # noqa: BLE001 - unreadable header: the CPU path gives the reason
+        return None
+    return orientation if orientation in range(1, 9) else 1
+
+
+def load_cpu(path: Path, max_pixels: int) -> Loaded:
+    """The CPU path's decode (:func:`open_rgb`): the same pixels, or the same failure reason, as ``--decode cpu``."""
+    try:
+        return Loaded(path, image=np.array(open_rgb(path, max_pixels)))  # writable: torch takes it as is
+    except CdulError as exc:
+        return Loaded(path, error=str(exc))
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is data, not a crash
+        return Loaded(path, error=describe_error(exc))
+
+
+def load(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loaded:
+    """Run in a reader thread: JPEG bytes + orientation for the device, else the CPU path's result."""
+    try:
+        data = read_file(path)
+    except OSError:
+        return load_cpu(path, max_pixels)  # the CPU path words the reason
+    orientation = jpeg_header(data, max_pixels) if data else None
+    if orientation is None:
+        return load_cpu(path, max_pixels)
+    return Loaded(path, jpeg=data, orientation=orientation)
+
+
+# -- decoding (the device) ------------------------------------------------------------------------------------------
+
+def decode_jpegs(datas: list, device: str) -> list:
+    """uint8 ``[3, H, W]`` RGB tensors on ``device`` from JPEG bytes, in one batched decoder call; raises on any
+    bad file (torchvision returns nothing partial)."""
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*decoding and encoding capabilities of TorchVision.*")
+        tensors = [torch.frombuffer(d if isinstance(d, bytearray) else bytearray(d), dtype=torch.uint8)
+                   for d in datas]
+        return list(decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device))
+
+
+def orient(image, orientation: int):
+    """Apply EXIF orientation to a ``[C, H, W]`` tensor exactly as PIL's ``ImageOps.exif_transpose``."""
+    if orientation == 2:
+        return image.flip(-1)
+    if orientation == 3:
+        return image.flip(-1, -2)
+    if orientation == 4:
+        return image.flip(-2)
+    if orientation == 5:
+        return image.transpose(-1, -2)
+    if orientation == 6:  # PIL ROTATE_270: 90 degrees clockwise
+        return image.transpose(-1, -2).flip(-1)
+    if orientation == 7:
+        return image.transpose(-1, -2).flip(-1, -2)
+    if orientation == 8:  # PIL ROTATE_90: 90 degrees counter-clockwise
+        return image.transpose(-1, -2).flip(-2)
+    return image
+
+
+def _decode_all(items: list[Loaded], device: str, max_pixels: int) -> dict[int, object]:
+    """Index -> decoded tensor for the JPEG items; items that fail alone are replaced by the CPU path's result."""
+    index = [i for i, it in enumerate(items) if it.jpeg is not None]
+    if not index:
+        return {}
+    try:
+        return dict(zip(index, decode_jpegs([items[i].jpeg for i in index], device)))
+    except Exception:  # noqa: BLE001 - one bad file fails the whole call: retry one by one
+        pass
+    out = {}
+    for i in index:
+        try:
+            (out[i],) = decode_jpegs([items[i].jpeg], device)
+        except Exception:  # noqa: BLE001
+            items[i] = load_cpu(items[i].path, max_pixels)
+    return out
+
+
+def assemble(items: list[Loaded], grid: int, cfg: PreprocessConfig, device: str,
+             max_pixels: int = DEFAULT_MAX_PIXELS, dtype=None) -> DeviceBatch:
+    """Decode the JPEGs of one batch on ``device``, join the CPU-decoded images, build the crops."""
+    import torch
+
+    from cdul_rt.devicecrops import crops_uint8, normalize, view_plan
+
+    decoded = _decode_all(items, device, max_pixels)
+    images, plans, paths, failures = [], [], [], []
+    for i, it in enumerate(items):
+        if i in decoded:
+            image = orient(decoded[i], it.orientation)
+        elif it.image is not None:
+            image = torch.from_numpy(it.image).permute(2, 0, 1).to(device, non_blocking=True)
+        else:
+            failures.append((it.path, it.error or "unknown error"))
+            continue
+        try:
+            plans.append(view_plan(int(image.shape[-1]), int(image.shape[-2]), grid, cfg))
+        except CdulError as exc:  # e.g. too small for the grid: the CPU path's words
+            failures.append((it.path, str(exc)))
+            continue
+        images.append(image)
+        paths.append(it.path)
+    crops = normalize(crops_uint8(images, plans, cfg), cfg, dtype) if images else None
+    return DeviceBatch(paths, crops, failures)
+
+
+def device_batches(paths: Iterable[Path], grid: int, cfg: PreprocessConfig, device: str, batch_size: int = 64,
+                   max_pixels: int = DEFAULT_MAX_PIXELS, threads: int = 8, prefetch: int = 2,
+                   dtype=None) -> Iterator[DeviceBatch]:
+    """One :class:`DeviceBatch` per ``batch_size`` paths, in order; files of the next ``prefetch`` batches are read
+    (and non-JPEGs decoded) by ``threads`` threads meanwhile."""
+    from cdul_rt.devicecrops import check_interpolation
+
+    check_interpolation(cfg)
+    it = iter(paths)
+    pending: deque[list] = deque()
+    with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="cdul-read") as pool:
+        def submit() -> None:
+            chunk = list(islice(it, batch_size))
+            if chunk:
+                pending.append([pool.submit(load, p, max_pixels) for p in chunk])
+
+        for _ in range(prefetch + 1):
+            submit()
+        while pending:
+            futures = pending.popleft()
+            yield assemble([f.result() for f in futures], grid, cfg, device, max_pixels, dtype)
+            submit()  # after the batch is consumed: (prefetch + 1) batches of files at most, this one included
