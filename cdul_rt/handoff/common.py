@@ -1,0 +1,102 @@
+"""What every export needs: the label table, the label set of each image, the image folder and sizes."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cdul_rt import __version__
+from cdul_rt.errors import CdulError
+from cdul_rt.labelfile import LabelTable, read_label_file, select_labels
+
+
+@dataclass
+class Handoff:
+    table: LabelTable
+    labels: list[list[int]]  # class indices per image, highest score first
+    image_root: Path | None  # the folder the table's relative paths start from (None: not on this machine)
+    _sizes: list[tuple[int, int] | None] | None = field(default=None, repr=False)
+
+    @property
+    def classes(self) -> list[str]:
+        return self.table.classes
+
+    def image_path(self, i: int) -> Path:
+        rel = self.table.paths[i]
+        return Path(rel) if self.image_root is None else self.image_root / rel
+
+    def sizes(self) -> list[tuple[int, int] | None]:
+        """(width, height) of every image from its header (None where it cannot be read), read once."""
+        if self._sizes is None:
+            with ThreadPoolExecutor(4) as pool:
+                self._sizes = list(pool.map(_size, (self.image_path(i) for i in range(len(self.table.paths)))))
+        return self._sizes
+
+    def model_version(self) -> str:
+        """A one-line description of how the labels were made (model, aggregation, tool version)."""
+        config = self.table.meta.get("config", {})
+        parts = [f"cdul-rt {self.table.meta.get('version', __version__)}"]
+        for key, name in (("mode", "mode"), ("grid", "grid"), ("zeta", "zeta"), ("lambda", "lambda"),
+                          ("runtime", "runtime"), ("precision", "precision")):
+            if key in config:
+                parts.append(f"{name} {config[key]}")
+        return f"{config.get('model', 'unknown model')}; {', '.join(parts)}"
+
+    def label_scores(self, i: int) -> list[tuple[str, float]]:
+        row = self.table.scores[i]
+        return [(self.classes[j], round(float(row[j]), 6)) for j in self.labels[i]]
+
+
+def _size(path: Path) -> tuple[int, int] | None:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            orientation = im.getexif().get(0x0112, 1)
+            w, h = im.size
+    except Exception:  # noqa: BLE001 - unreadable: the writer leaves the size out or says so
+        return None
+    # the size annotation tools display: after the EXIF rotation, as `label` decodes the image
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
+def load_handoff(labels: Path, images: Path | None = None, threshold: float | None = None,
+                 top_k: int | None = None) -> Handoff:
+    """Read the label file; the label sets use the run's threshold / top-k unless given here."""
+    table = read_label_file(labels)
+    if not table.paths:
+        raise CdulError(f"{labels} has no images; label some first")
+    config = table.meta.get("config", {})
+    if threshold is None and top_k is None:
+        threshold, top_k = float(config.get("threshold", 0.5)), config.get("top_k")
+    index = {c: j for j, c in enumerate(table.classes)}
+    labels_idx = [[index[c] for c in select_labels(row, table.classes, threshold if threshold is not None else 0.5,
+                                                    top_k)] for row in table.scores]
+    return Handoff(table, labels_idx, _image_root(images, table.meta))
+
+
+def _image_root(images: Path | None, meta: dict) -> Path | None:
+    if images is not None:
+        if not images.is_dir():
+            raise CdulError(f"--images {images} is not a folder")
+        return images.resolve()
+    recorded = meta.get("input")
+    if recorded and Path(recorded).is_dir():
+        return Path(recorded).resolve()
+    if recorded and Path(recorded).is_file():
+        return Path(recorded).resolve().parent
+    return None
+
+
+def require_images(handoff: Handoff, fmt: str) -> Path:
+    if handoff.image_root is None:
+        raise CdulError(f"--to {fmt} needs the images (their paths or sizes): the label file's recorded input is not "
+                        "on this machine; pass --images DIR")
+    return handoff.image_root
+
+
+def mean(values: list[float]) -> float:
+    return float(np.mean(values)) if values else 0.0
