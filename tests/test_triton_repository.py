@@ -284,3 +284,54 @@ def test_repository_labeler_bakes_the_requested_zeta_and_lambda(tmp_path):
     for a, b in zip(want, out):
         np.testing.assert_allclose(b, a, rtol=0, atol=1e-6)
     assert np.abs(swapped[0] - want[0]).max() > 0.01 * spread  # zeta/lambda swapped would be caught above
+
+
+def test_tensorrt_repository_profiles_agree_with_the_configs(tmp_path, monkeypatch):
+    """Issue 14 item 5: every batch Triton may form (1 row .. max_batch_size, the preferred sizes) lies inside the
+    optimization profile the engine was built with, for every model, checked against the configs as written."""
+    pytest.importorskip("onnx")
+    from test_trt_build_flow import FP16_INFO
+
+    from cdul_rt.engines.trt import builder, cuda
+
+    built = {}
+
+    def fake_build(onnx_path, shapes, opts, log=print):
+        built[onnx_path.stem] = shapes
+        return b"plan" * 64, None
+
+    monkeypatch.setattr(builder, "import_tensorrt", lambda: type("T", (), {"__version__": "10.3.0"}))
+    monkeypatch.setattr(builder, "build_serialized", fake_build)
+    monkeypatch.setattr(builder, "deserialize", lambda plan, verbose=False: (object(), object()))
+    monkeypatch.setattr(builder, "engine_information", lambda engine, shapes: FP16_INFO)
+    monkeypatch.setattr(cuda, "device_info", lambda i=0: cuda.DeviceInfo(i, "FakeGPU", "8.6", 1 << 34))
+    monkeypatch.setattr(cuda, "set_device", lambda i: None)
+    repo = tmp_path / "repo"
+    write_triton_repository(make_artifacts(tmp_path / "art"), repo,
+                            TritonOptions(backend="tensorrt", max_images=16, opt_images=4), log=lambda m: None)
+    assert set(built) == {"labeler", "visual"}
+    for name, shapes in built.items():
+        cfg = parse_pbtxt((repo / name / "config.pbtxt").read_text())
+        assert (repo / name / "1" / "model.plan").is_file()
+        for t in cfg["input"]:
+            lo, _, hi = shapes[t["name"]]
+            assert list(lo[1:]) == list(hi[1:]) == t["dims"]
+            for rows in {1, cfg["max_batch_size"], *cfg["dynamic_batching"]["preferred_batch_size"]}:
+                assert lo[0] <= rows <= hi[0], (name, rows, lo, hi)
+    assert built["visual"]["crops"][0][0] == 1  # a request of a single crop finds the profile
+
+
+def test_a_profile_in_whole_images_does_not_fit_triton_visual_batching(tmp_path):
+    """The check itself: the labeler-style profile (min one image = 10 crops) is refused for Triton's visual."""
+    from cdul_rt.engines.trt.profiles import ProfileSpec, profile_shapes
+    from cdul_rt.export.triton import batching, check_profile_fits_config, model_config
+
+    opts = TritonOptions(max_images=16, opt_images=4)
+    model = visual_graph()
+    max_batch, preferred = batching("visual", opts, CPI)
+    cfg = model_config("visual", model, "tensorrt", max_batch, preferred)
+    whole_images = profile_shapes("visual", {"crops": (None, 3, S, S)}, ProfileSpec(1, 4, 16), GRID)
+    with pytest.raises(CdulError, match=r"batches of \[1\] rows of 'crops', outside the engine profile \(10 to 160\)"):
+        check_profile_fits_config(cfg, whole_images)
+    single = profile_shapes("visual_crops", {"crops": (None, 3, S, S)}, ProfileSpec(1, 4, 16), GRID)
+    check_profile_fits_config(cfg, single)

@@ -45,3 +45,19 @@ def test_int8_is_refused_before_exporting(native, tmp_path, tiny_config, version
     r, out = _export(tmp_path, tiny_config, "int8")
     assert r.exit_code == 2 and "builds fp32 or fp16 engines" in r.output and "--precision fp16" in r.output
     assert not out.exists() and native["builds"] == []
+
+
+def test_trt_options_reach_the_build(native, tmp_path, tiny_config):  # noqa: F811
+    out = tmp_path / "art"
+    r = CliRunner().invoke(main, ["export", "--model", str(tiny_config), "--pretrained", "none", "--classes", "voc",
+                                  "--precision", "fp16", "--engine", "tensorrt", "--out", str(out),
+                                  "--trt-max-images", "16", "--trt-opt-images", "4", "--trt-max-classes", "200",
+                                  "--trt-workspace", "2", "--trt-opt-level", "4"])
+    assert r.exit_code == 0, r.output
+    key = json.loads(next((out / "tensorrt").glob("labeler.*.json")).read_text())["key"]
+    assert key["profile"]["crops"] == [[10, 3, 32, 32], [40, 3, 32, 32], [160, 3, 32, 32]]
+    assert key["profile"]["text_embeddings"][2][0] == 200
+    assert key["workspace_bytes"] == 2 << 30 and key["builder_optimization_level"] == 4
+    bad = CliRunner().invoke(main, ["export", "--model", str(tiny_config), "--engine", "tensorrt",
+                                    "--trt-opt-images", "64", "--out", str(tmp_path / "x")])
+    assert bad.exit_code == 2 and "--trt-opt-images and --trt-max-images" in bad.output

@@ -12,7 +12,7 @@ from cdul_rt.engines.trt.builder import choose_typing, import_tensorrt, trt_majo
 from cdul_rt.engines.trt.cache import EngineCache
 from cdul_rt.engines.trt.precision import check_fp16, fp32_weight_bytes, layer_precisions, require_fp16
 from cdul_rt.engines.trt.profiles import EngineKey, ProfileSpec, describe_mismatch, profile_shapes, shapes_to_json
-from cdul_rt.engines.trt.runner import chunk_bounds
+from cdul_rt.engines.trt.runner import plan_chunks
 from cdul_rt.errors import CdulError
 
 LABELER_INPUTS = {"crops": (None, 3, 224, 224), "text_embeddings": (None, 512), "zeta": (1,), "lambda": (1,)}
@@ -220,11 +220,28 @@ def test_precision_path_per_tensorrt_version():
     assert trt_major("10.13.3.9") == 10 and trt_major("11.2.1") == 11
 
 
-def test_chunks_cover_every_item_once():
-    assert chunk_bounds(7, 3) == [(0, 3), (3, 6), (6, 7)]
-    assert chunk_bounds(8, 8) == [(0, 8)]
-    with pytest.raises(CdulError):
-        chunk_bounds(4, 0)
+@pytest.mark.parametrize("items, lo, hi, chunk", [(7, 1, 3, 3), (8, 1, 8, 8), (8, 1, 8, None), (9, 2, 4, None),
+                                                   (9, 2, 4, 4), (1, 1, 8, None), (33, 1, 32, None), (5, 5, 8, None)])
+def test_chunks_cover_every_item_once_within_the_profile(items, lo, hi, chunk):
+    bounds = plan_chunks(items, lo, hi, chunk)
+    assert bounds[0][0] == 0 and bounds[-1][1] == items
+    assert all(a == b for (_, a), (b, _) in zip(bounds, bounds[1:]))  # contiguous, in order
+    sizes = [b - a for a, b in bounds]
+    assert all(lo <= n <= hi for n in sizes) and max(sizes) - min(sizes) <= 1
+    if chunk is None and items >= 2 * lo:
+        assert len(bounds) >= 2  # the default always leaves something to overlap
+
+
+def test_chunk_sizes_examples():
+    assert plan_chunks(8, 1, 8) == [(0, 4), (4, 8)]  # default: two halves, so copies overlap compute
+    assert plan_chunks(8, 1, 8, chunk_items=8) == [(0, 8)]  # an explicit size is kept
+    assert plan_chunks(9, 2, 4, chunk_items=4) == [(0, 3), (3, 6), (6, 9)]  # not 4 + 4 + 1: 1 < min
+    with pytest.raises(CdulError, match="below the engine's profile minimum of 2"):
+        plan_chunks(1, 2, 4)
+    with pytest.raises(CdulError, match="cannot be cut into runs of 3 to 4"):
+        plan_chunks(5, 3, 4)
+    with pytest.raises(CdulError, match="--trt-max-images"):
+        plan_chunks(5, 3, 4)
 
 
 def test_missing_tensorrt_names_the_install(monkeypatch):

@@ -21,6 +21,7 @@ from cdul_rt.labeling import aggregate_np, class_scores_np
 
 S, D, C, CPI = 4, 6, 5, 10
 MEMORY: dict[int, np.ndarray] = {}
+TRACE: list[tuple] = []  # the order in which the runner enqueued uploads and made the host wait
 _ptrs = itertools.count(4096, 4096)
 
 
@@ -50,6 +51,7 @@ class FakeStream:
         return 1
 
     def h2d(self, dst: int, src: np.ndarray) -> None:
+        TRACE.append(("h2d", src.shape))
         raw = np.ascontiguousarray(src).view(np.uint8).ravel()
         MEMORY[dst][:raw.size] = raw
 
@@ -64,7 +66,10 @@ class FakeStream:
 
 class FakeEvent:
     def record(self, stream) -> None: ...
-    def synchronize(self) -> None: ...
+
+    def synchronize(self) -> None:
+        TRACE.append(("host waits", None))
+
     def destroy(self) -> None: ...
 
 
@@ -73,9 +78,12 @@ class FakeContext:
         self.engine, self.shapes, self.addr, self.runs = engine, {}, {}, 0
 
     def set_input_shape(self, name, shape) -> bool:
+        """As TensorRT: False (and nothing set) for a shape outside the profile or one it refuses."""
         lo, _, hi = self.engine.profile[name]
         if len(shape) != len(hi) or any(not lo[i] <= shape[i] <= hi[i] for i in range(len(shape))):
-            raise AssertionError(f"{name} {shape} outside the profile")
+            return False
+        if (name, tuple(shape)) in self.engine.refuse:
+            return False
         self.shapes[name] = tuple(shape)
         return True
 
@@ -84,6 +92,8 @@ class FakeContext:
         return (k, D) if name == "image_embeddings" else (k, self.shapes["text_embeddings"][0])
 
     def set_tensor_address(self, name, ptr) -> bool:
+        if name in self.engine.refuse:
+            return False
         self.addr[name] = ptr
         return True
 
@@ -114,6 +124,7 @@ class FakeEngine:
         self.profile = {"crops": ((CPI, 3, S, S), (opt_images * CPI, 3, S, S), (max_images * CPI, 3, S, S)),
                         "text_embeddings": ((1, D), (C, D), (64, D)), "zeta": ((1,),) * 3, "lambda": ((1,),) * 3}
         self.contexts: list[FakeContext] = []
+        self.refuse: set = set()  # (name, shape) for set_input_shape, or name for set_tensor_address -> False
 
     num_io_tensors = property(lambda self: len(self.names))
 
@@ -230,3 +241,52 @@ def test_too_many_classes_and_bad_batches_are_refused(fake_native):
             r.infer({**feed, "crops": feed["crops"][:15]})
         with pytest.raises(CdulError, match="must be float32"):
             r.infer({**feed, "crops": feed["crops"].astype(np.float64)})
+
+
+def test_default_chunking_overlaps_uploads_with_compute(fake_native):
+    """At the labeling default (8 images per call, engine opt 8) the call is cut in two, and the second chunk's
+    upload is enqueued before the host waits for the first chunk's results: the copy can run under its compute."""
+    from cdul_rt.engines.trt.runner import TrtLabelerRunner
+
+    holder, plan = fake_native
+    holder["engine"] = engine = FakeEngine(max_images=32, opt_images=8)
+    with TrtLabelerRunner(plan, grid=3, image_size=S, embed_dim=D, zeta=0.3, lam=1.0) as r:
+        TRACE.clear()
+        feed = _feed(8)
+        got = r.infer(feed)
+    np.testing.assert_allclose(got["S_final"], reference(*feed.values(), 0.3, 1.0, engine.w)[0], atol=1e-5)
+    crops = [i for i, (op, shape) in enumerate(TRACE) if op == "h2d" and len(shape) == 4]
+    assert [TRACE[i][1][0] for i in crops] == [40, 40] and engine.contexts[0].runs == 2
+    first_wait_for_results = next(i for i, (op, _) in enumerate(TRACE) if op == "host waits" and i > crops[0] + 1)
+    assert crops[1] < first_wait_for_results
+
+
+def test_refusals_by_tensorrt_are_errors_not_garbage(fake_native):
+    from cdul_rt.engines.trt.runner import TrtLabelerRunner
+
+    holder, plan = fake_native
+    holder["engine"] = engine = FakeEngine(max_images=8)
+    with TrtLabelerRunner(plan, grid=3, image_size=S, embed_dim=D, zeta=0.3, lam=1.0, chunk_images=2) as r:
+        engine.refuse.add(("crops", (2 * CPI, 3, S, S)))
+        with pytest.raises(CdulError, match=r"input 'crops' of shape \(20, 3, 4, 4\) is outside"):
+            r.infer(_feed(4))
+        engine.refuse.clear()
+        engine.refuse.add("S_final")
+        with pytest.raises(CdulError, match="refused the device address of 'S_final'"):
+            r.infer(_feed(4))
+
+
+def test_batches_the_profile_cannot_hold_are_refused_with_a_message(fake_native):
+    from cdul_rt.engines.trt.runner import TrtLabelerRunner
+
+    holder, plan = fake_native
+    holder["engine"] = engine = FakeEngine(max_images=8)
+    engine.profile["crops"] = ((2 * CPI, 3, S, S), (4 * CPI, 3, S, S), (8 * CPI, 3, S, S))  # at least 2 images
+    engine.profile["text_embeddings"] = ((3, D), (C, D), (64, D))  # at least 3 classes
+    with TrtLabelerRunner(plan, grid=3, image_size=S, embed_dim=D, zeta=0.3, lam=1.0) as r:
+        with pytest.raises(CdulError, match="below the engine's profile minimum of 2"):
+            r.infer(_feed(1))
+        with pytest.raises(CdulError, match=r"'text_embeddings' of shape \(2, 6\) is outside .*--trt-max-classes"):
+            r.infer({**_feed(2), "text_embeddings": np.zeros((2, D), np.float32)})
+        out = r.infer(_feed(5))  # 5 images: chunks of 3 + 2 (balanced), never a chunk of 1
+    assert out["S_final"].shape == (5, C)

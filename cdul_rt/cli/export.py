@@ -45,6 +45,24 @@ def _verify(out: Path, bundle, images: tuple[Path, ...]) -> None:
                                                             f"{r.limit})" for r in bad))
 
 
+def _trt_config(precision: str, max_images: int, opt_images: int, max_classes: int, workspace: float,
+                typing: str | None, opt_level: int | None, verbose: bool):
+    """The TensorRT build settings of the --trt-* options (validated here, before any export)."""
+    from cdul_rt.engines.trt.profiles import ProfileSpec
+    from cdul_rt.export.tensorrt import TrtBuildConfig
+
+    spec = ProfileSpec(1, opt_images, max_images, 1, min(80, max_classes), max_classes).validate()
+    return TrtBuildConfig(precision=precision if precision != "int8" else "fp16", typing=typing, profile=spec,
+                          workspace_gib=workspace, builder_optimization_level=opt_level, verbose=verbose)
+
+
+def _triton_options(trt_cfg):
+    from cdul_rt.export.triton import TritonOptions
+
+    p = trt_cfg.profile
+    return TritonOptions(max_images=p.max_images, opt_images=p.opt_images, max_classes=p.max_classes, trt=trt_cfg)
+
+
 @click.command("export")
 @model_options
 @vocab_options
@@ -62,17 +80,33 @@ def _verify(out: Path, bundle, images: tuple[Path, ...]) -> None:
               help="Images (files or folders) for --verify; default: generated sample images.")
 @click.option("--engine", type=click.Choice(["onnx", "tensorrt"]), default="onnx", show_default=True,
               help="tensorrt: also build TensorRT engines from the exported graphs (needs TensorRT and a GPU).")
+@click.option("--trt-max-images", default=32, show_default=True,
+              help="TensorRT profile: the most images per engine run (x(1+g^2) crops); sets activation memory.")
+@click.option("--trt-opt-images", default=8, show_default=True,
+              help="TensorRT profile: the images per run the engine is tuned for (label's --batch-size).")
+@click.option("--trt-max-classes", default=1024, show_default=True,
+              help="TensorRT profile: the largest vocabulary the labeler and text engines accept.")
+@click.option("--trt-workspace", default=4.0, show_default=True, help="TensorRT builder workspace limit in GiB.")
+@click.option("--trt-typing", type=click.Choice(["flag", "strong"]), default=None,
+              help="TensorRT fp16 path: flag (TRT 10, fp32 graph + BuilderFlag.FP16) or strong (the fp16 graph, "
+                   "strongly typed; the only path on TRT 11). Default: flag on TRT 10, strong on TRT 11.")
+@click.option("--trt-opt-level", type=click.IntRange(0, 5), default=None,
+              help="TensorRT builder optimisation level (default: TensorRT's, 3).")
+@click.option("--verbose", is_flag=True, help="TensorRT builder log at VERBOSE level.")
 @click.option("--triton", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Also write a Triton Inference Server model repository to this folder.")
 @click.option("--classifier", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Export a trained classifier run folder instead of CLIP.")
 def command(out: Path | None, verify: bool, verify_images: tuple[Path, ...], engine: str, triton: Path | None,
-            classifier: Path | None, **opts) -> None:
+            classifier: Path | None, trt_max_images: int, trt_opt_images: int, trt_max_classes: int,
+            trt_workspace: float, trt_typing: str | None, trt_opt_level: int | None, verbose: bool, **opts) -> None:
     """Export CLIP (visual, text and fused labeler graphs) to an ONNX artifact folder.
 
     A new vocabulary later needs no re-export: `label` encodes it with text.onnx (or reads the embeddings stored
     for the --classes given here).
     """
+    trt_cfg = _trt_config(opts["precision"], trt_max_images, trt_opt_images, trt_max_classes, trt_workspace,
+                          trt_typing, trt_opt_level, verbose)
     if engine == "tensorrt" and opts["precision"] == "int8":
         from cdul_rt.errors import CdulError
 
@@ -89,14 +123,13 @@ def command(out: Path | None, verify: bool, verify_images: tuple[Path, ...], eng
             click.echo(format_parity_table(manifest["verify"]))
         click.echo(f"exported the classifier of {classifier} to {out}")
         if engine == "tensorrt":
-            from cdul_rt.export.tensorrt import TrtBuildConfig, build_engines
+            from cdul_rt.export.tensorrt import build_engines
 
-            build_engines(out, kinds=("classifier",), cfg=TrtBuildConfig(precision=opts["precision"]),
-                          log=click.echo)
+            build_engines(out, kinds=("classifier",), cfg=trt_cfg, log=click.echo)
         if triton is not None:
             from cdul_rt.export.triton import write_triton_repository
 
-            write_triton_repository(out, triton, models=("classifier",), log=click.echo)
+            write_triton_repository(out, triton, _triton_options(trt_cfg), models=("classifier",), log=click.echo)
         click.echo(f"predict with:\n  cdul-rt predict IMAGES --engine {out} --out predictions.jsonl")
         return
     from cdul_rt.export.clip import ExportOptions, export_clip
@@ -109,13 +142,14 @@ def command(out: Path | None, verify: bool, verify_images: tuple[Path, ...], eng
     if verify:
         _verify(out, bundle, verify_images)
     if engine == "tensorrt":
-        from cdul_rt.export.tensorrt import TrtBuildConfig, build_engines
+        from cdul_rt.export.tensorrt import build_engines
 
-        build_engines(out, cfg=TrtBuildConfig(precision=opts["precision"]), log=click.echo)
+        build_engines(out, cfg=trt_cfg, log=click.echo)
     if triton is not None:
         from cdul_rt.export.triton import write_triton_repository
 
-        write_triton_repository(out, triton, classes=opts["classes"], template=opts["template"], log=click.echo)
+        write_triton_repository(out, triton, _triton_options(trt_cfg), classes=opts["classes"],
+                                template=opts["template"], log=click.echo)
     trt = {"runtime": "tensorrt", "device": "cuda"} if engine == "tensorrt" else {}
     click.echo(f"artifacts in {out}; label with:\n  {label_command(out, opts, **trt)}")
 

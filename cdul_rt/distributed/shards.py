@@ -106,7 +106,7 @@ class ShardWriter:
         import pyarrow as pa
 
         if shard_rows < 1:
-            raise CdulError(f"--shard-rows must be >= 1, got {shard_rows}")
+            raise CdulError(f"shard_rows (RayOptions) must be >= 1, got {shard_rows}")
         self.out, self.classes = Path(out), list(classes)
         self.threshold, self.top_k, self.save_parts = threshold, top_k, save_parts
         self.shard_rows, self.flush_seconds = shard_rows, flush_seconds

@@ -137,7 +137,7 @@ def _verify_fp16(plan: bytes, shapes: dict, src: GraphSource, verbose: bool, typ
 
     _runtime, engine = deserialize(plan, verbose)
     if engine is None:
-        raise CdulError(f"the {src.kind} engine that was just built cannot be deserialized; rebuild with --verbose")
+        raise CdulError(f"the {src.kind} engine that was just built cannot be deserialized; rebuild with `cdul-rt export --engine tensorrt --verbose` for the TensorRT log")
     info = engine_information(engine, {n: s[1] for n, s in shapes.items()})
     weights = fp32_weight_bytes(onnx.load(str(src.onnx), load_external_data=False))
     check = check_fp16(info, len(plan), weights, typed)

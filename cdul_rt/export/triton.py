@@ -226,9 +226,36 @@ def _write_version(out: Path, name: str, cfg: ModelConfig, model=None, plan: Pat
     return out / name
 
 
-def _trt_plan(kind: str, model, out: Path, grid: int, opts: TritonOptions, log) -> Path:
-    """Compile one repository model with the TensorRT builder (profile max = the config's max_batch_size)."""
-    from cdul_rt.engines.trt.profiles import ProfileSpec
+def trt_profile(kind: str, onnx_path: Path, grid: int, opts: TritonOptions):
+    """(graph kind for the builder, ProfileSpec, profile shapes) of a repository model, in the unit its config
+    batches: whole images for the serving labeler and the classifier, single crops for the visual encoder, prompts
+    for the text encoder; the maximum is the config's ``max_batch_size``."""
+    from cdul_rt.engines.trt.profiles import ProfileSpec, profile_shapes
+    from cdul_rt.export.tensorrt import onnx_input_shapes
+
+    spec = ProfileSpec(1, opts.opt_images, opts.max_images, 1, min(80, opts.max_classes), opts.max_classes)
+    graph_kind = {"labeler": "labeler_images", "visual": "visual_crops"}.get(kind, kind)
+    return graph_kind, spec, profile_shapes(graph_kind, onnx_input_shapes(onnx_path), spec, max(grid, 1))
+
+
+def check_profile_fits_config(cfg: ModelConfig, shapes: dict) -> None:
+    """Every batch Triton may form for ``cfg`` must find the engine's profile: one request of one row up to
+    ``max_batch_size`` rows, the preferred sizes included, with the config's fixed dims."""
+    top = cfg.max_batch_size
+    for t in cfg.inputs:
+        lo, _, hi = shapes[t.name]
+        if tuple(hi[1:]) != tuple(t.dims) or tuple(lo[1:]) != tuple(t.dims):
+            raise CdulError(f"{cfg.name}: input {t.name!r} is {list(t.dims)} in config.pbtxt but {hi[1:]} in the "
+                            "engine profile")
+        sizes = {1, top, *cfg.preferred_batch_sizes}
+        outside = sorted(n for n in sizes if not lo[0] <= n <= hi[0])
+        if outside:
+            raise CdulError(f"{cfg.name}: Triton may send batches of {outside} rows of {t.name!r}, outside the "
+                            f"engine profile ({lo[0]} to {hi[0]}); the profile and max_batch_size must agree")
+
+
+def _trt_plan(kind: str, model, out: Path, grid: int, cfg: ModelConfig, opts: TritonOptions, log) -> Path:
+    """Compile one repository model with the TensorRT builder (profile = what the config lets Triton send)."""
     from cdul_rt.export.onnx_io import save_model
     from cdul_rt.export.tensorrt import GraphSource, TrtBuildConfig, build_engine
 
@@ -236,14 +263,14 @@ def _trt_plan(kind: str, model, out: Path, grid: int, opts: TritonOptions, log) 
     build_dir.mkdir(parents=True, exist_ok=True)
     src_path = build_dir / f"{kind}.onnx"
     save_model(model, src_path)
+    graph_kind, spec, shapes = trt_profile(kind, src_path, grid, opts)
+    check_profile_fits_config(cfg, shapes)
     base = opts.trt if opts.trt is not None else TrtBuildConfig()
-    spec = ProfileSpec(1, opts.opt_images, opts.max_images, 1, min(80, opts.max_classes), opts.max_classes)
     timing = base.timing_cache or out.parent / f".{out.name}-timing.cache"  # outlives the build folder
     onnx_precision = "fp16" if any(i.data_type == 10 for i in model.graph.initializer) else "fp32"  # 10: FLOAT16
     typing = base.typing or ("strong" if onnx_precision == "fp16" else None)  # an fp16 graph compiles as typed
-    cfg = TrtBuildConfig(**{**base.__dict__, "profile": spec, "timing_cache": timing, "typing": typing})
-    graph_kind = {"labeler": "labeler_images"}.get(kind, kind)
-    return build_engine(GraphSource(graph_kind, src_path, onnx_precision, grid), build_dir, cfg, log).plan
+    cfg_trt = TrtBuildConfig(**{**base.__dict__, "profile": spec, "timing_cache": timing, "typing": typing})
+    return build_engine(GraphSource(graph_kind, src_path, onnx_precision, grid), build_dir, cfg_trt, log).plan
 
 
 def batching(kind: str, opts: TritonOptions, cpi: int) -> tuple[int, tuple[int, ...]]:
@@ -311,7 +338,7 @@ def write_triton_repository(artifact_dir: str | Path, out_dir: str | Path, opts:
                 model = serving_labeler(model, cpi, emb, float(zeta), float(lam))
             max_batch, preferred = batching(kind, opts, cpi)
             cfg = model_config(kind, model, opts.backend, max_batch, preferred, opts.instances, opts.kind)
-            plan = _trt_plan(kind, model, out, grid, opts, log) if opts.backend == "tensorrt" else None
+            plan = _trt_plan(kind, model, out, grid, cfg, opts, log) if opts.backend == "tensorrt" else None
             written.append(_write_version(out, kind, cfg, model=model, plan=plan))
             log(f"triton: {kind} -> {out / kind} ({opts.backend}, max_batch_size {max_batch}, preferred {preferred})")
     finally:

@@ -54,8 +54,9 @@ def choose_typing(major: int, precision: str, requested: str | None) -> str | No
     if requested not in TYPINGS:
         raise CdulError(f"unknown TensorRT typing {requested!r}; use one of {', '.join(TYPINGS)}")
     if requested == "flag" and major >= 11:
-        raise CdulError("TensorRT 11 removed BuilderFlag.FP16 (weak typing); build fp16 engines with "
-                        "--trt-typing strong from the fp16 ONNX graph (`cdul-rt export --precision fp16`)")
+        raise CdulError("TensorRT 11 removed BuilderFlag.FP16 (weak typing); build fp16 engines strongly typed "
+                        "from the fp16 ONNX graph: `cdul-rt export --precision fp16 --engine tensorrt --trt-typing "
+                        "strong` (the default on TensorRT 11)")
     return requested
 
 
@@ -179,7 +180,7 @@ def build_serialized(onnx_path: Path, shapes: ProfileShapes, opts: BuildOptions,
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise CdulError(f"TensorRT failed to build an engine from {onnx_path.name} (see the TensorRT log above); "
-                        "a larger --workspace or a smaller --max-images often helps")
+                        "a larger --trt-workspace or a smaller --trt-max-images often helps")
     _save_timing_cache(config, opts.timing_cache)
     typed = network_layer_types(network) if opts.typing == "strong" else None
     return bytes(memoryview(serialized)), typed
@@ -198,7 +199,8 @@ def engine_information(engine, opt_shapes: dict[str, tuple[int, ...]]) -> str | 
     trt = import_tensorrt()
     context = engine.create_execution_context()
     for name, shape in opt_shapes.items():
-        context.set_input_shape(name, tuple(shape))
+        if not context.set_input_shape(name, tuple(shape)):
+            raise CdulError(f"TensorRT refused the profile's own opt shape {tuple(shape)} for {name!r}; see the log")
     inspector = engine.create_engine_inspector()
     inspector.execution_context = context
     info = inspector.get_engine_information(trt.LayerInformationFormat.JSON)

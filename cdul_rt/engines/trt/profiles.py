@@ -30,8 +30,10 @@ INPUT_UNITS = {
     "image": "images",
     "pixel_values": "images",
 }
-# labeler_images: the Triton serving variant of the labeler, whose crops are [images, 1+g^2, 3, S, S]
-GRAPH_KINDS = ("visual", "labeler", "text", "classifier", "labeler_images")
+# labeler_images: the Triton serving variant of the labeler, whose crops are [images, 1+g^2, 3, S, S];
+# visual_crops: Triton's visual encoder, batched by crops (a request may hold a single crop), so its profile
+# starts at 1 crop rather than at one image of 1+g^2 crops
+GRAPH_KINDS = ("visual", "labeler", "text", "classifier", "labeler_images", "visual_crops")
 
 
 @dataclass(frozen=True)
@@ -54,8 +56,9 @@ class ProfileSpec:
         for what, lo, mid, hi in (("images", self.min_images, self.opt_images, self.max_images),
                                   ("classes", self.min_classes, self.opt_classes, self.max_classes)):
             if not 1 <= lo <= mid <= hi:
+                hint = "--trt-opt-images and --trt-max-images" if what == "images" else "--trt-max-classes"
                 raise CdulError(f"optimization profile needs 1 <= min <= opt <= max {what}, got {lo}/{mid}/{hi}; "
-                                f"set --min-{what}, --opt-{what} and --max-{what} accordingly")
+                                f"set `cdul-rt export` {hint} accordingly")
         return self
 
     def counts(self, unit: str, grid: int) -> tuple[int, int, int]:
@@ -63,6 +66,9 @@ class ProfileSpec:
         if unit == "crops":
             per = 1 + grid * grid
             return self.min_images * per, self.opt_images * per, self.max_images * per
+        if unit == "single_crops":  # any number of crops from 1, up to the same maximum as whole images
+            per = 1 + grid * grid
+            return 1, self.opt_images * per, self.max_images * per
         if unit == "images":
             return self.min_images, self.opt_images, self.max_images
         if unit == "classes":
@@ -78,6 +84,8 @@ def input_unit(graph: str, name: str) -> str:
         return "images"
     if graph == "text":
         return "classes"
+    if graph == "visual_crops":
+        return "single_crops"
     unit = INPUT_UNITS.get(name)
     if unit is None:
         raise CdulError(f"{graph} graph input {name!r} has a dynamic leading dimension of unknown meaning; "

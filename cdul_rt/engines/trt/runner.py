@@ -6,6 +6,12 @@ two-slot pipeline on three streams -- host->device copies, compute, device->host
 uploaded and chunk j-1 downloaded while chunk j computes. Events order the slots: an input slot is refilled only
 after the compute that read it is done, an output slot is rewritten only after its download finished. Inputs that
 are not split (the class text embeddings, zeta, lambda) are uploaded once per call. Torch is never imported.
+
+Overlap needs at least two chunks per call, so by default every call is cut into (at least) ``OVERLAP_CHUNKS``
+balanced chunks: at the labeling default of 8 images per call that is two chunks of 4 images, and the upload of the
+second overlaps the compute of the first. ``chunk_images`` fixes the chunk size instead (the call size = no
+overlap). Every chunk stays inside the engine's optimization profile; TensorRT's answers to ``set_input_shape`` and
+``set_tensor_address`` are checked, and a batch the profile cannot hold is refused with a message.
 """
 
 from __future__ import annotations
@@ -18,13 +24,37 @@ from cdul_rt.engines.base import EMBEDDING_OUTPUT, LABELER_OUTPUTS, BaseRunner, 
 from cdul_rt.errors import CdulError
 
 SLOTS = 2
+OVERLAP_CHUNKS = 2  # chunks per call by default: the fewest that let copies overlap compute
+PROFILE_HINT = ("rebuild the engine with a profile that holds it (`cdul-rt export --engine tensorrt "
+                "--trt-max-images N --trt-max-classes N`)")
 
 
-def chunk_bounds(items: int, chunk_items: int) -> list[tuple[int, int]]:
-    """[(start, stop)) item ranges of at most ``chunk_items`` each, covering ``items``."""
-    if chunk_items < 1:
-        raise CdulError(f"chunk size must be >= 1, got {chunk_items}")
-    return [(a, min(a + chunk_items, items)) for a in range(0, items, chunk_items)]
+def plan_chunks(items: int, min_items: int, max_items: int, chunk_items: int | None = None,
+                parts: int = OVERLAP_CHUNKS) -> list[tuple[int, int]]:
+    """Contiguous chunks of whole items, each within the profile's [min_items, max_items].
+
+    ``chunk_items`` given: chunks of that size (capped by the profile). Otherwise at least ``parts`` chunks (so
+    copies overlap compute) of at most ``max_items``. Sizes are balanced (they differ by at most one), so a short
+    last chunk never falls below the profile's minimum when a split exists that respects it."""
+    if not 1 <= min_items <= max_items:
+        raise CdulError(f"invalid engine profile: {min_items} to {max_items} items per run")
+    if items < min_items:
+        raise CdulError(f"a batch of {items} item(s) is below the engine's profile minimum of {min_items}; "
+                        f"{PROFILE_HINT}")
+    target = min(chunk_items or max(1, -(-items // parts)), max_items)
+    n = -(-items // max(target, 1))
+    while n > 1 and items // n < min_items:  # fewer, larger chunks until each reaches the minimum
+        n -= 1
+    if -(-items // n) > max_items:
+        raise CdulError(f"{items} items cannot be cut into runs of {min_items} to {max_items} items (the engine's "
+                        f"profile); {PROFILE_HINT}")
+    base, extra = divmod(items, n)
+    bounds, start = [], 0
+    for j in range(n):
+        stop = start + base + (1 if j < extra else 0)
+        bounds.append((start, stop))
+        start = stop
+    return bounds
 
 
 class TrtRunner(BaseRunner):
@@ -64,21 +94,38 @@ class TrtRunner(BaseRunner):
         self.inputs = [n for n in names if e.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.outputs = [n for n in names if e.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
         self.dtypes = {n: np.dtype(trt.nptype(e.get_tensor_dtype(n))) for n in names}
-        self.max_shapes = {n: tuple(e.get_tensor_profile_shape(n, 0)[2]) if -1 in tuple(e.get_tensor_shape(n))
-                           else tuple(e.get_tensor_shape(n)) for n in self.inputs}
-        self.opt_shapes = {n: tuple(e.get_tensor_profile_shape(n, 0)[1]) if -1 in tuple(e.get_tensor_shape(n))
-                           else tuple(e.get_tensor_shape(n)) for n in self.inputs}
+        def profile(n: str, k: int) -> tuple[int, ...]:  # k: 0 min, 1 opt, 2 max of profile 0; fixed shapes as is
+            return tuple(e.get_tensor_profile_shape(n, 0)[k]) if -1 in tuple(e.get_tensor_shape(n)) \
+                else tuple(e.get_tensor_shape(n))
+
+        self.min_shapes = {n: profile(n, 0) for n in self.inputs}
+        self.opt_shapes = {n: profile(n, 1) for n in self.inputs}
+        self.max_shapes = {n: profile(n, 2) for n in self.inputs}
         unknown = set(self.split) - set(self.inputs)
         if unknown:
             raise CdulError(f"{self.plan_path.name} has no inputs {sorted(unknown)} (it has {self.inputs})")
         first = next(iter(self.split))
         self.max_items = self.max_shapes[first][0] // self.split[first]
+        self.min_items = max(1, -(-self.min_shapes[first][0] // self.split[first]))
         opt_items = max(1, self.opt_shapes[first][0] // self.split[first])
-        self.chunk = min(self.chunk_items or opt_items, self.max_items)
+        self.chunk = min(self.chunk_items or opt_items, self.max_items)  # the largest chunk: buffers are this size
         # output shapes at the largest chunk, from the context (TensorRT infers them from the input shapes)
         for n in self.inputs:
-            self.context.set_input_shape(n, self._chunk_shape(n, self.chunk))
+            self._set_shape(n, self._chunk_shape(n, self.chunk))
         self.max_out = {n: tuple(self.context.get_tensor_shape(n)) for n in self.outputs}
+
+    def _set_shape(self, name: str, shape: tuple[int, ...]) -> None:
+        """``set_input_shape`` after checking the shape against the profile; TensorRT's False is an error too."""
+        lo, hi = self.min_shapes[name], self.max_shapes[name]
+        inside = len(shape) == len(hi) and all(a <= d <= b for a, d, b in zip(lo, shape, hi))
+        if not inside or not self.context.set_input_shape(name, tuple(shape)):
+            raise CdulError(f"{self.plan_path.name}: input {name!r} of shape {tuple(shape)} is outside the engine's "
+                            f"optimization profile ({lo} to {hi}); {PROFILE_HINT}")
+
+    def _set_address(self, name: str, ptr: int) -> None:
+        if not self.context.set_tensor_address(name, int(ptr)):
+            raise CdulError(f"{self.plan_path.name}: TensorRT refused the device address of {name!r} (not device "
+                            "memory of this GPU, or misaligned); see the TensorRT log")
 
     def _chunk_shape(self, name: str, items: int) -> tuple[int, ...]:
         shape = self.max_shapes[name]
@@ -114,14 +161,11 @@ class TrtRunner(BaseRunner):
         s.synchronize()  # the previous call's uploads from these pinned buffers are finished
         for n, buf in self.dev_shared.items():
             arr = np.ascontiguousarray(feed[n], dtype=self.dtypes[n])
-            if arr.nbytes > buf.nbytes:
-                raise CdulError(f"input {n!r} of shape {arr.shape} exceeds the engine's profile "
-                                f"(max {self.max_shapes[n]}); rebuild with a larger --max-classes")
+            self._set_shape(n, arr.shape)  # checked against the profile before anything is copied
             view = self.host_shared[n].view(arr.shape)
             np.copyto(view, arr)
             s.h2d(buf.ptr, view)
-            self.context.set_input_shape(n, arr.shape)
-            self.context.set_tensor_address(n, buf.ptr)
+            self._set_address(n, buf.ptr)
 
     def _enqueue(self, j: int, feed: dict[str, np.ndarray], a: int, b: int) -> dict[str, tuple]:
         slot = j % SLOTS
@@ -132,14 +176,14 @@ class TrtRunner(BaseRunner):
             view = self.host_in[slot][n].view(((b - a) * rows, *feed[n].shape[1:]))
             np.copyto(view, feed[n][a * rows:b * rows], casting="same_kind")
             st["h2d"].h2d(self.dev_in[slot][n].ptr, view)
-            self.context.set_input_shape(n, view.shape)
-            self.context.set_tensor_address(n, self.dev_in[slot][n].ptr)
+            self._set_shape(n, view.shape)
+            self._set_address(n, self.dev_in[slot][n].ptr)
         ev["h2d"][slot].record(st["h2d"])
         st["compute"].wait(ev["h2d"][slot])
         st["compute"].wait(ev["d2h"][slot])  # device output slot downloaded (chunk j-2)
         shapes = {n: tuple(self.context.get_tensor_shape(n)) for n in self.outputs}
         for n in self.outputs:
-            self.context.set_tensor_address(n, self.dev_out[slot][n].ptr)
+            self._set_address(n, self.dev_out[slot][n].ptr)
         if not self.context.execute_async_v3(int(st["compute"])):
             raise CdulError(f"TensorRT failed to run {self.plan_path.name} (see the TensorRT log)")
         ev["compute"][slot].record(st["compute"])
@@ -158,10 +202,11 @@ class TrtRunner(BaseRunner):
     def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         first = next(iter(self.split))
         items = feed[first].shape[0] // self.split[first]
+        bounds = plan_chunks(items, self.min_items, self.chunk, self.chunk_items)  # refused before any upload
         self._upload_shared(feed)
         results: dict[str, list] = {n: [] for n in self.outputs}
         pending: list[tuple[int, dict]] = []
-        for j, (a, b) in enumerate(chunk_bounds(items, self.chunk)):
+        for j, (a, b) in enumerate(bounds):
             if len(pending) == SLOTS:  # this slot's previous chunk must be read out before its download reruns
                 self._collect(*pending.pop(0), results)
             pending.append((j, self._enqueue(j, feed, a, b)))
