@@ -288,3 +288,21 @@ def device_batches(paths: Iterable[Path], grid: int, cfg: PreprocessConfig, devi
             futures = pending.popleft()
             yield assemble([f.result() for f in futures], grid, cfg, device, max_pixels, dtype)
             submit()  # after the batch is consumed: (prefetch + 1) batches of files at most, this one included
+
+
+def infer_crops(runner, crops, text_embeddings: np.ndarray) -> dict[str, np.ndarray]:
+    """Scores for a crop tensor: straight into the torch runner on its device; other runtimes take host float32."""
+    if hasattr(runner, "infer_tensor"):
+        return runner.infer_tensor(crops, text_embeddings)
+    return runner.infer({"crops": crops.float().cpu().numpy(), "text_embeddings": text_embeddings})
+
+
+def label_batches(cfg, session, runner, device: str, paths: Iterable[Path]) -> Iterator[tuple[DeviceBatch, dict]]:
+    """``label``'s device path: each batch of ``cfg.batch_size`` files with the runner's outputs for its images
+    (``{}`` when none of them decoded). Crops are made in the encoder's dtype (fp16 on the GPU) on ``device``."""
+    dtype = getattr(runner, "dtype", None) if hasattr(runner, "infer_tensor") else None
+    threads = max(4, 2 * cfg.workers)  # file reads and PIL decodes of non-JPEGs release the GIL
+    for batch in device_batches(paths, cfg.grid, session.preprocess, device, cfg.batch_size, cfg.max_pixels,
+                                threads=threads, dtype=dtype):
+        out = infer_crops(runner, batch.crops, session.text_embeddings) if batch.paths else {}
+        yield batch, out

@@ -48,6 +48,7 @@ class LabelConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS
     compile: bool = False  # torch runtime: torch.compile the visual encoder (minutes once, then faster)
     jpeg_draft: bool = False  # decode large JPEGs downscaled while every tile stays >= the model input
+    decode: str = "auto"  # cpu: worker processes + PIL; gpu: nvJPEG + crops on the device; auto: gpu on CUDA
     overwrite: bool = False
     progress: bool = True
     extra: dict = field(default_factory=dict)  # runtime-specific options (e.g. onnxruntime providers)
@@ -63,6 +64,9 @@ class LabelConfig:
         if self.batch_size < 1:
             raise CdulError(f"--batch-size must be >= 1 (images per encoder call), got {self.batch_size}")
         check_numbers(self)
+        from cdul_rt.devicedecode import check_decode
+
+        check_decode(self.decode, self.device, self.jpeg_draft)  # --decode gpu without CUDA: refused at once
 
 
 def check_numbers(cfg: LabelConfig) -> None:
@@ -93,7 +97,7 @@ class LabelSummary:
         return self.labeled / self.seconds if self.seconds > 0 else 0.0
 
 
-def _recorded_config(cfg: LabelConfig, vocab: Vocabulary, session) -> dict:
+def _recorded_config(cfg: LabelConfig, vocab: Vocabulary, session, decode_on: str | None = None) -> dict:
     return {
         "classes": list(vocab.classes), "prompts": list(vocab.prompt_names), "template": cfg.template,
         "model": session.model, "weights_hash": session.weights_hash, "runtime": session.runtime,
@@ -102,6 +106,7 @@ def _recorded_config(cfg: LabelConfig, vocab: Vocabulary, session) -> dict:
         "preprocess": session.preprocess.to_dict(),
         # recorded only when on, so label files made before the option existed still resume
         **({"jpeg_draft": True} if cfg.jpeg_draft else {}),
+        **({"decode": "gpu"} if decode_on is not None else {}),  # likewise: a resume never mixes decode paths
     }
 
 
@@ -161,7 +166,10 @@ def label_folder(cfg: LabelConfig, session=None) -> LabelSummary:
     if cfg.overwrite:
         _clear(cfg.out)
     session = session or open_session(cfg, vocab)
-    config = _recorded_config(cfg, vocab, session)
+    from cdul_rt.devicedecode import resolve_decode
+
+    decode_on = resolve_decode(cfg.decode, cfg.device, session.preprocess, cfg.jpeg_draft)
+    config = _recorded_config(cfg, vocab, session, decode_on)
     _check_existing(cfg, config)
     writer = LabelWriter(cfg.out, list(vocab.classes), cfg.threshold, cfg.top_k, cfg.save_parts)
     skip = writer.existing() | _failed_before(cfg.out)
@@ -173,7 +181,7 @@ def label_folder(cfg: LabelConfig, session=None) -> LabelSummary:
     writer.open()
     try:
         with open(sidecar(cfg.out, "failures"), "a", encoding="utf-8") as failures, session.runner as runner:
-            _run(cfg, session, runner, todo, writer, failures, summary, skip)
+            _run(cfg, session, runner, todo, writer, failures, summary, skip, decode_on)
     finally:
         summary.seconds = time.perf_counter() - start
         writer.close(finalize=True)
@@ -188,7 +196,8 @@ def _progress(cfg: LabelConfig, total: int | None):
                 smoothing=0.1)
 
 
-def _run(cfg, session, runner, todo, writer, failures, summary, writer_skip: set[str]) -> None:
+def _run(cfg, session, runner, todo, writer, failures, summary, writer_skip: set[str],
+         decode_on: str | None = None) -> None:
     from cdul_rt.decode import decode_stream
 
     batch_paths: list[str] = []
@@ -203,22 +212,33 @@ def _run(cfg, session, runner, todo, writer, failures, summary, writer_skip: set
             summary.failures.append((rel, reason))
         bar.set_postfix(failed=summary.failed)
 
+    def write(rels: list[str], out: dict) -> None:
+        refused = writer.write_batch(rels, out["S_final"], out["S_global"], out["S_ag"])
+        for rel, reason in refused:
+            record_failure(rel, reason)
+        summary.labeled += len(rels) - len(refused)
+        bar.update(len(rels))
+
     def flush() -> None:
         if not batch_paths:
             return
         crops = normalize_batch(np.concatenate(batch_crops), session.preprocess)
-        out = runner.infer({"crops": crops, "text_embeddings": session.text_embeddings})
-        refused = writer.write_batch(batch_paths, out["S_final"], out["S_global"], out["S_ag"])
-        for rel, reason in refused:
-            record_failure(rel, reason)
-        summary.labeled += len(batch_paths) - len(refused)
-        bar.update(len(batch_paths))
+        write(batch_paths, runner.infer({"crops": crops, "text_embeddings": session.text_embeddings}))
         batch_paths.clear()
         batch_crops.clear()
 
     # a counting pass (paths are not kept) gives the bar a total and an ETA
     total = sum(1 for p in iter_images(root) if relative_name(p, root) not in writer_skip) if cfg.progress else None
     with _progress(cfg, total) as bar:
+        if decode_on is not None:  # --decode gpu: decode, crop and normalise on the device (cdul_rt.devicedecode)
+            from cdul_rt.devicedecode import label_batches
+
+            for batch, out in label_batches(cfg, session, runner, decode_on, todo):
+                for path, reason in batch.failures:
+                    record_failure(relative_name(path, root), reason)
+                if batch.paths:
+                    write([relative_name(p, root) for p in batch.paths], out)
+            return
         for item in decode_stream(todo, cfg.grid, session.preprocess, cfg.workers, cfg.max_pixels,
                                   prefetch=max(16, 4 * cfg.batch_size), jpeg_draft=cfg.jpeg_draft):
             rel = relative_name(item.path, root)

@@ -60,6 +60,10 @@ def _default_workers() -> int:
 @click.option("--jpeg-draft", is_flag=True,
               help="Decode large JPEGs downscaled (DCT domain, 2-8x faster) as far as every tile stays >= the "
                    "model input size; scores change slightly (see BENCHMARKS.md).")
+@click.option("--decode", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True,
+              help="gpu: JPEGs decoded in batches on the GPU (nvJPEG), crops resized and normalised there; needs "
+                   "--device cuda. cpu: worker processes with PIL. auto: gpu with --device cuda when nvJPEG works, "
+                   "else cpu. A resume keeps the path of the first run.")
 @click.option("--overwrite", is_flag=True, help="Discard an existing output and start fresh (default: resume).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--cluster", type=click.Choice(["local", "ray"]), default="local", show_default=True,
@@ -83,6 +87,9 @@ def command(images: str, out: Path | None, quiet: bool, cluster: str, ray_addres
     opts = label_options_from_folder(opts, given_options(click.get_current_context(), FOLDER_OPTIONS))
     opts["precision"] = opts["precision"] or ("auto" if opts["runtime"] == "auto" else "fp32")
     if cluster == "ray":
+        if opts["decode"] == "gpu":
+            raise click.UsageError("--decode gpu is not available with --cluster ray yet (its actors decode on the "
+                                   "CPU); drop --decode or use --decode cpu")
         from cdul_rt.distributed.ray_label import RayOptions, default_out, label_with_ray
 
         out = out or default_out(images)
