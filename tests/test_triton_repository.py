@@ -311,7 +311,7 @@ def test_tensorrt_repository_profiles_agree_with_the_configs(tmp_path, monkeypat
                             TritonOptions(backend="tensorrt", max_images=16, opt_images=4), log=lambda m: None)
     assert set(built) == {"labeler", "visual"}
     for name, shapes in built.items():
-        cfg = parse_pbtxt((repo / name / "config.pbtxt").read_text())
+        cfg = parse_config((repo / name / "config.pbtxt").read_text())
         assert (repo / name / "1" / "model.plan").is_file()
         for t in cfg["input"]:
             lo, _, hi = shapes[t["name"]]
