@@ -74,6 +74,7 @@ def test_all_formats_hold_the_same_scores(tmp_path, image_folder, tiny_config):
         np.testing.assert_allclose(t.parts["global"], ref.parts["global"], atol=1e-6, err_msg=ext)
 
 
+@pytest.mark.slow
 def test_batching_does_not_change_scores(tmp_path, image_folder, tiny_config):
     a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
     run_cli(*label_args(image_folder, a, tiny_config, "--batch-size", "1"))
@@ -81,6 +82,7 @@ def test_batching_does_not_change_scores(tmp_path, image_folder, tiny_config):
     np.testing.assert_allclose(read_label_file(a).scores, read_label_file(b).scores, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_fused_batch_matches_per_crop_open_clip_reference(tmp_path, tiny_config):
     """Our fused 10-crop path == the loop a researcher writes with open_clip's own preprocess, per crop."""
     import torch
@@ -116,6 +118,7 @@ def test_fused_batch_matches_per_crop_open_clip_reference(tmp_path, tiny_config)
             np.testing.assert_allclose(ours.scores[ours.paths.index(rel)], final, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_resume_skips_done_and_repairs_a_torn_line(tmp_path, image_folder, tiny_config):
     out = tmp_path / "r.jsonl"
     run_cli(*label_args(image_folder, out, tiny_config))
@@ -128,6 +131,7 @@ def test_resume_skips_done_and_repairs_a_torn_line(tmp_path, image_folder, tiny_
     assert len(rows) == 12 and len({r["path"] for r in rows}) == 12
 
 
+@pytest.mark.slow
 def test_different_config_is_refused_and_overwrite_starts_fresh(tmp_path, image_folder, tiny_config):
     out = tmp_path / "c.jsonl"
     run_cli(*label_args(image_folder, out, tiny_config))
@@ -163,6 +167,7 @@ def test_offline_pretrained_weights_fail_with_advice(tmp_path, image_folder, mon
     assert "--weights FILE" in r.output and "offline" in r.output
 
 
+@pytest.mark.slow
 def test_kill_9_mid_run_then_resume_gives_each_image_once(tmp_path, tiny_config):
     folder = tmp_path / "many"
     make_images(folder, 120, sizes=((40, 40),))
@@ -188,6 +193,7 @@ def test_kill_9_mid_run_then_resume_gives_each_image_once(tmp_path, tiny_config)
     assert failures == {"broken_text.jpg", "broken_empty.png", "broken_truncated.jpg"}
 
 
+@pytest.mark.slow
 def test_npz_output_resumes_when_new_images_arrive(tmp_path, image_folder, tiny_config):
     out = tmp_path / "d.npz"
     run_cli(*label_args(image_folder, out, tiny_config))
@@ -203,6 +209,7 @@ def test_npz_output_resumes_when_new_images_arrive(tmp_path, image_folder, tiny_
     np.testing.assert_allclose(second.scores[: len(first.paths)], first.scores)
 
 
+@pytest.mark.slow
 def test_text_embeddings_are_computed_once_and_keyed(tmp_path, image_folder, tiny_config, monkeypatch):
     import cdul_rt.textcache as textcache
 

@@ -38,6 +38,7 @@ def test_select_labels_keeps_exactly_the_classes_at_or_above_the_threshold():
     assert select_labels(scores, classes, 0.0, None) == ["d", "a", "c", "b"]
 
 
+@pytest.mark.slow
 def test_label_threshold_path_labels_match_the_scores(tmp_path, image_folder, tiny_config):
     """The random tiny model's scores sit near 1/C; a threshold at their median splits every row's classes."""
     probe = _label(image_folder, tmp_path / "probe.jsonl", tiny_config)
@@ -53,6 +54,7 @@ def test_label_threshold_path_labels_match_the_scores(tmp_path, image_folder, ti
 
 # --- `label --mode` through the torch runtime (bug: the mode is ignored, always cdul) ------------------------------
 
+@pytest.mark.slow
 def test_every_mode_reaches_the_scores_through_label(tmp_path, image_folder, tiny_config):
     runs = {mode: _label(image_folder, tmp_path / f"{mode}.jsonl", tiny_config, "--mode", mode, "--save-parts")
             for mode in ("cdul", "global", "avg", "max")}

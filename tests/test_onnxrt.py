@@ -23,6 +23,8 @@ from cdul_rt.labelfile import read_label_file  # noqa: E402
 
 from conftest import BLOCK_TORCH, make_images  # noqa: E402
 
+pytestmark = pytest.mark.slow  # exports a tiny CLIP per module and runs label through it
+
 
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory, tiny_config) -> Path:

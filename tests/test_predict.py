@@ -14,6 +14,8 @@ from PIL import Image  # noqa: E402
 from cdul_rt.cli import main  # noqa: E402
 from cdul_rt.labelfile import read_label_file, write_label_file  # noqa: E402
 
+pytestmark = pytest.mark.slow  # trains a classifier per module
+
 CLASSES = ["a", "b", "c"]
 
 

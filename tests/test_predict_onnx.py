@@ -17,6 +17,8 @@ from cdul_rt.cli import main  # noqa: E402
 from cdul_rt.export.classifier import export_classifier, format_parity_table  # noqa: E402
 from cdul_rt.labelfile import read_label_file, write_label_file  # noqa: E402
 
+pytestmark = pytest.mark.slow  # trains a classifier per module
+
 CLASSES = ["a", "b", "c", "d"]
 
 

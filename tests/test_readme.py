@@ -6,6 +6,10 @@ import re
 import shlex
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # runs the README main job (demo) and reads its commands
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -15,6 +15,8 @@ from cdul_rt.cli.train import command as train_command  # noqa: E402
 from cdul_rt.errors import CdulError  # noqa: E402
 from cdul_rt.labelfile import read_label_file, write_label_file  # noqa: E402
 
+pytestmark = pytest.mark.slow  # trains a classifier per module
+
 CLASSES = ["red", "green", "blue"]
 
 
