@@ -65,6 +65,9 @@ class LabelConfig:
             raise CdulError(f"--batch-size must be >= 1 (images per encoder call), got {self.batch_size}")
         check_numbers(self)
         from cdul_rt.devicedecode import check_decode
+        from cdul_rt.engines.gpu import parse_device
+
+        self.device = str(parse_device(self.device))  # `gpu` / `CUDA` -> cuda:0, a bad name -> a clear error
 
         check_decode(self.decode, self.device, self.jpeg_draft)  # --decode gpu without CUDA: refused at once
 

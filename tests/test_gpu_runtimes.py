@@ -69,7 +69,7 @@ def test_ort_providers_order_options_and_refusal(tmp_path):
         ort_providers("cuda", available=[ORT_CPU])  # never a silent CPU fallback when a GPU was asked for
     profile = {"crops": ((10, 3, 224, 224), (80, 3, 224, 224), (320, 3, 224, 224)),
                "text_embeddings": ((1, 512), (80, 512), (1024, 512))}
-    provs = ort_providers("cuda:1", "fp16", cache_dir=tmp_path, profile=profile,
+    provs = ort_providers("cuda:1", "fp16", use_tensorrt=True, cache_dir=tmp_path, profile=profile,
                           available=[ORT_TRT, ORT_CUDA, ORT_CPU])
     assert [p if isinstance(p, str) else p[0] for p in provs] == [ORT_TRT, ORT_CUDA, ORT_CPU]
     trt_opts, cuda_opts = provs[0][1], provs[1][1]
@@ -78,21 +78,140 @@ def test_ort_providers_order_options_and_refusal(tmp_path):
     assert trt_opts["trt_engine_cache_path"].startswith(str(tmp_path))
     assert trt_opts["trt_profile_opt_shapes"] == "crops:80x3x224x224,text_embeddings:80x512"
     assert trt_opts["trt_profile_max_shapes"] == "crops:320x3x224x224,text_embeddings:1024x512"
-    no_trt = ort_providers("cuda", "fp32", use_tensorrt=False, available=[ORT_TRT, ORT_CUDA, ORT_CPU])
+    no_trt = ort_providers("cuda", "fp32", available=[ORT_TRT, ORT_CUDA, ORT_CPU])  # the EP only when asked for
     assert [p if isinstance(p, str) else p[0] for p in no_trt] == [ORT_CUDA, ORT_CPU]
+    with pytest.raises(CdulError, match="--ort-tensorrt needs onnxruntime's TensorRT execution provider"):
+        ort_providers("gpu", use_tensorrt=True, available=[ORT_CUDA, ORT_CPU])
+    with pytest.raises(CdulError, match="add --device cuda"):
+        ort_providers("cpu", use_tensorrt=True, available=[ORT_TRT, ORT_CUDA, ORT_CPU])
+    assert ort_providers("cuda", wanted="CPUExecutionProvider", available=[ORT_CPU]) == [ORT_CPU]
     assert trt_profile_string({"b": (2, 3), "a": (1,)}) == "a:1,b:2x3"
+
+
+def test_label_ort_tensorrt_gives_the_labeler_the_trt_ep_with_an_image_sized_profile(tmp_path, monkeypatch):
+    """Issue 14 item 9: `--ort-tensorrt` puts the TensorRT EP (fp16, caches, profile in images of 1+g^2 crops and
+    the vocabulary's classes) before CUDA for the labeler graph; the text graph stays on CUDA; one picker."""
+    import types
+
+    pytest.importorskip("onnxruntime")
+    import onnxruntime
+
+    from cdul_rt.engines.onnxrt.loader import labeler_providers
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: [ORT_TRT, ORT_CUDA, ORT_CPU])
+    monkeypatch.setenv("CDUL_RT_CACHE", str(tmp_path))
+    manifest = types.SimpleNamespace(image_size=224, embed_dim=512, labeler={"grid": 3}, precision="fp16")
+    cfg = types.SimpleNamespace(device="cuda:0", batch_size=8, extra={"ort_tensorrt": True})
+    text, labeler = labeler_providers(cfg, manifest, classes=20)
+    assert [p if isinstance(p, str) else p[0] for p in text] == [ORT_CUDA, ORT_CPU]
+    assert [p if isinstance(p, str) else p[0] for p in labeler] == [ORT_TRT, ORT_CUDA, ORT_CPU]
+    opts = labeler[0][1]
+    assert opts["trt_fp16_enable"] == "True" and opts["trt_timing_cache_enable"] == "True"
+    assert opts["trt_engine_cache_path"].startswith(str(tmp_path))
+    assert opts["trt_profile_min_shapes"] == "crops:10x3x224x224,text_embeddings:1x512"
+    assert opts["trt_profile_opt_shapes"] == "crops:80x3x224x224,text_embeddings:20x512"
+    assert opts["trt_profile_max_shapes"] == "crops:320x3x224x224,text_embeddings:1024x512"
+    cfg.extra = {}
+    assert labeler_providers(cfg, manifest, 20)[1] == text  # without the option: CUDA
+
+
+def test_onnxruntime_label_path_uses_the_one_provider_picker(tmp_path, monkeypatch, image_folder, tiny_config):
+    pytest.importorskip("onnxruntime")
+    from cdul_rt.cli import main
+    from cdul_rt.engines import gpu
+    from cdul_rt.export.clip import ExportOptions, export_clip
+
+    art = tmp_path / "art"
+    export_clip(ExportOptions(out=art, model=str(tiny_config), pretrained="none", classes="voc"), log=lambda m: None)
+    calls = []
+    real = gpu.ort_providers
+    monkeypatch.setattr(gpu, "ort_providers", lambda *a, **k: calls.append((a, k)) or real(*a, **k))
+    r = CliRunner().invoke(main, ["label", str(image_folder), "--runtime", "onnxruntime", "--engine-dir", str(art),
+                                  "--classes", "voc", "--out", str(tmp_path / "o.jsonl"), "-q", "-j", "0"])
+    assert r.exit_code == 0, r.output
+    assert calls and calls[0][0][0] == "cpu"
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda", "cuda:1"])
+def test_torch_gpu_requests_go_through_require_torch_cuda(tmp_path, monkeypatch, image_folder, tiny_config,
+                                                          device):
+    """Issue 14 item 10: `--device gpu` (an alias torch does not know) and a CPU-only torch with `--device cuda`
+    give cdul-rt's message, not torch's."""
+    import torch
+
+    from cdul_rt.cli import main
+    from cdul_rt.engines.gpu import require_torch_cuda
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    monkeypatch.setattr(torch.version, "cuda", None)  # a CPU-only build of torch
+    r = CliRunner().invoke(main, ["label", str(image_folder), "--model", str(tiny_config), "--pretrained", "none",
+                                  "--classes", "voc", "--device", device, "--decode", "cpu",
+                                  "--out", str(tmp_path / "o.jsonl"), "-q", "-j", "0"])
+    assert r.exit_code == 2 and "is a CPU-only build; install a CUDA build of torch" in r.output, r.output
+    assert "Traceback" not in r.output
+    from cdul_rt.train.trainer import _device
+
+    with pytest.raises(CdulError, match="CPU-only build"):
+        _device(device)
+    monkeypatch.setattr("cdul_rt.engines.gpu.torch_cuda_check", lambda dev: None)  # as on a GPU machine
+    assert require_torch_cuda("gpu") == "cuda:0" and require_torch_cuda("cuda:1") == "cuda:1"
 
 
 @pytest.mark.skipif(_cuda_devices() > 0, reason="this machine has a GPU")
 def test_no_gpu_is_a_clear_error():
     from cdul_rt.engines.trt.cuda import device_info
 
-    with pytest.raises(CdulError, match="no CUDA device is visible"):
+    with pytest.raises(CdulError, match="no CUDA device is visible|CUDA cannot start|cuda-python is not installed"):
         device_info(0)
     if _torch_cuda() is False:
         reason = torch_cuda_check("cuda")
         assert reason and ("no CUDA device" in reason or "CPU-only" in reason)
     assert torch_cuda_check("cpu") is None
+
+
+def test_driver_advice_names_what_to_install():
+    """Issue 14 item 2: an old driver with the CUDA 13 bindings says to install the CUDA 12 extra."""
+    from cdul_rt.engines.trt.cuda import driver_advice
+
+    r535 = driver_advice("cudaErrorInsufficientDriver", 12020, "13.0.1")  # R535 runs CUDA 12.2
+    assert "supports CUDA up to 12.2" in r535 and "cuda-python 13.0.1 is built for CUDA 13" in r535
+    assert "pip install 'cdul-rt[tensorrt-cu12]'" in r535 and "580.65" in r535
+    jetpack6 = driver_advice("cudaErrorInsufficientDriver", 12060, "13.5.0")  # Orin, JetPack 6 = CUDA 12.6
+    assert "tensorrt-cu12" in jetpack6
+    assert "update the driver to >= 525.60.13" in driver_advice("e", 11080, "12.6.0")
+    assert "no NVIDIA driver was found" in driver_advice("e", 0, "12.6.0")
+    assert "pip install" not in driver_advice("e", 13000, "13.0.0")  # matching majors: not an install problem
+
+
+def test_device_info_reads_the_driver_version_on_failure(monkeypatch):
+    """The real call sequence of cuda.bindings.runtime (cudaGetDeviceCount failing, then cudaDriverGetVersion),
+    with the error codes a CUDA 13 runtime returns on a CUDA 12.4 driver."""
+    import types
+
+    from cdul_rt.engines.trt import cuda
+
+    err = types.SimpleNamespace(cudaSuccess=0, cudaErrorInsufficientDriver=types.SimpleNamespace(
+        name="cudaErrorInsufficientDriver"))
+    fake = types.SimpleNamespace(
+        cudaError_t=err, cudaGetDeviceCount=lambda: (err.cudaErrorInsufficientDriver, None),
+        cudaDriverGetVersion=lambda: (0, 12040),
+        cudaGetErrorString=lambda e: (0, b"CUDA driver version is insufficient for CUDA runtime version"))
+    monkeypatch.setattr(cuda, "cudart", lambda: fake)
+    monkeypatch.setattr(cuda, "bindings_version", lambda: "13.5.0")
+    with pytest.raises(CdulError, match=r"supports CUDA up to 12.4.*cdul-rt\[tensorrt-cu12\]"):
+        cuda.device_info(0)
+
+
+def test_tensorrt_extras_are_pinned_per_cuda_major():
+    import tomllib
+    from pathlib import Path
+
+    extras = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    assert "cuda-python>=12.3,<13" in extras["tensorrt-cu12"] and "tensorrt-cu12>=10" in extras["tensorrt-cu12"]
+    assert "cuda-python>=13,<14" in extras["tensorrt-cu13"] and "tensorrt-cu13>=10" in extras["tensorrt-cu13"]
+    assert extras["tensorrt"] == ["cdul-rt[tensorrt-cu12]"]  # the default runs on the most drivers
 
 
 @pytest.mark.skipif(_has_tensorrt(), reason="TensorRT is installed here")
@@ -116,7 +235,7 @@ def test_trt_runner_without_tensorrt_or_gpu_fails_on_activate(tmp_path):
         with pytest.raises(CdulError, match="does not exist"):
             runner.activate()
     else:
-        with pytest.raises(CdulError, match="TensorRT is not available|no CUDA device"):
+        with pytest.raises(CdulError, match="TensorRT is not available|no CUDA device|CUDA cannot start"):
             runner.activate()
     assert not runner.is_active
 

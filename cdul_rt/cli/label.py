@@ -52,6 +52,9 @@ def _default_workers() -> int:
 @click.option("--engine-dir", type=click.Path(file_okay=False), default=None,
               help="Exported artifact folder for --runtime onnxruntime/tensorrt; the model, grid, mode, zeta, "
                    "lambda and precision not given here come from its manifest.")
+@click.option("--ort-tensorrt", is_flag=True,
+              help="--runtime onnxruntime --device cuda: run the labeler on onnxruntime's TensorRT execution provider "
+                   "(fp16 per --precision, engine and timing caches in the cdul-rt cache, profile sized in images).")
 @click.option("--max-pixels", default=178_956_970, show_default=True,
               help="Refuse images larger than this many pixels (decompression-bomb guard).")
 @click.option("--compile", is_flag=True,
@@ -85,6 +88,8 @@ def command(images: str, out: Path | None, quiet: bool, cluster: str, ray_addres
     from cdul_rt.pipeline import LabelConfig, label_folder
 
     opts = label_options_from_folder(opts, given_options(click.get_current_context(), FOLDER_OPTIONS))
+    if opts.pop("ort_tensorrt"):
+        opts["extra"] = {"ort_tensorrt": True}
     opts["precision"] = opts["precision"] or ("auto" if opts["runtime"] == "auto" else "fp32")
     if cluster == "ray":
         if opts["decode"] == "gpu":

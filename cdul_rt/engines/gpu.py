@@ -1,10 +1,10 @@
 """Device strings and GPU runtime options shared by the runtimes (torch, onnxruntime, tensorrt).
 
 - :func:`parse_device` turns ``--device`` (``cpu``, ``cuda``, ``cuda:1``) into a kind and an index, with clear errors.
-- :func:`ort_providers` builds the onnxruntime provider list for a device and precision: the TensorRT execution
-  provider (fp16, engine + timing caches on disk, optimization profile sized in images of 1+g^2 crops), then CUDA,
-  then CPU as fallbacks, keeping only those the installed onnxruntime offers, and failing when a GPU was asked
-  for but ``onnxruntime-gpu`` is not installed (instead of silently running on the CPU).
+- :func:`ort_providers` builds the onnxruntime provider list for a device and precision (the only provider picker):
+  CUDA then CPU on a GPU, with the TensorRT execution provider first when asked for (``label --ort-tensorrt``:
+  fp16, engine + timing caches on disk, optimization profile sized in images of 1+g^2 crops), failing when a GPU
+  was asked for but ``onnxruntime-gpu`` is not installed (instead of silently running on the CPU).
 - :func:`torch_cuda_check` says why torch cannot use a CUDA device.
 
 Nothing here imports torch, onnxruntime or tensorrt at module level.
@@ -84,25 +84,42 @@ def ort_cuda_options(device: Device) -> dict[str, str]:
             "arena_extend_strategy": "kSameAsRequested"}
 
 
-def ort_providers(device: str | Device, precision: str = "fp32", use_tensorrt: bool = True,
+def ort_providers(device: str | Device, precision: str = "fp32", use_tensorrt: bool = False,
                   cache_dir: Path | None = None, profile: dict | None = None,
-                  available: list[str] | None = None) -> list:
-    """The ``providers`` argument for ``onnxruntime.InferenceSession`` (names and (name, options) pairs).
+                  available: list[str] | None = None, wanted: list[str] | str | None = None) -> list:
+    """The ``providers`` argument for ``onnxruntime.InferenceSession`` (names and (name, options) pairs): the one
+    provider picker of cdul-rt.
 
-    ``available`` defaults to ``onnxruntime.get_available_providers()``; pass it to decide without onnxruntime.
+    CPU for ``cpu``; for ``cuda[:N]`` (or ``gpu``) the CUDA provider, preceded by the TensorRT execution provider
+    when ``use_tensorrt`` (``label --ort-tensorrt``), then the CPU for the few nodes no GPU provider takes. A GPU
+    request that this onnxruntime cannot serve is an error, never a silent CPU run. ``wanted`` (names, or a comma
+    list) overrides the choice, checked against what is installed. ``available`` defaults to
+    ``onnxruntime.get_available_providers()``; pass it to decide without onnxruntime.
     """
     dev = parse_device(device) if isinstance(device, str) else device
-    if dev.kind == "cpu":
-        return [ORT_CPU]
-    if available is None:
+    if available is None and (wanted or dev.kind != "cpu"):
         import onnxruntime
 
         available = list(onnxruntime.get_available_providers())
+    if wanted:
+        names = [p.strip() for p in (wanted.split(",") if isinstance(wanted, str) else wanted)]
+        missing = [p for p in names if p not in available]
+        if missing:
+            raise CdulError(f"onnxruntime providers {missing} are not available here (available: {available})")
+        return names
+    if dev.kind == "cpu":
+        if use_tensorrt:
+            raise CdulError("--ort-tensorrt runs onnxruntime's TensorRT execution provider on a GPU; add --device cuda")
+        return [ORT_CPU]
     if ORT_CUDA not in available:
         raise CdulError(f"--device {dev} needs onnxruntime's CUDA execution provider, but this onnxruntime only has "
                         f"{', '.join(available)}; {ORT_GPU_HINT}")
     providers: list = []
-    if use_tensorrt and ORT_TRT in available:
+    if use_tensorrt:
+        if ORT_TRT not in available:
+            raise CdulError(f"--ort-tensorrt needs onnxruntime's TensorRT execution provider (onnxruntime-gpu with "
+                            f"TensorRT's libraries installed); this onnxruntime has {', '.join(available)}. Drop "
+                            "--ort-tensorrt to run on its CUDA provider, or use --runtime tensorrt")
         if cache_dir is None:
             from cdul_rt.cache import cache_dir as default_cache
 
@@ -130,7 +147,11 @@ def torch_cuda_check(device: str | Device) -> str | None:
     return None
 
 
-def require_torch_cuda(device: str | Device) -> None:
-    reason = torch_cuda_check(device)
+def require_torch_cuda(device: str | Device) -> str:
+    """The torch device string (``cpu``, ``cuda:N``) for ``--device``; a CdulError saying why when torch cannot use
+    it (a CPU-only torch, no GPU, no such index). Accepts the ``gpu`` alias, which torch itself does not."""
+    dev = parse_device(device) if isinstance(device, str) else device
+    reason = torch_cuda_check(dev)
     if reason:
         raise CdulError(f"--device {device}: {reason}. Use --device cpu on this machine")
+    return str(dev)

@@ -75,12 +75,12 @@ def new_state(config: TrainConfig, scores: np.ndarray, load_weights: bool = True
 
 
 def _device(name: str):
+    """torch.device for --device (``gpu`` accepted); a CPU-only torch or no GPU is a clear error (require_torch_cuda)."""
     import torch
 
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CdulError(f"--device {name}: CUDA is not available here; use --device cpu")
-    return device
+    from cdul_rt.engines.gpu import require_torch_cuda
+
+    return torch.device(require_torch_cuda(name))
 
 
 def resume_config(saved: dict[str, Any], current: TrainConfig) -> TrainConfig:
@@ -117,7 +117,7 @@ def train_epoch(state: RunState, dataset: ImageFolderDataset, config: TrainConfi
     loader = make_loader(dataset, order, config.batch_size, config.workers)
     loss_fn = bernoulli_kl if config.loss == "bernoulli" else categorical_kl
     aligning = config.aligns_at(epoch)
-    device = torch.device(config.device)
+    device = _device(config.device)
     state.model.train()
     total, count, moved = 0.0, 0, 0.0
     bar = tqdm(loader, desc=f"epoch {epoch}/{config.epochs}", unit="batch", disable=not config.progress, leave=False)

@@ -28,26 +28,31 @@ def cpu_threads() -> int:
         return os.cpu_count() or 1
 
 
-def providers_for(device: str, extra: dict | None = None) -> list:
-    """CPU by default; CUDA (and TensorRT when asked via ``extra['providers']``) with onnxruntime-gpu on cuda."""
-    ort = require("onnxruntime", "runtime")
-    available = ort.get_available_providers()
-    wanted = (extra or {}).get("providers")
-    if wanted:
-        names = [p.strip() for p in (wanted.split(",") if isinstance(wanted, str) else wanted)]
-        missing = [p for p in names if p not in available]
-        if missing:
-            raise CdulError(f"onnxruntime providers {missing} are not available here (available: {available})")
-        return names
-    if device == "cpu":
-        return ["CPUExecutionProvider"]
-    if not device.startswith("cuda"):
-        raise CdulError(f"--device must be cpu or cuda[:N], got {device!r}")
-    if "CUDAExecutionProvider" not in available:
-        raise CdulError("--device cuda with --runtime onnxruntime needs onnxruntime-gpu "
-                        "(`pip install onnxruntime-gpu`); this onnxruntime offers " + ", ".join(available))
-    index = int(device.partition(":")[2] or 0)
-    return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+def ort_trt_profile(manifest: Manifest, batch_images: int, classes: int) -> dict:
+    """The labeler's optimization profile for onnxruntime's TensorRT execution provider, in images of 1+g^2 crops
+    (opt = the label batch, max = at least 32 images) and classes (opt = this vocabulary): the dynamic inputs only,
+    taken from the manifest (no onnx import on the torch-free path)."""
+    from cdul_rt.engines.trt.profiles import ProfileSpec, profile_shapes
+
+    s, d = manifest.image_size, manifest.embed_dim
+    spec = ProfileSpec(1, batch_images, max(32, batch_images), 1, classes, max(1024, classes))
+    inputs = {"crops": (None, 3, s, s), "text_embeddings": (None, d)}
+    return profile_shapes("labeler", inputs, spec, int(manifest.labeler["grid"]))
+
+
+def labeler_providers(cfg, manifest: Manifest, classes: int) -> tuple[list, list]:
+    """(providers of the text graph, providers of the labeler graph) for ``cfg.device`` through the one picker,
+    :func:`cdul_rt.engines.gpu.ort_providers`; with ``--ort-tensorrt`` the labeler gets onnxruntime's TensorRT
+    execution provider (its profile names the labeler's inputs, so the text graph stays on CUDA)."""
+    from cdul_rt.engines.gpu import ort_providers
+
+    require("onnxruntime", "runtime")
+    extra = cfg.extra or {}
+    base = ort_providers(cfg.device, manifest.precision, wanted=extra.get("providers"))
+    if not extra.get("ort_tensorrt") or extra.get("providers"):
+        return base, base
+    profile = ort_trt_profile(manifest, int(cfg.batch_size), classes)
+    return base, ort_providers(cfg.device, manifest.precision, use_tensorrt=True, profile=profile)
 
 
 class SessionFromOnnx:
@@ -177,8 +182,8 @@ def open_labeler(cfg, vocab: Vocabulary) -> LabelerSession:
     folder = Path(cfg.engine_dir) if cfg.engine_dir else cached_folder(cfg)
     manifest = verify_artifacts(folder, ("labeler.onnx",))  # the text graph is checked only when it is needed
     check_request(manifest, folder, cfg.model, cfg.pretrained, cfg.weights, cfg.precision, cfg.grid, cfg.mode)
-    providers = providers_for(cfg.device, cfg.extra)
-    text = class_embeddings(folder, manifest, vocab, cfg.template, providers)
+    text_providers, providers = labeler_providers(cfg, manifest, len(vocab.prompts(cfg.template)))
+    text = class_embeddings(folder, manifest, vocab, cfg.template, text_providers)
     session = SessionFromOnnx(folder / "labeler.onnx", providers, precision=manifest.precision)
     runner = OnnxLabelerRunner(session, manifest.crops_per_image,
                                manifest.image_size, manifest.embed_dim, cfg.zeta, cfg.lam)

@@ -6,14 +6,16 @@ from cdul_rt.engines.session import LabelerSession
 
 
 def open_labeler(cfg, vocab) -> LabelerSession:
+    from cdul_rt.engines.gpu import require_torch_cuda
     from cdul_rt.engines.torch.runner import TorchLabelerRunner
     from cdul_rt.models import load_clip, model_key
     from cdul_rt.presets import resolve_model
     from cdul_rt.textcache import text_embeddings
 
-    bundle = load_clip(resolve_model(cfg.model, cfg.pretrained, cfg.weights), device=cfg.device)
+    device = require_torch_cuda(cfg.device)  # before loading: a CPU-only torch or no GPU is a clear error
+    bundle = load_clip(resolve_model(cfg.model, cfg.pretrained, cfg.weights), device=device)
     text = text_embeddings(bundle, vocab, cfg.template, model_key(bundle))
     runner = TorchLabelerRunner(bundle, grid=cfg.grid, mode=cfg.mode, zeta=cfg.zeta, lam=cfg.lam,
-                                precision=cfg.precision, device=cfg.device, compile=getattr(cfg, "compile", False))
+                                precision=cfg.precision, device=device, compile=getattr(cfg, "compile", False))
     return LabelerSession(runner, text, bundle.preprocess, bundle.model_id, bundle.weights_hash,
                           cfg.precision, "torch")

@@ -29,7 +29,10 @@ class TorchVisualRunner(BaseRunner):
     name = "torch-visual"
 
     def __init__(self, bundle, precision: str = "fp32", device: str = "cpu", compile: bool = False) -> None:
+        from cdul_rt.engines.gpu import require_torch_cuda
+
         super().__init__()
+        device = require_torch_cuda(device)  # `gpu` -> cuda:0; a CPU-only torch with cuda: a clear error, not torch's
         self.bundle, self.precision, self.device, self.compile = bundle, precision, device, compile
         self.image_size = bundle.preprocess.size
         self.dtype = _dtype(precision)

@@ -17,8 +17,11 @@ import numpy as np
 
 from cdul_rt.errors import CdulError
 
-INSTALL_HINT = ("install the TensorRT extra on the GPU machine: `pip install 'cdul-rt[tensorrt]'` "
-                "(tensorrt + cuda-python); see README 'Serving and edge devices'")
+INSTALL_HINT = ("install the TensorRT extra for the GPU machine's CUDA major: `pip install 'cdul-rt[tensorrt]'` "
+                "(= cdul-rt[tensorrt-cu12]: tensorrt-cu12 + cuda-python 12.x, NVIDIA driver >= 525.60.13) or "
+                "`pip install 'cdul-rt[tensorrt-cu13]'` (driver >= 580.65); see README 'Serving and edge devices'")
+# the oldest Linux driver of each CUDA major's runtime (CUDA minor-version compatibility baselines)
+MIN_DRIVER = {12: "525.60.13", 13: "580.65"}
 
 
 def cudart():
@@ -66,13 +69,50 @@ def device_count() -> int:
     return int(n) if err == rt.cudaError_t.cudaSuccess else 0
 
 
+def bindings_version() -> str | None:
+    """The installed cuda-python bindings version (cuda-bindings from 12.6 on, cuda-python before), or None."""
+    from importlib import metadata
+
+    for dist in ("cuda-bindings", "cuda-python"):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def driver_advice(error: str, driver_cuda: int, bindings: str | None) -> str:
+    """Why CUDA cannot start and what to install. ``driver_cuda``: ``cudaDriverGetVersion`` (e.g. 12040 = the driver
+    runs CUDA <= 12.4; 0 = no driver); ``bindings``: the cuda-python version."""
+    major = int(bindings.split(".")[0]) if bindings and bindings.split(".")[0].isdigit() else None
+    if driver_cuda <= 0:
+        return (f"no NVIDIA driver was found ({error}); install the NVIDIA driver (>= {MIN_DRIVER[12]} for CUDA 12, "
+                f">= {MIN_DRIVER[13]} for CUDA 13), or use --runtime onnxruntime or torch on a machine without a GPU")
+    drv_major, drv_minor = driver_cuda // 1000, driver_cuda % 1000 // 10
+    supported = f"the NVIDIA driver supports CUDA up to {drv_major}.{drv_minor}"
+    if drv_major < 12:
+        return (f"{supported} ({error}); cdul-rt's TensorRT runtime needs CUDA 12 or newer: update the driver to "
+                f">= {MIN_DRIVER[12]}")
+    if major is not None and major > drv_major:
+        return (f"{supported}, but cuda-python {bindings} is built for CUDA {major} (needs driver >= "
+                f"{MIN_DRIVER.get(major, 'newer')}); install the CUDA {drv_major} build: "
+                f"`pip install 'cdul-rt[tensorrt-cu{drv_major}]'` (cuda-python {drv_major}.x), or update the driver")
+    return f"{supported}, cuda-python {bindings or 'unknown'} ({error}); see `nvidia-smi`"
+
+
 def device_info(index: int = 0) -> DeviceInfo:
     rt = cudart()
     err, n = rt.cudaGetDeviceCount()
-    if err != rt.cudaError_t.cudaSuccess or n == 0:
-        reason = rt.cudaGetErrorString(err)[1].decode() if err != rt.cudaError_t.cudaSuccess else "no device"
-        raise CdulError(f"no CUDA device is visible ({reason}); TensorRT needs an NVIDIA GPU with its driver. "
-                        "Use --runtime onnxruntime or torch on this machine")
+    if err != rt.cudaError_t.cudaSuccess:
+        reason = rt.cudaGetErrorString(err)[1]
+        reason = reason.decode() if isinstance(reason, bytes) else str(reason)
+        derr, driver = rt.cudaDriverGetVersion()
+        driver = int(driver) if derr == rt.cudaError_t.cudaSuccess else 0
+        what = f"{getattr(err, 'name', err)}: {reason}"
+        raise CdulError(f"CUDA cannot start: {driver_advice(what, driver, bindings_version())}")
+    if n == 0:
+        raise CdulError("no CUDA device is visible (check `nvidia-smi` and CUDA_VISIBLE_DEVICES); the TensorRT runtime "
+                        "needs an NVIDIA GPU. Use --runtime onnxruntime or torch on this machine")
     if not 0 <= index < n:
         raise CdulError(f"CUDA device {index} does not exist; this machine has {n} (cuda:0..cuda:{n - 1})")
     prop = call(rt.cudaGetDeviceProperties(index), "cudaGetDeviceProperties")
