@@ -6,6 +6,7 @@ bad file becomes a row in the failures file, never a stopped run.
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from collections.abc import Iterator
@@ -104,11 +105,32 @@ def open_rgb(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS,
     """
     if Path(path).stat().st_size == 0:
         raise BadImage("empty file (0 bytes)")
+    return _decode(path, max_pixels, draft)
+
+
+def decode_bytes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 draft: tuple[int, int] | None = None) -> Image.Image:
+    """:func:`open_rgb` for an encoded image held in memory (the Python API's ``bytes`` inputs)."""
+    if len(data) == 0:
+        raise BadImage("empty bytes (0 bytes)")
+    return _decode(io.BytesIO(bytes(data)), max_pixels, draft)
+
+
+def rgb_image(img: Image.Image, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """A PIL image the caller opened, treated as :func:`open_rgb` treats a file: pixel limit, EXIF orientation,
+    any mode to RGB (its current frame). The caller's image is not modified."""
+    if img.width * img.height > max_pixels:
+        raise BadImage(f"image of {img.width}x{img.height} px exceeds the {max_pixels} pixel limit (--max-pixels)")
+    img.load()
+    return _to_rgb(ImageOps.exif_transpose(img))
+
+
+def _decode(source, max_pixels: int, draft: tuple[int, int] | None) -> Image.Image:
     ImageFile.LOAD_TRUNCATED_IMAGES = False
     Image.MAX_IMAGE_PIXELS = max_pixels
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(path) as img:
+        with Image.open(source) as img:
             if img.width * img.height > max_pixels:
                 raise BadImage(f"image of {img.width}x{img.height} px exceeds the {max_pixels} pixel limit (--max-pixels)")
             if draft is not None and img.format == "JPEG":

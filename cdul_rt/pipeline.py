@@ -16,7 +16,6 @@ from cdul_rt.errors import CdulError
 from cdul_rt.imageio import DEFAULT_MAX_PIXELS, iter_images, relative_name
 from cdul_rt.labelfile import LabelWriter, output_format, read_meta, sidecar
 from cdul_rt.labeling import DEFAULT_LAMBDA, DEFAULT_ZETA, check_mode
-from cdul_rt.preprocess import normalize_batch
 from cdul_rt.presets import DEFAULT_MODEL
 from cdul_rt.vocab import DEFAULT_TEMPLATE, Vocabulary, check_template, load_vocabulary
 
@@ -57,6 +56,10 @@ class LabelConfig:
         if not self.input.exists():
             raise CdulError(f"input {self.input} does not exist")
         output_format(self.out)
+        self.check_options()
+
+    def check_options(self) -> None:
+        """The rules for every option but the input and output (shared with ``cdul_rt.Labeler.open``)."""
         check_mode(self.mode)
         check_template(self.template)
         if self.grid < 1:
@@ -183,8 +186,11 @@ def label_folder(cfg: LabelConfig, session=None) -> LabelSummary:
     start = time.perf_counter()
     writer.open()
     try:
-        with open(sidecar(cfg.out, "failures"), "a", encoding="utf-8") as failures, session.runner as runner:
-            _run(cfg, session, runner, todo, writer, failures, summary, skip, decode_on)
+        from cdul_rt.api.labeler import Labeler  # the Python API's object: one decode->score path for both
+
+        with open(sidecar(cfg.out, "failures"), "a", encoding="utf-8") as failures, \
+                Labeler(session, cfg, vocab) as labeler:
+            _run(cfg, session, labeler, todo, writer, failures, summary, skip, decode_on)
     finally:
         summary.seconds = time.perf_counter() - start
         writer.close(finalize=True)
@@ -199,7 +205,7 @@ def _progress(cfg: LabelConfig, total: int | None):
                 smoothing=0.1)
 
 
-def _run(cfg, session, runner, todo, writer, failures, summary, writer_skip: set[str],
+def _run(cfg, session, labeler, todo, writer, failures, summary, writer_skip: set[str],
          decode_on: str | None = None) -> None:
     from cdul_rt.decode import decode_stream
 
@@ -225,8 +231,7 @@ def _run(cfg, session, runner, todo, writer, failures, summary, writer_skip: set
     def flush() -> None:
         if not batch_paths:
             return
-        crops = normalize_batch(np.concatenate(batch_crops), session.preprocess)
-        write(batch_paths, runner.infer({"crops": crops, "text_embeddings": session.text_embeddings}))
+        write(batch_paths, labeler.score_crops(np.concatenate(batch_crops)))
         batch_paths.clear()
         batch_crops.clear()
 
@@ -236,7 +241,7 @@ def _run(cfg, session, runner, todo, writer, failures, summary, writer_skip: set
         if decode_on is not None:  # --decode gpu: decode, crop and normalise on the device (cdul_rt.devicedecode)
             from cdul_rt.devicedecode import label_batches
 
-            for batch, out in label_batches(cfg, session, runner, decode_on, todo):
+            for batch, out in label_batches(cfg, session, labeler.runner, decode_on, todo):
                 for path, reason in batch.failures:
                     record_failure(relative_name(path, root), reason)
                 if batch.paths:

@@ -34,16 +34,12 @@ def command(images: Path, run_dir: Path | None, engine: Path | None, precision: 
 
     if (run_dir is None) == (engine is None):
         raise CdulError("give exactly one of --run RUN_DIR (torch) or --engine DIR (exported ONNX classifier)")
-    if run_dir is not None:
-        from cdul_rt.train.engines import TorchClassifierRunner
+    from cdul_rt.api.classifier import Classifier
 
-        runner = TorchClassifierRunner(run_dir, threads=threads)
-    else:
-        from cdul_rt.train.engines import load_engine
-
-        runner = load_engine(engine, precision, threads=threads)
-    summary = predict_folder(runner, images, out, threshold, top_k, batch_size, workers, overwrite,
-                             progress=not quiet, meta={"precision": runner.precision if engine else "fp32"})
+    clf = Classifier.open(run_dir or engine, runtime="torch" if run_dir else "onnxruntime", precision=precision,
+                          threads=threads)
+    summary = predict_folder(clf, images, out, threshold, top_k, batch_size, workers, overwrite,
+                             progress=not quiet, meta={"precision": clf.runner.precision})
     click.echo(f"predicted {summary.predicted} images in {summary.seconds:.1f}s"
                + (f", {summary.skipped} already done" if summary.skipped else "") + f" -> {out}")
     if summary.failures:

@@ -28,7 +28,7 @@ from cdul_rt.distributed.sources import decode_uri, is_url, list_images
 from cdul_rt.errors import CdulError, require
 from cdul_rt.labelfile import read_meta, sidecar
 from cdul_rt.pipeline import LabelConfig, LabelSummary, _check_existing, _recorded_config, _write_meta
-from cdul_rt.preprocess import PreprocessConfig, normalize_batch
+from cdul_rt.preprocess import PreprocessConfig
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,9 @@ class LabelActor:
         if diff:  # e.g. a node with other weights behind the same --weights path
             raise CdulError(f"an actor on {os.uname().nodename} loaded a different labeler ({', '.join(diff)} "
                             "differ); every node must see the same model files")
-        self.runner = self.session.runner.activate()
+        from cdul_rt.api.labeler import Labeler  # the same scoring path as `label` and the Python API
+
+        self.labeler = Labeler(self.session, cfg, vocab)
         self.save_parts = cfg.save_parts
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -85,8 +87,7 @@ class LabelActor:
         if ok.any():
             crops = np.asarray(batch["crops"])[ok]
             s = crops.shape[-2]
-            x = normalize_batch(crops.reshape(-1, s, s, 3), self.session.preprocess)
-            res = self.runner.infer({"crops": x, "text_embeddings": self.session.text_embeddings})
+            res = self.labeler.score_crops(crops.reshape(-1, s, s, 3))
             for key in outs:
                 outs[key][ok] = res[key]
         result = {"path": batch["path"], "error": batch["error"], "scores": outs["S_final"]}
@@ -129,7 +130,7 @@ def _describe_where_actors_run(ray, cfg: LabelConfig, plan: RayPlan) -> tuple[di
 def _validate(cfg: LabelConfig) -> None:
     # every option check of plain `label` except the two that differ here: --out is a directory (not a file with
     # a format suffix) and the input may be a URL (listed later)
-    dataclasses.replace(cfg, input=Path(__file__), out=Path("check.parquet")).validate()
+    cfg.check_options()
     if cfg.runtime == "auto" or cfg.precision == "auto":
         # every actor would run its own selection, and nodes may choose differently
         raise CdulError("--runtime/--precision auto is not available with --cluster ray; name the runtime and "

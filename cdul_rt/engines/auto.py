@@ -180,6 +180,7 @@ def s_final(runner, crops: np.ndarray, text: np.ndarray) -> np.ndarray:
 def _open_candidate(cand: Candidate, cfg, vocab, reference):
     from cdul_rt.engines import runtime_module
     from cdul_rt.engines.session import LabelerSession
+    from cdul_rt.engines.torch.loader import torch_encoders
     from cdul_rt.engines.torch.runner import TorchLabelerRunner
 
     if cand.runtime == "torch":  # share the reference's loaded CLIP: the runner casts a copy of its weights
@@ -187,7 +188,7 @@ def _open_candidate(cand: Candidate, cfg, vocab, reference):
         runner = TorchLabelerRunner(bundle, grid=cfg.grid, mode=cfg.mode, zeta=cfg.zeta, lam=cfg.lam,
                                     precision=cand.precision, device=cand.device, compile=getattr(cfg, "compile", False))
         return LabelerSession(runner, reference.text_embeddings, reference.preprocess, reference.model,
-                              reference.weights_hash, cand.precision, "torch")
+                              reference.weights_hash, cand.precision, "torch", **torch_encoders(bundle, runner))
     sub = replace(cfg, runtime=cand.runtime, precision=cand.precision, device=cand.device)
     return runtime_module(cand.runtime).open_labeler(sub, vocab)
 

@@ -12,13 +12,15 @@ from dataclasses import dataclass
 from functools import partial
 from itertools import islice
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 import numpy as np
 
 from cdul_rt.errors import CdulError
-from cdul_rt.train.data import preprocess
-from cdul_rt.train.engines import ClassifierInfo, ClassifierRunner
+from cdul_rt.train.engines import ClassifierInfo
+
+if TYPE_CHECKING:
+    from cdul_rt.api.classifier import Classifier
 
 
 @dataclass
@@ -29,17 +31,18 @@ class PredictSummary:
     seconds: float
 
 
-def _decode(path: Path, image_size: int, mean, std) -> tuple[np.ndarray | None, str]:
-    from cdul_rt.imageio import describe_error, open_rgb
+def _decode(path: Path, info: ClassifierInfo) -> tuple[np.ndarray | None, str]:
+    from cdul_rt.api.classifier import classifier_input
+    from cdul_rt.api.inputs import reason
 
     try:
-        return preprocess(open_rgb(path), image_size, mean, std), ""
+        return classifier_input(path, info), ""
     except Exception as exc:  # any unreadable file becomes a failures row, never a stopped run
-        return None, describe_error(exc)
+        return None, reason(exc)
 
 
 def _decoded(files: list[Path], info: ClassifierInfo, workers: int) -> Iterator[tuple[np.ndarray | None, str]]:
-    fn = partial(_decode, image_size=info.image_size, mean=info.mean, std=info.std)
+    fn = partial(_decode, info=info)
     if workers <= 0:
         yield from map(fn, files)
         return
@@ -53,7 +56,7 @@ def _batches(items: Iterable, size: int) -> Iterator[list]:
         yield chunk
 
 
-def predict_folder(runner: ClassifierRunner, images: Path, out: Path, threshold: float = 0.5,
+def predict_folder(classifier: "Classifier", images: Path, out: Path, threshold: float = 0.5,
                    top_k: int | None = None, batch_size: int = 32, workers: int = 0, overwrite: bool = False,
                    progress: bool = True, meta: dict | None = None) -> PredictSummary:
     """Stream predictions for every image under ``images`` into ``out`` (any label-file format)."""
@@ -66,7 +69,7 @@ def predict_folder(runner: ClassifierRunner, images: Path, out: Path, threshold:
     files = discover_images(images)
     if not files:
         raise CdulError(f"no images under {images} (jpg, jpeg, png, webp, bmp, tiff, gif)")
-    info = runner.info
+    info = classifier.info
     if overwrite:
         for p in (out, *(sidecar(out, k) for k in ("meta", "failures", "journal"))):
             p.unlink(missing_ok=True)
@@ -80,7 +83,7 @@ def predict_folder(runner: ClassifierRunner, images: Path, out: Path, threshold:
     failures: list[tuple[str, str]] = []
     writer.open()
     bar = tqdm(total=len(todo), desc="predict", unit="img", disable=not progress)
-    with runner, open(sidecar(out, "failures"), "a", encoding="utf-8") as failed:
+    with classifier, open(sidecar(out, "failures"), "a", encoding="utf-8") as failed:
         decoded = _decoded([f for f, _ in todo], info, workers)
         for chunk in _batches(zip(todo, decoded), batch_size):
             ok = [(rel, arr) for (_, rel), (arr, _) in chunk if arr is not None]
@@ -89,12 +92,12 @@ def predict_folder(runner: ClassifierRunner, images: Path, out: Path, threshold:
                     failures.append((rel, reason))
                     failed.write(json.dumps({"path": rel, "reason": reason}) + "\n")
             if ok:
-                probs = runner.infer({"images": np.stack([a for _, a in ok])})["probs"]
+                probs = classifier.score_images(np.stack([a for _, a in ok]))
                 writer.write_batch([rel for rel, _ in ok], probs)
             bar.update(len(chunk))
     bar.close()
     writer.close()
-    meta = {**(meta or {}), "tool": "cdul-rt predict", "runtime": runner.name, "model": info.source,
+    meta = {**(meta or {}), "tool": "cdul-rt predict", "runtime": classifier.runner.name, "model": info.source,
             "arch": info.arch, "image_size": info.image_size, "threshold": threshold, "top_k": top_k}
     sidecar(out, "meta").write_text(json.dumps({**meta, "classes": info.classes}, indent=2), encoding="utf-8")
     return PredictSummary(len(todo) - len(failures), len(done), failures, time.perf_counter() - started)

@@ -112,21 +112,13 @@ def check_request(manifest: Manifest, folder: Path, model: str, pretrained: str 
 
 
 def _encode_vocabulary(folder: Path, manifest: Manifest, prompts: list[str], providers: list) -> np.ndarray:
-    from cdul_rt.engines.onnxrt.runner import OnnxTextRunner
-    from cdul_rt.engines.onnxrt.tokenizer import ClipTokenizer
+    from cdul_rt.engines.onnxrt.encoders import OnnxTextEncoder
 
-    tok = manifest.tokenizer
-    if tok.get("kind") != "clip-bpe":
-        raise CdulError(f"{folder} cannot tokenise a new vocabulary without torch (its model's tokenizer is not "
-                        "CLIP BPE); export with this vocabulary: `cdul-rt export --classes ... --out DIR`")
-    verify_artifacts(folder, (tok["vocab_file"], "text.onnx"))
-    tokenizer = ClipTokenizer(folder / tok["vocab_file"], int(tok["context_length"]))
-    out = []
-    session = SessionFromOnnx(folder / "text.onnx", providers, precision=manifest.files["text.onnx"]["precision"])
-    with OnnxTextRunner(session, int(tok["context_length"])) as runner:
-        for i in range(0, len(prompts), 256):
-            out.append(runner.infer({"tokens": tokenizer(prompts[i:i + 256])})["text_embeddings"])
-    return np.concatenate(out).astype(np.float32)
+    encoder = OnnxTextEncoder(folder, manifest, providers)
+    try:
+        return encoder(prompts)
+    finally:
+        encoder.close()
 
 
 def class_embeddings(folder: Path, manifest: Manifest, vocab: Vocabulary, template: str,
@@ -188,5 +180,17 @@ def open_labeler(cfg, vocab: Vocabulary) -> LabelerSession:
     runner = OnnxLabelerRunner(session, manifest.crops_per_image,
                                manifest.image_size, manifest.embed_dim, cfg.zeta, cfg.lam)
     return LabelerSession(runner, text, PreprocessConfig.from_dict(manifest.preprocess), manifest.model["display"],
-                          manifest.model["weights_hash"], manifest.precision, "onnxruntime")
+                          manifest.model["weights_hash"], manifest.precision, "onnxruntime",
+                          **folder_encoders(folder, manifest, providers))
+
+
+def folder_encoders(folder: Path, manifest: Manifest, providers: list) -> dict:
+    """``encode_texts`` / ``encode_images`` of a :class:`LabelerSession` from the folder's text and visual graphs
+    (opened on first use); ``encode_texts`` is left out when the folder cannot tokenise without torch."""
+    from cdul_rt.engines.onnxrt.encoders import OnnxTextEncoder, OnnxVisualEncoder
+
+    out = {"encode_images": OnnxVisualEncoder(folder, manifest, providers)} if "visual.onnx" in manifest.files else {}
+    if manifest.tokenizer.get("kind") == "clip-bpe" and "text.onnx" in manifest.files:
+        out["encode_texts"] = OnnxTextEncoder(folder, manifest, providers)
+    return out
 

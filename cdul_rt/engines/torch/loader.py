@@ -18,4 +18,15 @@ def open_labeler(cfg, vocab) -> LabelerSession:
     runner = TorchLabelerRunner(bundle, grid=cfg.grid, mode=cfg.mode, zeta=cfg.zeta, lam=cfg.lam,
                                 precision=cfg.precision, device=device, compile=getattr(cfg, "compile", False))
     return LabelerSession(runner, text, bundle.preprocess, bundle.model_id, bundle.weights_hash,
-                          cfg.precision, "torch")
+                          cfg.precision, "torch", **torch_encoders(bundle, runner))
+
+
+def torch_encoders(bundle, runner) -> dict:
+    """``encode_texts`` (the CLIP text tower, fp32) and ``encode_images`` (the runner's visual encoder, in its
+    precision and on its device) of a torch :class:`LabelerSession`."""
+    from functools import partial
+
+    from cdul_rt.textcache import encode_text_torch
+
+    return {"encode_texts": partial(encode_text_torch, bundle),
+            "encode_images": lambda crops: runner.encode(crops).cpu().numpy()}

@@ -45,7 +45,7 @@ def labeler_engine(cfg, folder: Path, device: int):
 
 
 def open_labeler(cfg, vocab) -> LabelerSession:
-    from cdul_rt.engines.onnxrt.loader import cached_folder, class_embeddings
+    from cdul_rt.engines.onnxrt.loader import cached_folder, class_embeddings, folder_encoders
     from cdul_rt.engines.onnxrt.loader import check_request as check_artifacts
     from cdul_rt.engines.trt.builder import import_tensorrt
     from cdul_rt.engines.trt.runner import TrtLabelerRunner
@@ -63,5 +63,7 @@ def open_labeler(cfg, vocab) -> LabelerSession:
     runner = TrtLabelerRunner(built.plan, grid=cfg.grid, image_size=manifest.image_size,
                               embed_dim=manifest.embed_dim, zeta=cfg.zeta, lam=cfg.lam, device=device,
                               chunk_images=(cfg.extra or {}).get("chunk_images"))
+    # texts: text.onnx on the CPU (once per vocabulary); images: the labeler engine's image_embeddings, on the GPU
+    texts = folder_encoders(folder, manifest, ["CPUExecutionProvider"]).get("encode_texts")
     return LabelerSession(runner, text, PreprocessConfig.from_dict(manifest.preprocess), manifest.model["display"],
-                          manifest.model["weights_hash"], cfg.precision, "tensorrt")
+                          manifest.model["weights_hash"], cfg.precision, "tensorrt", encode_texts=texts)
