@@ -105,3 +105,33 @@ def test_export_prints_the_short_label_command(tmp_path, tiny_config):
     assert r.exit_code == 0, r.output
     line = next(ln.strip() for ln in r.output.splitlines() if ln.strip().startswith("cdul-rt label"))
     assert line == f"cdul-rt label IMAGES --runtime onnxruntime --engine-dir {out} --classes voc"
+
+
+def test_tensorrt_runtime_takes_the_folder_options_too(tmp_path, folder, images, monkeypatch):
+    """`--runtime tensorrt --engine-dir DIR` with no model options: the engine is built from the folder's labeler
+    (grid 2, so 5 crops per image) and the runner gets the folder's zeta and lambda; TensorRT's build and the CUDA
+    device query are replaced (fp32: no fp16 check, so no inspector is needed)."""
+    import shutil
+
+    from cdul_rt.engines.trt import builder, cuda
+    from cdul_rt.engines.trt.loader import open_labeler
+    from cdul_rt.pipeline import LabelConfig
+    from cdul_rt.vocab import load_vocabulary
+
+    art = tmp_path / "art"
+    shutil.copytree(folder, art)
+    builds = []
+    monkeypatch.setattr(builder, "import_tensorrt", lambda: type("T", (), {"__version__": "10.3.0"}))
+    monkeypatch.setattr(builder, "build_serialized",
+                        lambda onnx_path, shapes, opts, log=print: builds.append((onnx_path.name, shapes)) or
+                        (b"plan" * 64, None))
+    monkeypatch.setattr(cuda, "device_info", lambda i=0: cuda.DeviceInfo(i, "FakeGPU", "8.6", 1 << 34))
+    monkeypatch.setattr(cuda, "set_device", lambda i: None)
+    opts = label_options_from_folder({"engine_dir": str(art), "runtime": "tensorrt", "device": "cuda",
+                                      "precision": None}, given={"device"})
+    cfg = LabelConfig(input=images, out=tmp_path / "o.jsonl", classes="voc", **opts)
+    session = open_labeler(cfg, load_vocabulary("voc"))
+    assert [name for name, _ in builds] == ["labeler.onnx"] and builds[0][1]["crops"][0][0] == 5
+    runner = session.runner
+    assert (runner.crops_per_image, runner.zeta, runner.lam) == (5, 0.3, 0.5) and session.precision == "fp32"
+    assert runner.plan_path.name.startswith("labeler.fp32.fakegpu.sm86.")
