@@ -48,6 +48,7 @@ class LabelConfig:
     compile: bool = False  # torch runtime: torch.compile the visual encoder (minutes once, then faster)
     jpeg_draft: bool = False  # decode large JPEGs downscaled while every tile stays >= the model input
     decode: str = "auto"  # cpu: worker processes + PIL; gpu: nvJPEG + crops on the device; auto: gpu on CUDA
+    save_embeddings: bool = False  # also keep each image's global-view embedding (cdul_rt/embeddings.py)
     overwrite: bool = False
     progress: bool = True
     extra: dict = field(default_factory=dict)  # runtime-specific options (e.g. onnxruntime providers)
@@ -113,6 +114,7 @@ def _recorded_config(cfg: LabelConfig, vocab: Vocabulary, session, decode_on: st
         # recorded only when on, so label files made before the option existed still resume
         **({"jpeg_draft": True} if cfg.jpeg_draft else {}),
         **({"decode": "gpu"} if decode_on is not None else {}),  # likewise: a resume never mixes decode paths
+        **({"save_embeddings": True} if cfg.save_embeddings else {}),
     }
 
 
@@ -129,8 +131,11 @@ def _check_existing(cfg: LabelConfig, config: dict) -> None:
 
 
 def _clear(out: Path) -> None:
+    from cdul_rt.embeddings import clear_embeddings
+
     for p in (out, *(sidecar(out, k) for k in ("meta", "failures", "journal"))):
         p.unlink(missing_ok=True)
+    clear_embeddings(out)
 
 
 def _write_meta(cfg: LabelConfig, config: dict, status: str, summary: LabelSummary | None = None) -> None:
@@ -139,6 +144,9 @@ def _write_meta(cfg: LabelConfig, config: dict, status: str, summary: LabelSumma
                  "status": status, "input": str(cfg.input)})
     if status == "running":
         meta["started"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    if cfg.save_embeddings:  # what `cdul-rt similar` loads to embed a query in the same space
+        meta["embeddings"] = {"dtype": "float16", "space": "L2-normalised global view",
+                              "model": cfg.model, "pretrained": cfg.pretrained, "weights": cfg.weights}
     if summary is not None:
         meta.update({"finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "last_run": {
             "labeled": summary.labeled, "skipped": summary.skipped, "failed": summary.failed,
@@ -179,21 +187,29 @@ def label_folder(cfg: LabelConfig, session=None) -> LabelSummary:
     _check_existing(cfg, config)
     writer = LabelWriter(cfg.out, list(vocab.classes), cfg.threshold, cfg.top_k, cfg.save_parts)
     skip = writer.existing() | _failed_before(cfg.out)
+    cfg.out.parent.mkdir(parents=True, exist_ok=True)  # the meta is written before the first batch
     _write_meta(cfg, config, "running")
     summary = LabelSummary(cfg.out, skipped=len(skip))
     root = cfg.input
     todo = (p for p in iter_images(root) if relative_name(p, root) not in skip)
     start = time.perf_counter()
     writer.open()
+    embeddings = None
+    if cfg.save_embeddings:
+        from cdul_rt.embeddings import EmbeddingWriter
+
+        embeddings = EmbeddingWriter(cfg.out)
     try:
         from cdul_rt.api.labeler import Labeler  # the Python API's object: one decode->score path for both
 
         with open(sidecar(cfg.out, "failures"), "a", encoding="utf-8") as failures, \
                 Labeler(session, cfg, vocab) as labeler:
-            _run(cfg, session, labeler, todo, writer, failures, summary, skip, decode_on)
+            _run(cfg, session, labeler, todo, writer, failures, summary, skip, decode_on, embeddings)
     finally:
         summary.seconds = time.perf_counter() - start
         writer.close(finalize=True)
+        if embeddings is not None:
+            embeddings.finalize()
     _write_meta(cfg, config, "complete", summary)
     return summary
 
@@ -206,7 +222,7 @@ def _progress(cfg: LabelConfig, total: int | None):
 
 
 def _run(cfg, session, labeler, todo, writer, failures, summary, writer_skip: set[str],
-         decode_on: str | None = None) -> None:
+         decode_on: str | None = None, embeddings=None) -> None:
     from cdul_rt.decode import decode_stream
 
     batch_paths: list[str] = []
@@ -222,6 +238,10 @@ def _run(cfg, session, labeler, todo, writer, failures, summary, writer_skip: se
         bar.set_postfix(failed=summary.failed)
 
     def write(rels: list[str], out: dict) -> None:
+        if embeddings is not None:  # before the labels: a crash never leaves a labeled image without one
+            from cdul_rt.engines.base import image_embeddings
+
+            embeddings.write_batch(rels, image_embeddings(out, f"the {session.runtime} runner"))
         refused = writer.write_batch(rels, out["S_final"], out["S_global"], out["S_ag"])
         for rel, reason in refused:
             record_failure(rel, reason)

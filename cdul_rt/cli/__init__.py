@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("cdul_rt.cli.eval", "mAP and per-class AP of a label file against ground truth."),
     "predict": ("cdul_rt.cli.predict", "Predict labels with a trained classifier."),
     "convert": ("cdul_rt.cli.convert", "Export a label file to Label Studio, CVAT, FiftyOne or COCO."),
+    "similar": ("cdul_rt.cli.similar", "Images closest to a query image or text (label --save-embeddings)."),
     "report": ("cdul_rt.cli.report", "Review a label file in one static HTML page (with --gt: its errors)."),
     "bench": ("cdul_rt.cli.bench", "Benchmark runtimes and precisions on this machine."),
     "demo": ("cdul_rt.cli.demo", "The whole pipeline offline on the synthetic world."),

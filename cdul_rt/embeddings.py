@@ -1,0 +1,216 @@
+"""``label --save-embeddings``: each image's L2-normalised global-view embedding (float16) beside its labels.
+
+Where they end up (in label-file row order):
+- JSONL / CSV output: ``<out>.embeddings.npy`` (``[N, D]`` float16) and ``<out>.embeddings.paths.json`` (the N
+  paths, a JSON list);
+- Parquet: an ``embedding`` column (fixed-size list of float16); npz: an ``embeddings`` array.
+
+During a run, rows stream into an append-only journal (``<out>.embeddings.journal.f16``: raw float16 rows, and
+``<out>.embeddings.journal.jsonl``: one ``{"path", "dim"}`` line per row), written *before* the batch's label rows,
+so a crash never leaves a labeled image without its embedding (a duplicate row from a re-labeled image is
+dropped when finishing: the last one wins). ``finalize`` aligns the journal to the finished label file. A finished
+output that gets more rows is carried back into the journal first, as ``LabelWriter`` does for Parquet / npz.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from cdul_rt.errors import CdulError
+from cdul_rt.labelfile import output_format, read_label_file, repair_tail
+
+DTYPE = np.float16
+COLUMN, NPZ_KEY = "embedding", "embeddings"
+
+
+def embedding_files(out: Path) -> dict[str, Path]:
+    base = out.with_name(out.name + ".embeddings")
+    return {"npy": Path(f"{base}.npy"), "paths": Path(f"{base}.paths.json"),
+            "journal": Path(f"{base}.journal.f16"), "journal_paths": Path(f"{base}.journal.jsonl")}
+
+
+def clear_embeddings(out: Path) -> None:
+    for path in embedding_files(out).values():
+        path.unlink(missing_ok=True)
+
+
+class EmbeddingWriter:
+    """Append embeddings batch by batch; ``finalize()`` after the label writer has closed."""
+
+    def __init__(self, out: str | Path) -> None:
+        self.out = Path(out)
+        self.fmt = output_format(self.out)
+        self.files = embedding_files(self.out)
+        self._raw = self._paths = None
+        self.dim: int | None = None
+
+    def _repair(self) -> int:
+        """Cut the journal to the rows present in both of its files (a crash can leave one longer); returns them."""
+        jp, raw = self.files["journal_paths"], self.files["journal"]
+        if not jp.is_file():
+            raw.unlink(missing_ok=True)
+            return 0
+        repair_tail(jp, "jsonl")
+        lines = jp.read_text(encoding="utf-8", errors="surrogateescape").splitlines(keepends=True)
+        if lines:
+            self.dim = int(json.loads(lines[0])["dim"])
+        size = raw.stat().st_size if raw.is_file() else 0
+        n = min(len(lines), size // (2 * self.dim)) if self.dim else 0
+        with open(jp, "w", encoding="utf-8", errors="surrogateescape") as f:
+            f.writelines(lines[:n])
+        with open(raw, "ab") as f:
+            f.truncate(n * 2 * (self.dim or 0))
+        return n
+
+    def _open(self) -> None:
+        if self._raw is not None:
+            return
+        if self._repair() == 0:
+            self._carry_finished()
+        self._raw = open(self.files["journal"], "ab")
+        self._paths = open(self.files["journal_paths"], "a", encoding="utf-8", errors="surrogateescape")
+
+    def _carry_finished(self) -> None:
+        """More rows for a finished output: its embeddings go back into the journal first."""
+        found = read_embeddings(self.out, missing_ok=True)
+        if found is None:
+            return
+        paths, emb = found
+        with open(self.files["journal"], "wb") as raw, open(self.files["journal_paths"], "w", encoding="utf-8",
+                                                              errors="surrogateescape") as jp:
+            for i in range(0, len(paths), 8192):
+                raw.write(np.ascontiguousarray(emb[i:i + 8192], dtype=DTYPE).tobytes())
+                jp.writelines(json.dumps({"path": p, "dim": emb.shape[1]}) + "\n" for p in paths[i:i + 8192])
+        self.dim = int(emb.shape[1])
+
+    def write_batch(self, paths: list[str], embeddings: np.ndarray) -> None:
+        embeddings = np.asarray(embeddings)
+        if embeddings.ndim != 2 or embeddings.shape[0] != len(paths):
+            raise CdulError(f"expected {len(paths)} embeddings, got an array of shape {embeddings.shape}")
+        self._open()
+        if self.dim is not None and embeddings.shape[1] != self.dim:
+            raise CdulError(f"embedding width {embeddings.shape[1]} differs from the {self.dim} already in "
+                            f"{self.files['journal']}; use --overwrite to start fresh")
+        self.dim = int(embeddings.shape[1])
+        self._raw.write(np.ascontiguousarray(embeddings, dtype=DTYPE).tobytes())
+        self._raw.flush()  # rows before paths: a row without its path line is cut off on the next open
+        self._paths.write("".join(json.dumps({"path": p, "dim": self.dim}) + "\n" for p in paths))
+        self._paths.flush()
+
+    def close(self) -> None:
+        for f in (self._raw, self._paths):
+            if f is not None:
+                f.close()
+        self._raw = self._paths = None
+
+    def finalize(self) -> None:
+        """Align the journal with the (closed) label file and write the final form; nothing to do without one."""
+        self.close()
+        n = self._repair()
+        if n == 0 and not self.files["journal_paths"].is_file():
+            return
+        label_paths = read_label_file(self.out).paths
+        emb = _aligned(self.files, n, self.dim or 0, label_paths)
+        if self.fmt in ("jsonl", "csv"):
+            _write_npy(self.files, label_paths, emb)
+        elif self.fmt == "npz":
+            _add_to_npz(self.out, emb)
+        else:
+            _add_to_parquet(self.out, label_paths, emb)
+        self.files["journal"].unlink(missing_ok=True)
+        self.files["journal_paths"].unlink(missing_ok=True)
+
+
+def _aligned(files: dict[str, Path], n: int, dim: int, label_paths: list[str]) -> np.ndarray:
+    """Journal rows in the label file's order (the last row of a path wins); a memory map, not a copy."""
+    rows = np.memmap(files["journal"], dtype=DTYPE, mode="r", shape=(n, dim)) if n else np.zeros((0, dim), DTYPE)
+    last: dict[str, int] = {}
+    with open(files["journal_paths"], encoding="utf-8", errors="surrogateescape") as f:
+        for i, line in enumerate(f):
+            if i < n:
+                last[json.loads(line)["path"]] = i
+    missing = [p for p in label_paths if p not in last]
+    if missing:
+        raise CdulError(f"{len(missing)} labeled images have no embedding (e.g. {missing[0]}): the label file was "
+                        "partly made without --save-embeddings; rerun with --overwrite --save-embeddings")
+    order = np.fromiter((last[p] for p in label_paths), dtype=np.int64, count=len(label_paths))
+    return rows[order] if len(order) else np.zeros((0, dim), DTYPE)
+
+
+def _write_npy(files: dict[str, Path], paths: list[str], emb: np.ndarray) -> None:
+    tmp = files["npy"].with_name(files["npy"].name + ".tmp.npy")
+    np.save(tmp, emb.astype(DTYPE, copy=False))
+    os.replace(tmp, files["npy"])
+    tmp = files["paths"].with_name(files["paths"].name + ".tmp")
+    tmp.write_text(json.dumps(paths, ensure_ascii=False), encoding="utf-8", errors="surrogateescape")
+    os.replace(tmp, files["paths"])
+
+
+def _add_to_npz(out: Path, emb: np.ndarray) -> None:
+    tmp = out.with_name(out.name + ".tmp")
+    with zipfile.ZipFile(out) as src, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as dst:
+        for item in src.infolist():
+            if item.filename != f"{NPZ_KEY}.npy":
+                with src.open(item) as r, dst.open(item.filename, "w", force_zip64=True) as w:
+                    while chunk := r.read(1 << 24):
+                        w.write(chunk)
+        with dst.open(f"{NPZ_KEY}.npy", "w", force_zip64=True) as w:
+            np.lib.format.write_array(w, np.ascontiguousarray(emb, dtype=DTYPE))
+    os.replace(tmp, out)
+
+
+def _add_to_parquet(out: Path, paths: list[str], emb: np.ndarray) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    source = pq.ParquetFile(out)
+    schema = source.schema_arrow
+    if COLUMN in schema.names:
+        schema = schema.remove(schema.get_field_index(COLUMN))
+    column_type = pa.list_(pa.float16(), emb.shape[1])
+    schema = schema.append(pa.field(COLUMN, column_type))
+    tmp = out.with_name(out.name + ".tmp")
+    start = 0
+    with pq.ParquetWriter(tmp, schema) as writer:
+        for i in range(source.num_row_groups):
+            table = source.read_row_group(i)
+            if COLUMN in table.column_names:
+                table = table.drop_columns([COLUMN])
+            part = np.ascontiguousarray(emb[start:start + len(table)], dtype=DTYPE)
+            values = pa.FixedSizeListArray.from_arrays(pa.array(part.reshape(-1), pa.float16()), emb.shape[1])
+            writer.write_table(table.append_column(COLUMN, values).cast(schema))
+            start += len(table)
+    os.replace(tmp, out)
+
+
+def read_embeddings(label_file: str | Path, missing_ok: bool = False) -> tuple[list[str], np.ndarray] | None:
+    """``(paths, float16 [N, D])`` saved with a label file by ``label --save-embeddings``."""
+    label_file = Path(label_file)
+    fmt = output_format(label_file)
+    files = embedding_files(label_file)
+    found = None
+    if fmt in ("jsonl", "csv") and files["npy"].is_file():
+        paths = json.loads(files["paths"].read_text(encoding="utf-8", errors="surrogateescape"))
+        found = paths, np.load(files["npy"], mmap_mode="r")
+    elif fmt == "npz" and label_file.is_file():
+        with np.load(label_file, allow_pickle=False) as z:
+            if NPZ_KEY in z.files:
+                found = [str(p) for p in z["paths"]], z[NPZ_KEY]
+    elif fmt == "parquet" and label_file.is_file():
+        import pyarrow.parquet as pq
+
+        if COLUMN in pq.ParquetFile(label_file).schema_arrow.names:
+            table = pq.read_table(label_file, columns=["path", COLUMN])
+            col = table.column(COLUMN).combine_chunks()
+            dim = col.type.list_size
+            found = (table.column("path").to_pylist(),
+                     col.flatten().to_numpy(zero_copy_only=False).astype(DTYPE).reshape(-1, dim))
+    if found is None and not missing_ok:
+        raise CdulError(f"{label_file} has no saved embeddings; label with --save-embeddings (add --overwrite to "
+                        "an existing output made without them)")
+    return found
