@@ -115,6 +115,15 @@ def test_label_ort_tensorrt_gives_the_labeler_the_trt_ep_with_an_image_sized_pro
     assert labeler_providers(cfg, manifest, 20)[1] == text  # without the option: CUDA
 
 
+def test_ort_tensorrt_is_refused_where_it_would_be_ignored(tmp_path, image_folder):
+    from cdul_rt.cli import main
+
+    for extra in (["--runtime", "torch"], ["--runtime", "onnxruntime", "--device", "cpu"]):
+        r = CliRunner().invoke(main, ["label", str(image_folder), "--ort-tensorrt", *extra,
+                                      "--out", str(tmp_path / "o.jsonl"), "-q", "-j", "0"])
+        assert r.exit_code == 2 and "--ort-tensorrt" in r.output and "Traceback" not in r.output, r.output
+
+
 def test_onnxruntime_label_path_uses_the_one_provider_picker(tmp_path, monkeypatch, image_folder, tiny_config):
     pytest.importorskip("onnxruntime")
     from cdul_rt.cli import main

@@ -93,6 +93,9 @@ def command(images: str, out: Path | None, quiet: bool, cluster: str, ray_addres
 
     opts = label_options_from_folder(opts, given_options(click.get_current_context(), FOLDER_OPTIONS))
     if opts.pop("ort_tensorrt"):
+        from cdul_rt.engines.gpu import check_ort_tensorrt
+
+        check_ort_tensorrt(opts["runtime"], opts["device"])
         opts["extra"] = {"ort_tensorrt": True}
     opts["precision"] = opts["precision"] or ("auto" if opts["runtime"] == "auto" else "fp32")
     if cluster == "ray" and opts["save_embeddings"]:

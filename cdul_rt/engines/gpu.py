@@ -130,6 +130,14 @@ def ort_providers(device: str | Device, precision: str = "fp32", use_tensorrt: b
     return providers
 
 
+def check_ort_tensorrt(runtime: str, device: str) -> None:
+    """``label --ort-tensorrt`` is refused at once where it would be ignored (another runtime, the CPU)."""
+    if runtime != "onnxruntime" or parse_device(device).kind != "cuda":
+        raise CdulError(f"--ort-tensorrt is onnxruntime's TensorRT execution provider: use it with --runtime "
+                        f"onnxruntime --device cuda (got --runtime {runtime} --device {device}; the native TensorRT "
+                        "engine is --runtime tensorrt)")
+
+
 def torch_cuda_check(device: str | Device) -> str | None:
     """None when torch can run on ``device``; otherwise the reason (torch without CUDA, no GPU, bad index)."""
     dev = parse_device(device) if isinstance(device, str) else device
