@@ -32,45 +32,31 @@ def top_matches(embeddings: np.ndarray, query: np.ndarray, top: int) -> tuple[np
     return idx, sims[idx]
 
 
-def load_query_model(meta: dict, model: str | None = None, pretrained: str | None = None,
-                     weights: str | None = None, device: str = "cpu"):
-    """The CLIP the embeddings were made with (from the label file's meta unless given), checked by weights hash."""
-    from cdul_rt.models import load_clip
-    from cdul_rt.presets import resolve_model
+def open_query_labeler(meta: dict, model: str | None = None, pretrained: str | None = None,
+                       weights: str | None = None, runtime: str = "torch", device: str = "cpu"):
+    """A :class:`cdul_rt.Labeler` (its vocabulary unused) on the CLIP the embeddings were made with (from the label file's meta unless
+    given; checked by weights hash), decoding as the run did (grid and ``--jpeg-draft`` decide the decode size)."""
+    from cdul_rt.api import Labeler
 
-    recorded = meta.get("embeddings", {})
+    recorded, config = meta.get("embeddings", {}), meta.get("config", {})
     model = model or recorded.get("model")
     if not model:
         raise CdulError("the label file's meta does not say which model made the embeddings; pass --model "
                         "(and --weights / --pretrained as for `label`)")
-    bundle = load_clip(resolve_model(model, pretrained or recorded.get("pretrained"),
-                                     weights or recorded.get("weights")), device=device)
-    made_with = meta.get("config", {}).get("weights_hash")
-    if made_with and made_with != bundle.weights_hash:
-        raise CdulError(f"{bundle.model_id} is not the model the embeddings were made with (weights differ); pass "
-                        "the --model / --weights / --pretrained the label file was made with")
-    return bundle
+    labeler = Labeler.open(model, weights=weights or recorded.get("weights"),
+                           pretrained=pretrained or recorded.get("pretrained"), classes="image,photo", runtime=runtime,
+                           device=device, grid=config.get("grid"), jpeg_draft=bool(config.get("jpeg_draft")))
+    made_with = config.get("weights_hash")
+    if made_with and made_with != labeler.config.get("weights_hash"):
+        labeler.close()
+        raise CdulError(f"{model} is not the model the embeddings were made with (weights differ); pass the "
+                        "--model / --weights / --pretrained the label file was made with")
+    return labeler
 
 
-def embed_image(bundle, path: str | Path, device: str = "cpu") -> np.ndarray:
-    """The image's global-view embedding, decoded and preprocessed exactly as ``label`` does (crop 0)."""
-    from cdul_rt.engines.torch.runner import TorchVisualRunner
-    from cdul_rt.imageio import open_rgb
-    from cdul_rt.preprocess import normalize_batch, preprocess_uint8
-
-    try:
-        img = open_rgb(path)
-    except CdulError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - one clear message for any unreadable query image
-        raise CdulError(f"cannot read query image {path}: {exc}") from exc
-    crop = normalize_batch(preprocess_uint8(img, bundle.preprocess)[None], bundle.preprocess)
-    with TorchVisualRunner(bundle, device=device) as runner:
-        return runner.infer({"crops": crop})["image_embeddings"][0]
-
-
-def embed_text(bundle, text: str) -> np.ndarray:
-    """The text's embedding, as given (no prompt template: write the query the way you would caption the image)."""
-    from cdul_rt.textcache import encode_text_torch
-
-    return encode_text_torch(bundle, [text])[0]
+def embed_query(labeler, image: str | Path | None = None, text: str | None = None) -> np.ndarray:
+    """The query's L2-normalised embedding: an image's global view (decoded and preprocessed as ``label`` does),
+    or a text as written (no prompt template: write it the way you would caption the image)."""
+    if image is not None:
+        return labeler.embed_images([Path(image)])[0]
+    return labeler.embed_texts(text)[0]

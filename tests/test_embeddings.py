@@ -212,6 +212,15 @@ def test_similar_errors_are_clean(singles, tmp_path):
     for args in ([], ["--image", str(images / "heart_1.png"), "--text", "x"]):
         result = CliRunner().invoke(main, ["similar", str(out), *args])
         assert result.exit_code == 2 and "exactly one query" in result.output
+    other = tmp_path / "other.jsonl"  # the same files, but the meta says other weights made them
+    for src in out.parent.glob(out.name + "*"):
+        shutil.copy(src, tmp_path / src.name.replace(out.name, other.name))
+    meta_path = Path(f"{other}.meta.json")
+    meta = json.loads(meta_path.read_text())
+    meta["config"]["weights_hash"] = "0" * 64
+    meta_path.write_text(json.dumps(meta))
+    result = CliRunner().invoke(main, ["similar", str(other), "--text", "a photo of the heart"])
+    assert result.exit_code == 2 and "weights differ" in result.output
     bare = write_label_file(tmp_path / "bare.jsonl", ["a.png"], ["x"], np.zeros((1, 1), np.float32))
     result = CliRunner().invoke(main, ["similar", str(bare), "--text", "x"])
     assert result.exit_code == 2 and "--save-embeddings" in result.output and "Traceback" not in result.output

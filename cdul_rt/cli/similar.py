@@ -17,23 +17,25 @@ import click
 @click.option("--model", "-m", default=None, help="CLIP to embed the query with. Default: the one in LABELS' meta.")
 @click.option("--pretrained", default=None, help="As for `label` (default: from the meta).")
 @click.option("--weights", type=click.Path(dir_okay=False), default=None, help="As for `label` (default: from the meta).")
+@click.option("--runtime", default="torch", show_default=True,
+              help="Runtime that embeds the query (as for `label`; onnxruntime needs the model's text.onnx for --text).")
 @click.option("--json", "as_json", is_flag=True, help="Print the matches as JSON.")
 def command(labels: Path, image: Path | None, text: str | None, top: int, model: str | None,
-            pretrained: str | None, weights: str | None, as_json: bool) -> None:
+            pretrained: str | None, weights: str | None, runtime: str, as_json: bool) -> None:
     """List the images of LABELS (labeled with --save-embeddings) closest to --image or --text, by cosine
     similarity of CLIP embeddings. Brute force: fine up to about a million images."""
     from cdul_rt.embeddings import read_embeddings
     from cdul_rt.errors import CdulError
     from cdul_rt.labelfile import read_meta
-    from cdul_rt.similar import embed_image, embed_text, load_query_model, top_matches
+    from cdul_rt.similar import embed_query, open_query_labeler, top_matches
 
     if (image is None) == (text is None):
         raise CdulError("give exactly one query: --image FILE or --text \"...\"")
     if top < 1:
         raise CdulError(f"--top must be >= 1, got {top}")
     paths, embeddings = read_embeddings(labels)
-    bundle = load_query_model(read_meta(labels), model, pretrained, weights)
-    query = embed_image(bundle, image) if image is not None else embed_text(bundle, text)
+    with open_query_labeler(read_meta(labels), model, pretrained, weights, runtime) as labeler:
+        query = embed_query(labeler, image, text)
     idx, sims = top_matches(embeddings, query, top)
     matches = [{"path": paths[i], "similarity": round(float(s), 6)} for i, s in zip(idx, sims)]
     if as_json:
