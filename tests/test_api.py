@@ -179,14 +179,34 @@ def test_one_labeler_shared_by_four_threads_equals_serial(folder, labeler):
             np.testing.assert_array_equal(scores, serial[i])
 
 
-def test_close_frees_the_runner(tiny_config, folder):
+def test_close_frees_the_model(tiny_config, folder):
+    import gc
+    import weakref
+
     lab = Labeler.open(str(tiny_config), **OPTS)
     path = sorted(folder.glob("img_*"))[0]
     assert lab.label([path]).scores.shape == (1, 20)
+    model = weakref.ref(lab._session.runner.bundle.model)
     lab.close()
-    assert lab._session.runner.is_active is False and lab._session.runner.visual is not None  # cast weights kept
-    with pytest.raises(CdulError, match="not active"):
-        lab.label([path])
+    gc.collect()
+    assert lab._session.runner.is_active is False and model() is None  # nothing holds the CLIP model any more
+    for use in (lambda: lab.label([path]), lambda: lab.embed_images([path]), lambda: lab.embed_texts(["a"])):
+        with pytest.raises(CdulError, match="this Labeler is closed"):
+            use()
+
+
+def test_label_keeps_a_callers_session_reusable(tiny_config, folder, tmp_path):
+    """`label_folder(cfg, session)` (bench reuses sessions) wraps it in a Labeler that only deactivates it."""
+    from cdul_rt.pipeline import LabelConfig, label_folder, open_session
+    from cdul_rt.vocab import load_vocabulary
+
+    cfg = LabelConfig(input=folder, out=tmp_path / "a.jsonl", model=str(tiny_config), pretrained="none",
+                      classes="voc", grid=2, workers=0, progress=False)
+    session = open_session(cfg, load_vocabulary("voc"))
+    a = label_folder(cfg, session)
+    b = label_folder(LabelConfig(**{**cfg.__dict__, "out": tmp_path / "b.jsonl"}), session)
+    assert a.labeled == b.labeled == 8
+    assert read_label_file(tmp_path / "a.jsonl").scores.tolist() == read_label_file(tmp_path / "b.jsonl").scores.tolist()
 
 
 def test_prepare_crops_is_what_the_labeler_feeds(folder, labeler):

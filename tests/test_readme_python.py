@@ -66,7 +66,7 @@ def test_use_from_python_examples_run(photos):
     assert "[ True False] not an image (or an unsupported format)" in out
     assert ns["image_emb"].shape == (1, 64) and ns["text_emb"].shape == (2, 64)
     assert ns["pred"].scores.shape == (2, 2) and "(2, 2)" in out
-    with pytest.raises(Exception, match="not active"):  # the `with` blocks closed them
+    with pytest.raises(Exception, match="this Labeler is closed"):  # the `with` block closed it
         lab.label(["photos/a.jpg"])
 
 

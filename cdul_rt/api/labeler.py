@@ -71,10 +71,12 @@ class Labeler:
         ((1, 3), (1, 64), ['red', 'green', 'blue'])
     """
 
-    def __init__(self, session: Any, cfg: Any, vocab: Any) -> None:
-        """Use :meth:`open`; this wraps an already opened :class:`~cdul_rt.engines.session.LabelerSession`."""
-        self._session, self._cfg, self._vocab = session, cfg, vocab
+    def __init__(self, session: Any, cfg: Any, vocab: Any, owns_session: bool = False) -> None:
+        """Use :meth:`open`; this wraps an already opened :class:`~cdul_rt.engines.session.LabelerSession`
+        (``owns_session``: :meth:`close` frees its model too, else it only deactivates the runner)."""
+        self._session, self._cfg, self._vocab, self._owns = session, cfg, vocab, owns_session
         self._lock = threading.Lock()
+        self._closed = False
         self._runner = session.runner.activate()
 
     # -- opening and closing ----------------------------------------------------------------------------------------
@@ -114,14 +116,24 @@ class Labeler:
         options = {k: v for k, v in locals().items() if k not in ("cls", "open_session", "load_vocabulary")}
         cfg = label_config(options)
         vocab = load_vocabulary(cfg.classes)
-        return cls(open_session(cfg, vocab), cfg, vocab)
+        return cls(open_session(cfg, vocab), cfg, vocab, owns_session=True)
 
     def close(self) -> None:
-        """Free the runtime's sessions and device memory; the labeler cannot be used afterwards."""
+        """Free the runtime's sessions, model and device memory; the labeler cannot be used afterwards."""
         with self._lock:
-            self._runner.deactivate()
+            self._closed = True
+            if self._owns:
+                self._runner.release()
+            else:
+                self._runner.deactivate()
             for encoder in (self._session.encode_texts, self._session.encode_images):
                 getattr(encoder, "close", lambda: None)()
+            if self._owns:  # the encoders hold the model (torch) or sessions: let them go
+                self._session = dataclasses.replace(self._session, encode_texts=None, encode_images=None)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise CdulError("this Labeler is closed; open a new one with Labeler.open(...)")
 
     def __enter__(self) -> "Labeler":
         return self
@@ -175,6 +187,7 @@ class Labeler:
 
         x = normalize_batch(crops, self._session.preprocess)
         with self._lock:
+            self._check_open()
             return self._runner.infer({"crops": x, "text_embeddings": self._session.text_embeddings})
 
     def label(self, images: Iterable[ImageInput], *, errors: Errors = "raise") -> LabelResult:
@@ -186,6 +199,7 @@ class Labeler:
             errors: ``"raise"``: an unreadable image raises a :class:`CdulError` naming it (index, what, why).
                 ``"collect"``: it comes back in ``result.errors`` (NaN scores, no labels); the others are labeled.
         """
+        self._check_open()
         items = list(images)
         _check_errors(errors)
         n, c, d = len(items), len(self._vocab), self._session.text_embeddings.shape[1]
@@ -236,6 +250,7 @@ class Labeler:
         ``label`` returns as ``embeddings``, from the same preprocessing). Bad images raise, naming them."""
         from cdul_rt.preprocess import normalize_batch, preprocess_uint8
 
+        self._check_open()
         items = list(images)
         encode = self._session.encode_images
         if encode is None:  # e.g. TensorRT: the labeler engine's embeddings (it encodes the tiles too)
@@ -254,6 +269,7 @@ class Labeler:
                 except Exception as exc:  # noqa: BLE001
                     raise item_error(i, item, reason(exc)) from exc
             with self._lock:
+                self._check_open()
                 out.append(encode(normalize_batch(np.stack(views), pp)))
         return np.concatenate(out).astype(np.float32) if out else np.zeros((0, self.embed_dim), np.float32)
 
@@ -262,12 +278,14 @@ class Labeler:
 
         torch runtime: the CLIP text tower; onnxruntime / tensorrt: ``text.onnx`` with the torch-free tokenizer.
         """
+        self._check_open()
         encode = self._session.encode_texts
         if encode is None:
             raise CdulError(f"the {self._session.runtime} runtime of this labeler has no text encoder (its artifact "
                             "folder has no text.onnx or a tokenizer that needs torch); open it with runtime='torch'")
         texts = [texts] if isinstance(texts, str) else list(texts)
         with self._lock:
+            self._check_open()
             return np.asarray(encode(texts), dtype=np.float32)
 
     @property

@@ -76,6 +76,11 @@ class BaseRunner:
             self._deactivate()
             self.is_active = False
 
+    def release(self) -> None:
+        """Deactivate and drop what a later activation would reuse (e.g. torch's cast weights): for good."""
+        self.deactivate()
+        self._release()
+
     def __enter__(self) -> "BaseRunner":
         return self.activate()
 
@@ -97,6 +102,9 @@ class BaseRunner:
 
     def _deactivate(self) -> None:
         pass
+
+    def _release(self) -> None:
+        """Free what ``_deactivate`` keeps for a cheap re-activation; default nothing."""
 
 
 class LabelerRunnerMixin:

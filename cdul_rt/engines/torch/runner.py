@@ -45,6 +45,14 @@ class TorchVisualRunner(BaseRunner):
         s = self.image_size
         return [TensorSpec("crops", np.dtype(np.float32), (None, 3, s, s))]
 
+    def _release(self) -> None:
+        """Drop the (cast, compiled) encoder and the CLIP model, and the CUDA cache they filled."""
+        self.visual = self.bundle = None
+        if self.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.empty_cache()
+
     def _activate(self) -> None:
         import copy
 
