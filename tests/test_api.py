@@ -267,3 +267,21 @@ def test_the_labeler_runs_one_batch_at_a_time(folder, labeler):
     for t in threads:
         t.join()
     assert all(np.array_equal(x, serial[i]) for i in range(4) for x in got[i])
+
+
+@pytest.mark.parametrize("module", ["cdul_rt.api.labeler", "cdul_rt.api.inputs"])
+def test_docstring_examples_run(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted >= 2 and result.failed == 0
+
+
+def test_resolved_options_without_a_folder():
+    from cdul_rt.api.labeler import label_config
+
+    cfg = label_config({"runtime": "auto"})
+    assert cfg.precision == "auto" and cfg.model == "ViT-B-32" and cfg.grid == 3
+    assert not cfg.input.exists()  # runtime auto's probe never walks the caller's working directory
+    assert label_config({}).precision == "fp32" and label_config({}).runtime == "torch"

@@ -49,7 +49,8 @@ def label_config(options: dict[str, Any]) -> "Any":
     opts = label_options_from_folder(opts, given)
     opts["precision"] = opts["precision"] or ("auto" if opts["runtime"] == "auto" else "fp32")
     opts["engine_dir"] = str(opts["engine_dir"]) if opts.get("engine_dir") else None
-    cfg = LabelConfig(input=Path("."), out=Path("python-api.jsonl"), **opts)
+    # no folder: a path that does not exist, so nothing (e.g. runtime auto's probe image search) walks the cwd
+    cfg = LabelConfig(input=Path("<python-api: no input folder>"), out=Path("python-api.jsonl"), **opts)
     cfg.check_options()
     return cfg
 
