@@ -4,6 +4,10 @@ Each section records ``ok`` / ``skipped: why`` / ``failed: error`` and never sto
 onnxruntime-gpu or TensorRT still gets the torch numbers. Nothing is installed and nothing is downloaded: the model
 is ViT-B-32 with random weights (the speed of a network does not depend on its weights' values).
 
+End-to-end folder section (issue 12, :mod:`cdul_rt.bench.e2e`): photo-like 640x480 JPEGs, then in one run the naive
+loop, a torch DataLoader peer, ``cdul-rt label --decode cpu`` and ``--decode gpu`` (subprocesses: wall time includes
+start-up) and the encoder alone; images/s and parity against the naive loop.
+
 Benchmark rows: the fused labeler (crops of k images + 80 class embeddings -> S_final, host arrays in and out) for
 torch CUDA fp32 / fp16, onnxruntime CUDA EP, and native TensorRT fp16 (each call as one chunk and as two chunks whose
 copies overlap compute, side by side: the overlap's measured effect); plus the visual encoder alone on device for
@@ -276,6 +280,21 @@ class Bench:
                                                    f"{b / a:.3f} (below 1: the overlap pays)")
 
 
+def e2e_section(report: Report, args) -> None:
+    from cdul_rt.bench.e2e import E2EConfig, format_rows, run_e2e
+
+    cpu = not args.device.startswith("cuda")
+    cfg = E2EConfig(model=args.model, device=args.device, images=args.e2e_images or (24 if cpu else 2000),
+                    batch_size=args.e2e_batch or (8 if cpu else 64), workers=args.e2e_workers or (2 if cpu else 14),
+                    naive_images=8 if cpu else 100, image_size=(320, 240) if cpu else (640, 480),
+                    work_dir=Path(tempfile.mkdtemp(prefix="cdul-e2e-")), budget_s=max(30.0, report.left() - 15))
+    result = run_e2e(cfg, log=lambda m: print(f"e2e: {m}", flush=True))
+    from dataclasses import asdict
+
+    report.data["e2e"] = {"config": result.config, "machine": result.machine,
+                          "rows": [asdict(r) for r in result.rows], "table": format_rows(result.rows, markdown=True)}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="gpu_check.json")
@@ -284,6 +303,11 @@ def main() -> int:
     ap.add_argument("--model", default="ViT-B-32")
     ap.add_argument("--no-tests", action="store_true")
     ap.add_argument("--device", default="cuda", help="cuda (default); cpu = a dry run of the code paths")
+    ap.add_argument("--e2e-images", type=int, default=None,
+                    help="JPEGs of the end-to-end folder section (default 2000 on cuda, 24 on cpu; -1 skips it)")
+    ap.add_argument("--e2e-batch", type=int, default=None, help="images per call there (default 64; 8 on cpu)")
+    ap.add_argument("--e2e-workers", type=int, default=None,
+                    help="DataLoader workers / label --workers there (default 14; 2 on cpu)")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     report = Report(args.budget)
@@ -300,6 +324,8 @@ def main() -> int:
         bench = Bench(report, args.images, args.model, args.device)
         report.section("torch labeler", bench.torch_runtime, need_s=20)
         if report.data["sections"].get("torch labeler") == "ok":
+            if args.e2e_images != -1:
+                report.section("end-to-end folder", e2e_section, report, args, need_s=90)
             if args.device.startswith("cuda"):
                 report.section("torch cuda graphs", bench.torch_graphs, need_s=10)
             report.section("onnxruntime", bench.onnxruntime_cuda, need_s=60)
@@ -313,6 +339,8 @@ def main() -> int:
               f"{r['images_per_s']:>9.1f} img/s")
     for p in report.data["parity"]:
         print(f"parity {p['path']:<24} S_final max|diff| {p['S_final_max_abs']:.2e}  top-1 {p['top1_agreement']:.3f}")
+    if "e2e" in report.data:
+        print(report.data["e2e"]["table"])
     for name, status in report.data["sections"].items():
         print(f"{name}: {status}")
     print(f"report: {args.out} ({report.data['total_seconds']}s)")

@@ -172,3 +172,38 @@ def test_crops_in_the_encoder_dtype(tmp_path):
     path = save(photo(), tmp_path / "a.jpg", "JPEG")
     (batch,) = device_batches([path], GRID, CFG, "cpu", dtype=torch.bfloat16)
     assert batch.crops.dtype == torch.bfloat16 and batch.crops.shape == (10, 3, 32, 32)
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (bench/gpu_check.sh runs it)")
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_nvjpeg_batch_matches_the_cpu_path(tmp_path):
+    """On the GPU: nvJPEG's decode + device crops within the issue's 1 grey level (mean) of the CPU crops; the
+    corrupt file fails with the CPU path's reason and the rest of the batch is labeled."""
+    cfg = PreprocessConfig(size=224)
+    routes = folder_of_everything(tmp_path)
+    paths = sorted(tmp_path.iterdir())
+    (batch,) = device_batches(paths, GRID, cfg, "cuda", batch_size=len(paths), max_pixels=MAX_PIXELS)
+    cpu = {p.name: load_crops(p, GRID, cfg, MAX_PIXELS) for p in paths}
+    assert dict((p.name, why) for p, why in batch.failures) == {
+        n: cpu[n].error for n in routes if routes[n] in ("refused", "device-fails")}
+    assert batch.crops.device.type == "cuda"
+    std = torch.tensor(cfg.std, device="cuda")[:, None, None]
+    mean = torch.tensor(cfg.mean, device="cuda")[:, None, None]
+    levels = ((batch.crops * std + mean) * 255).round().cpu().numpy().transpose(0, 2, 3, 1)
+    ref = np.concatenate([cpu[p.name].crops for p in batch.paths]).astype(np.float32)
+    assert np.abs(levels - ref).mean() <= 1.0
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_auto_decodes_on_the_gpu_with_cuda():
+    from cdul_rt.devicedecode import resolve_decode
+
+    assert resolve_decode("auto", "cuda", CFG) == "cuda"
+    assert resolve_decode("gpu", "cuda", CFG) == "cuda"
+    assert resolve_decode("auto", "cpu", CFG) is None
+    with pytest.raises(Exception, match="--device cuda"):
+        resolve_decode("gpu", "cpu", CFG)

@@ -108,3 +108,15 @@ def test_a_resume_never_mixes_decode_paths(tmp_path, folder):
     again = run(root, tmp_path / "dev.jsonl", ON_CPU_TENSORS)  # same path: resumes, nothing left to do
     assert again.labeled == 0 and again.skipped == 14 + 4
 
+
+
+@no_cuda
+def test_resolve_without_cuda():
+    from cdul_rt.devicedecode import resolve_decode
+    from cdul_rt.preprocess import PreprocessConfig
+
+    pp = PreprocessConfig()
+    assert resolve_decode("auto", "cuda", pp) is None and resolve_decode("auto", "cpu", pp) is None
+    assert resolve_decode("cpu", "cuda", pp) is None and resolve_decode(ON_CPU_TENSORS, "cpu", pp) == "cpu"
+    with pytest.raises(CdulError, match="CUDA"):
+        resolve_decode("gpu", "cuda", pp)

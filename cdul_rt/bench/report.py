@@ -70,12 +70,16 @@ def table_rows(rows: list[Row]) -> list[tuple[str, ...]]:
 
 
 def format_table(rows: list[Row], markdown: bool = False) -> str:
-    body = [HEADER, *table_rows(rows)]
+    return render_table([HEADER, *table_rows(rows)], markdown)
+
+
+def render_table(body: list[tuple[str, ...]], markdown: bool = False) -> str:
+    """A header row plus rows of cells as aligned text, or as a Markdown table."""
     if markdown:
         lines = ["| " + " | ".join(r) + " |" for r in body]
-        lines.insert(1, "|" + "---|" * len(HEADER))
+        lines.insert(1, "|" + "---|" * len(body[0]))
         return "\n".join(lines)
-    widths = [max(len(r[i]) for r in body) for i in range(len(HEADER))]
+    widths = [max(len(r[i]) for r in body) for i in range(len(body[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in body)
 
 

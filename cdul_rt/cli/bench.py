@@ -22,6 +22,34 @@ def _print_summary(result) -> None:
     click.echo(format_table(result.rows))
 
 
+def _cuda_e2e(ctx, model, images, image_size, batch_size, workers, naive_images, classes, work_dir, json_path,
+              device, log) -> None:
+    """``--device cuda``: the end-to-end rows of bench/gpu_check.sh (cdul_rt.bench.e2e), printed and saved."""
+    from dataclasses import asdict
+
+    from click.core import ParameterSource
+
+    from cdul_rt.bench.e2e import E2EConfig, format_rows, run_e2e
+    from cdul_rt.bench.images import parse_size
+
+    def given(name: str) -> bool:
+        return ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP, None)
+
+    cfg = E2EConfig(model=model, device=device,
+                    images=images if given("images") else 2000, image_size=parse_size(image_size),
+                    batch_size=batch_size if given("batch_size") else 64,
+                    workers=workers if given("workers") else 14,
+                    naive_images=naive_images if given("naive_images") else 100, classes=classes,
+                    work_dir=work_dir / "e2e")
+    result = run_e2e(cfg, log=log)
+    click.echo(f"\n{result.machine.get('gpu', device)}, {cfg.model} {cfg.precision}, {cfg.images} JPEGs "
+               f"{cfg.image_size[0]}x{cfg.image_size[1]}, grid {cfg.grid}\n")
+    click.echo(format_rows(result.rows))
+    if json_path is not None:
+        json_path.write_text(json.dumps({"config": result.config, "machine": result.machine,
+                                         "rows": [asdict(r) for r in result.rows]}, indent=2))
+
+
 @click.command("bench")
 @click.option("--model", "-m", default=DEFAULT_MODEL, show_default=True, help="open_clip architecture or config JSON.")
 @click.option("--pretrained", default="none", show_default=True,
@@ -48,9 +76,13 @@ def _print_summary(result) -> None:
               help="[ROW:]METRIC=MIN; exit 1 when not met. METRIC: speedup, images_per_s, roofline (fraction); "
                    "ROW: runtime/precision/scope (default: best end-to-end row), e.g. --floor speedup=3.")
 @click.option("--matmul-size", default=2048, show_default=True, hidden=True, help="n of the roofline matmul.")
+@click.option("--device", default="cpu", show_default=True,
+              help="cpu: every CPU runtime. cuda[:N]: the end-to-end folder comparison on the GPU (naive loop, "
+                   "torch DataLoader peer, label --decode cpu and --decode gpu, encoder alone; --images default "
+                   "2000 there, --batch-size 64, --workers 14 unless given).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
 def command(model, pretrained, weights, images, image_size, batch_size, workers, repeats, naive_images, classes,
-            only, no_auto, no_compile, engine_dir, work_dir, json_path, floors, matmul_size, quiet) -> None:
+            only, no_auto, no_compile, engine_dir, work_dir, json_path, floors, matmul_size, device, quiet) -> None:
     """Benchmark labeling throughput: end to end (decode .. write) and encoder only, every runtime here.
 
     Speed-up is over the loop a researcher writes with open_clip (per crop, batch of 1); roofline is the achieved
@@ -62,12 +94,17 @@ def command(model, pretrained, weights, images, image_size, batch_size, workers,
     from cdul_rt.bench.images import parse_size
     from cdul_rt.bench.report import rows_json
 
+    log = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
+    if device.startswith("cuda"):
+        _cuda_e2e(click.get_current_context(), model, images, image_size, batch_size, workers, naive_images,
+                  classes, work_dir, json_path, device, log)
+        return
     parsed = [parse_floor(f) for f in floors]  # bad specs fail before minutes of measuring
     cfg = BenchConfig(model=model, pretrained=pretrained, weights=weights, images=images,
                       image_size=parse_size(image_size), batch_size=batch_size, workers=workers, repeats=repeats,
                       naive_images=naive_images, classes=classes, only=tuple(only), auto=not no_auto, compile=not no_compile,
                       work_dir=work_dir, engine_dir=engine_dir, matmul_size=matmul_size,
-                      log=(lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True)))
+                      log=log)
     result = run_bench(cfg)
     _print_summary(result)
     rows = rows_json(result.rows)
