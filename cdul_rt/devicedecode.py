@@ -297,12 +297,14 @@ def infer_crops(runner, crops, text_embeddings: np.ndarray) -> dict[str, np.ndar
     return runner.infer({"crops": crops.float().cpu().numpy(), "text_embeddings": text_embeddings})
 
 
-def label_batches(cfg, session, runner, device: str, paths: Iterable[Path]) -> Iterator[tuple[DeviceBatch, dict]]:
-    """``label``'s device path: each batch of ``cfg.batch_size`` files with the runner's outputs for its images
-    (``{}`` when none of them decoded). Crops are made in the encoder's dtype (fp16 on the GPU) on ``device``."""
+def label_batches(cfg, session, labeler, device: str, paths: Iterable[Path]) -> Iterator[tuple[DeviceBatch, dict]]:
+    """``label``'s device path: each batch of ``cfg.batch_size`` files with the labeler's outputs for its images
+    (``{}`` when none of them decoded). Crops are made in the encoder's dtype (fp16 on the GPU) on ``device``.
+    ``labeler``: the :class:`cdul_rt.Labeler` the CPU path scores with too (:meth:`~cdul_rt.Labeler.score_tensor`)."""
+    runner = labeler.runner
     dtype = getattr(runner, "dtype", None) if hasattr(runner, "infer_tensor") else None
     threads = max(4, 2 * cfg.workers)  # file reads and PIL decodes of non-JPEGs release the GIL
     for batch in device_batches(paths, cfg.grid, session.preprocess, device, cfg.batch_size, cfg.max_pixels,
                                 threads=threads, dtype=dtype):
-        out = infer_crops(runner, batch.crops, session.text_embeddings) if batch.paths else {}
+        out = labeler.score_tensor(batch.crops) if batch.paths else {}
         yield batch, out

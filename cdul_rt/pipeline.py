@@ -261,7 +261,7 @@ def _run(cfg, session, labeler, todo, writer, failures, summary, writer_skip: se
         if decode_on is not None:  # --decode gpu: decode, crop and normalise on the device (cdul_rt.devicedecode)
             from cdul_rt.devicedecode import label_batches
 
-            for batch, out in label_batches(cfg, session, labeler.runner, decode_on, todo):
+            for batch, out in label_batches(cfg, session, labeler, decode_on, todo):
                 for path, reason in batch.failures:
                     record_failure(relative_name(path, root), reason)
                 if batch.paths:

@@ -167,7 +167,7 @@ class Labeler:
 
     @property
     def runner(self) -> Any:
-        """The active labeler runner (``label --decode gpu`` feeds it device tensors directly)."""
+        """The active labeler runner (its ``dtype`` sets the device crops' dtype for ``label --decode gpu``)."""
         return self._runner
 
     @property
@@ -190,6 +190,15 @@ class Labeler:
         with self._lock:
             self._check_open()
             return self._runner.infer({"crops": x, "text_embeddings": self._session.text_embeddings})
+
+    def score_tensor(self, crops: Any) -> dict[str, np.ndarray]:
+        """:meth:`score_crops` for crops already normalised in a torch tensor ``[k*(1+g^2), 3, S, S]`` (on the
+        runner's device for the torch runtime): ``label --decode gpu`` feeds its device-decoded batches here."""
+        from cdul_rt.devicedecode import infer_crops
+
+        with self._lock:
+            self._check_open()
+            return infer_crops(self._runner, crops, self._session.text_embeddings)
 
     def label(self, images: Iterable[ImageInput], *, errors: Errors = "raise") -> LabelResult:
         """Pseudo labels for any number of images (paths, bytes, PIL images, HxWx3 uint8 arrays, mixed).
