@@ -14,8 +14,9 @@ Per batch of ``k`` images:
 3. EXIF orientation is applied to the tensor (flips / transposes, as ``ImageOps.exif_transpose``), CPU-decoded
    images join the batch, and :func:`cdul_rt.devicecrops.device_crops` builds the normalised crops on the device.
 
-Memory in flight is bounded: at most ``(prefetch + 1) * k`` files (bytes or CPU-decoded pixels) on the host and
-one batch of decoded images and crops on the device, whatever the folder size.
+Decoding and cropping the next batches (one assembler thread) overlaps encoding the current one. Memory in flight
+is bounded: at most ``prefetch + 1`` batches (files on the host, decoded images and crops on the device), whatever
+the folder size.
 
 The same code runs on CPU tensors (``device="cpu"``): that is how the tests check it on machines without a GPU.
 The user-facing ``--decode gpu`` still refuses to run without CUDA; :data:`ON_CPU_TENSORS` is the internal choice
@@ -269,25 +270,32 @@ def assemble(items: list[Loaded], grid: int, cfg: PreprocessConfig, device: str,
 def device_batches(paths: Iterable[Path], grid: int, cfg: PreprocessConfig, device: str, batch_size: int = 64,
                    max_pixels: int = DEFAULT_MAX_PIXELS, threads: int = 8, prefetch: int = 2,
                    dtype=None) -> Iterator[DeviceBatch]:
-    """One :class:`DeviceBatch` per ``batch_size`` paths, in order; files of the next ``prefetch`` batches are read
-    (and non-JPEGs decoded) by ``threads`` threads meanwhile."""
+    """One :class:`DeviceBatch` per ``batch_size`` paths, in order.
+
+    While the caller encodes one batch, the next ``prefetch`` are read (and non-JPEGs decoded) by ``threads``
+    reader threads and assembled (device decode, crops) by one assembler thread, in order, on the same device
+    stream: decoding overlaps encoding, and at most ``prefetch + 1`` batches of files and crops exist at once.
+    """
     from cdul_rt.devicecrops import check_interpolation
 
     check_interpolation(cfg)
     it = iter(paths)
-    pending: deque[list] = deque()
-    with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="cdul-read") as pool:
+    pending: deque = deque()
+    with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="cdul-read") as readers, \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="cdul-assemble") as assembler:
+        def build(reads: list) -> DeviceBatch:
+            return assemble([f.result() for f in reads], grid, cfg, device, max_pixels, dtype)
+
         def submit() -> None:
             chunk = list(islice(it, batch_size))
             if chunk:
-                pending.append([pool.submit(load, p, max_pixels) for p in chunk])
+                pending.append(assembler.submit(build, [readers.submit(load, p, max_pixels) for p in chunk]))
 
         for _ in range(prefetch + 1):
             submit()
         while pending:
-            futures = pending.popleft()
-            yield assemble([f.result() for f in futures], grid, cfg, device, max_pixels, dtype)
-            submit()  # after the batch is consumed: (prefetch + 1) batches of files at most, this one included
+            yield pending.popleft().result()
+            submit()  # after the batch is consumed: (prefetch + 1) batches at most, this one included
 
 
 def infer_crops(runner, crops, text_embeddings: np.ndarray) -> dict[str, np.ndarray]:
