@@ -17,7 +17,7 @@ import csv
 import io
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,7 +38,7 @@ def output_format(path: Path) -> str:
 
 def sidecar(path: Path, kind: str) -> Path:
     return path.with_name(path.name + {"meta": ".meta.json", "failures": ".failures.jsonl",
-                                       "journal": ".journal.jsonl"}[kind])
+                                       "journal": ".journal.jsonl", "lock": ".lock"}[kind])
 
 
 def select_labels(scores: np.ndarray, classes: list[str], threshold: float, top_k: int | None) -> list[str]:
@@ -229,6 +229,7 @@ class LabelWriter:
         self.journal_fmt = "csv" if self.fmt == "csv" else "jsonl"
         self._file: io.TextIOBase | None = None
         self.written = 0
+        self.before_open: Callable[[], None] | None = None  # called once, before the file is first touched
 
     def existing(self) -> set[str]:
         """Paths already in the output (after repairing a crash-damaged tail)."""
@@ -246,6 +247,8 @@ class LabelWriter:
     def _open_file(self) -> io.TextIOBase:
         if self._file is not None:
             return self._file
+        if self.before_open is not None:
+            self.before_open()
         if self.journal != self.path and self.path.is_file() and not self.journal.is_file():
             # a finished parquet/npz gets more rows: carry its rows into a fresh journal first
             with open(self.journal, "w", encoding="utf-8") as f:

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from cdul_rt import __version__
 from cdul_rt.errors import CdulError
 from cdul_rt.imageio import DEFAULT_MAX_PIXELS, iter_images, relative_name
-from cdul_rt.labelfile import LabelWriter, output_format, read_meta, sidecar
+from cdul_rt.labelfile import LabelWriter, output_format, read_meta
 from cdul_rt.labeling import DEFAULT_LAMBDA, DEFAULT_ZETA, check_mode
 from cdul_rt.presets import DEFAULT_MODEL
+from cdul_rt.runmeta import (OutputLock, RunFiles, check_config, check_out_path, check_resume, output_error,
+                             write_meta)
 from cdul_rt.vocab import DEFAULT_TEMPLATE, Vocabulary, check_template, load_vocabulary
 
 
@@ -119,52 +118,25 @@ def _recorded_config(cfg: LabelConfig, vocab: Vocabulary, session, decode_on: st
 
 
 def _check_existing(cfg: LabelConfig, config: dict) -> None:
-    old = read_meta(cfg.out).get("config")
-    if old is None:
-        return
-    diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
-    if diff:
-        raise CdulError(
-            f"{cfg.out} was made with a different configuration ({', '.join(diff)} differ); "
-            "use --overwrite to start fresh or choose another --out"
-        )
+    """The recorded configuration must match (also used by the Ray path, whose --out is a folder)."""
+    check_config(cfg.out, read_meta(cfg.out).get("config"), config)
 
 
-def _clear(out: Path) -> None:
-    from cdul_rt.embeddings import clear_embeddings
+def _meta_extra(cfg: LabelConfig) -> dict:
+    if cfg.save_embeddings:  # what `cdul-rt similar` loads to embed a query in the same space
+        return {"embeddings": {"dtype": "float16", "space": "L2-normalised global view",
+                               "model": cfg.model, "pretrained": cfg.pretrained, "weights": cfg.weights}}
+    return {}
 
-    for p in (out, *(sidecar(out, k) for k in ("meta", "failures", "journal"))):
-        p.unlink(missing_ok=True)
-    clear_embeddings(out)
+
+def _last_run(summary: LabelSummary) -> dict:
+    return {"labeled": summary.labeled, "skipped": summary.skipped, "failed": summary.failed,
+            "seconds": round(summary.seconds, 3), "images_per_second": round(summary.images_per_second, 3)}
 
 
 def _write_meta(cfg: LabelConfig, config: dict, status: str, summary: LabelSummary | None = None) -> None:
-    meta = read_meta(cfg.out) if status != "running" else {}
-    meta.update({"tool": "cdul-rt", "version": __version__, "classes": config["classes"], "config": config,
-                 "status": status, "input": str(cfg.input)})
-    if status == "running":
-        meta["started"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-    if cfg.save_embeddings:  # what `cdul-rt similar` loads to embed a query in the same space
-        meta["embeddings"] = {"dtype": "float16", "space": "L2-normalised global view",
-                              "model": cfg.model, "pretrained": cfg.pretrained, "weights": cfg.weights}
-    if summary is not None:
-        meta.update({"finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "last_run": {
-            "labeled": summary.labeled, "skipped": summary.skipped, "failed": summary.failed,
-            "seconds": round(summary.seconds, 3), "images_per_second": round(summary.images_per_second, 3)}})
-    tmp = sidecar(cfg.out, "meta").with_suffix(".tmp")
-    tmp.write_text(json.dumps(meta, indent=2), encoding="utf-8")
-    os.replace(tmp, sidecar(cfg.out, "meta"))
-
-
-def _failed_before(out: Path) -> set[str]:
-    path = sidecar(out, "failures")
-    if not path.is_file():
-        return set()
-    from cdul_rt.labelfile import repair_tail
-
-    repair_tail(path, "jsonl")
-    with open(path, encoding="utf-8") as f:
-        return {json.loads(line)["path"] for line in f if line.strip()}
+    write_meta(cfg.out, cfg.input, config, status, _last_run(summary) if summary is not None else None,
+               _meta_extra(cfg))
 
 
 def open_session(cfg: LabelConfig, vocab: Vocabulary):
@@ -174,21 +146,30 @@ def open_session(cfg: LabelConfig, vocab: Vocabulary):
 
 
 def label_folder(cfg: LabelConfig, session=None) -> LabelSummary:
-    """Label every image under ``cfg.input`` into ``cfg.out``; resumes a previous run of the same config."""
+    """Label every image under ``cfg.input`` into ``cfg.out``; resumes a previous run of the same config and
+    folder, retrying the files that failed. See :mod:`cdul_rt.runmeta` for the lock and the commit point."""
     cfg.validate()
+    check_out_path(cfg.out)
+    try:
+        with OutputLock(cfg.out):
+            return _label_locked(cfg, session)
+    except OSError as exc:
+        raise output_error(cfg.out, exc) from exc
+
+
+def _label_locked(cfg: LabelConfig, session) -> LabelSummary:
     vocab = load_vocabulary(cfg.classes)
-    if cfg.overwrite:
-        _clear(cfg.out)
     session = session or open_session(cfg, vocab)
     from cdul_rt.devicedecode import resolve_decode
 
     decode_on = resolve_decode(cfg.decode, cfg.device, session.preprocess, cfg.jpeg_draft)
     config = _recorded_config(cfg, vocab, session, decode_on)
-    _check_existing(cfg, config)
+    if not cfg.overwrite:
+        check_resume(cfg.out, cfg.input, config)
     writer = LabelWriter(cfg.out, list(vocab.classes), cfg.threshold, cfg.top_k, cfg.save_parts)
-    skip = writer.existing() | _failed_before(cfg.out)
-    cfg.out.parent.mkdir(parents=True, exist_ok=True)  # the meta is written before the first batch
-    _write_meta(cfg, config, "running")
+    files = RunFiles(cfg.out, cfg.input, config, cfg.overwrite, _meta_extra(cfg))
+    writer.before_open = files.commit  # --overwrite removes the old output only here, at the first batch
+    skip = set() if cfg.overwrite else writer.existing()  # failed files are not in it: they are retried
     summary = LabelSummary(cfg.out, skipped=len(skip))
     root = cfg.input
     todo = (p for p in iter_images(root) if relative_name(p, root) not in skip)
@@ -202,14 +183,16 @@ def label_folder(cfg: LabelConfig, session=None) -> LabelSummary:
     try:
         from cdul_rt.api.labeler import Labeler  # the Python API's object: one decode->score path for both
 
-        with open(sidecar(cfg.out, "failures"), "a", encoding="utf-8") as failures, \
-                Labeler(session, cfg, vocab) as labeler:
-            _run(cfg, session, labeler, todo, writer, failures, summary, skip, decode_on, embeddings)
+        with Labeler(session, cfg, vocab) as labeler:
+            _run(cfg, session, labeler, todo, writer, files, summary, skip, decode_on, embeddings)
+        files.commit()
     finally:
         summary.seconds = time.perf_counter() - start
-        writer.close(finalize=True)
-        if embeddings is not None:
-            embeddings.finalize()
+        if files.committed:  # never leave an output behind a run that changed nothing
+            writer.close(finalize=True)
+            if embeddings is not None:
+                embeddings.finalize()
+        files.close()
     _write_meta(cfg, config, "complete", summary)
     return summary
 
@@ -221,8 +204,9 @@ def _progress(cfg: LabelConfig, total: int | None):
                 smoothing=0.1)
 
 
-def _run(cfg, session, labeler, todo, writer, failures, summary, writer_skip: set[str],
+def _run(cfg, session, labeler, todo, writer, files, summary, writer_skip: set[str],
          decode_on: str | None = None, embeddings=None) -> None:
+    """``files``: :class:`cdul_rt.runmeta.RunFiles` (failures log; its commit point precedes any written row)."""
     from cdul_rt.decode import decode_stream
 
     batch_paths: list[str] = []
@@ -230,14 +214,14 @@ def _run(cfg, session, labeler, todo, writer, failures, summary, writer_skip: se
     root = cfg.input
 
     def record_failure(rel: str, reason: str) -> None:
-        failures.write(json.dumps({"path": rel, "reason": reason}) + "\n")
-        failures.flush()
+        files.add_failure(rel, reason)
         summary.failed += 1
         if len(summary.failures) < 20:
             summary.failures.append((rel, reason))
         bar.set_postfix(failed=summary.failed)
 
     def write(rels: list[str], out: dict) -> None:
+        files.commit()  # --overwrite clears the old output here, before this batch's first byte
         if embeddings is not None:  # before the labels: a crash never leaves a labeled image without one
             from cdul_rt.engines.base import image_embeddings
 

@@ -209,3 +209,162 @@ def test_ground_truth_labels_as_a_string_are_names_not_letters(tmp_path):
     gt = _gt(tmp_path, {"1.jpg": "cat", "2.jpg": "cat;dog", "3.jpg": ["dog"]})
     assert read_jsonl(gt) == {"1.jpg": ({"cat"}, set()), "2.jpg": ({"cat", "dog"}, set()),
                               "3.jpg": ({"dog"}, set())}
+
+
+# -- item 3: one folder, one configuration, one writer per output ---------------------------------------------------
+def test_another_folder_into_the_same_out_is_refused(tmp_path, tiny_config):
+    a, b = tmp_path / "a", tmp_path / "b"
+    make_images(a, 4, seed=1)
+    make_images(b, 4, seed=2)  # same relative names, other pixels
+    out = tmp_path / "l.jsonl"
+    assert invoke(*label_args(a, out, tiny_config)).exit_code == 0
+    before = out.read_bytes()
+    r = invoke(*label_args(b, out, tiny_config))
+    assert r.exit_code == 2 and "holds labels of" in r.output and str(a.resolve()) in r.output, r.output
+    assert out.read_bytes() == before
+    assert json.loads((tmp_path / "l.jsonl.meta.json").read_text())["input_resolved"] == str(a.resolve())
+
+
+def test_a_second_concurrent_writer_is_refused_and_a_stale_lock_is_taken_over(tmp_path, image_folder, tiny_config):
+    from cdul_rt.runmeta import OutputLock
+
+    out = tmp_path / "l.jsonl"
+    with OutputLock(out):  # another run holds the output
+        r = invoke(*label_args(image_folder, out, tiny_config))
+        assert r.exit_code == 2 and "another cdul-rt label" in r.output and f"pid {os.getpid()}" in r.output
+        assert not out.exists()
+    # a lock file left by a process killed with -9 (no flock held any more) does not block
+    (tmp_path / "l.jsonl.lock").write_text("999999\n")
+    r = invoke(*label_args(image_folder, out, tiny_config))
+    assert r.exit_code == 0, r.output
+    assert len(out.read_text().splitlines()) == 12 and not (tmp_path / "l.jsonl.lock").exists()
+
+
+def test_deleted_meta_then_other_options_is_refused(tmp_path, image_folder, tiny_config):
+    out = tmp_path / "l.jsonl"
+    assert invoke(*label_args(image_folder, out, tiny_config, "--batch-size", "4")).exit_code == 0
+    lines = out.read_text().splitlines(keepends=True)
+    out.write_text("".join(lines[:5]))  # an interrupted run...
+    (tmp_path / "l.jsonl.meta.json").unlink()  # ...whose record was deleted
+    r = invoke(*label_args(image_folder, out, tiny_config, "--zeta", "0.1"))
+    assert r.exit_code == 2 and "has no l.jsonl.meta.json" in r.output, r.output
+    assert out.read_text() == "".join(lines[:5])
+
+
+def test_unrelated_jsonl_as_out_is_refused(tmp_path, image_folder, tiny_config):
+    out = tmp_path / "notes.jsonl"
+    out.write_text('{"event": "deploy", "ok": true}\n')
+    r = invoke(*label_args(image_folder, out, tiny_config))
+    assert r.exit_code == 2 and "not made by cdul-rt label" in r.output, r.output
+    assert out.read_text() == '{"event": "deploy", "ok": true}\n'
+
+
+# -- item 4: --overwrite destroys nothing until the new run has a batch ---------------------------------------------
+def test_overwrite_that_fails_before_its_first_batch_keeps_the_old_result(tmp_path, image_folder, tiny_config):
+    from conftest import make_broken
+
+    make_broken(image_folder)
+    out = tmp_path / "l.jsonl"
+    assert invoke(*label_args(image_folder, out, tiny_config)).exit_code == 0
+    kept = {p: p.read_bytes() for p in tmp_path.glob("l.jsonl*")}
+    assert len(kept) == 3  # output, meta, failures
+    bad_weights = tmp_path / "bad.pt"
+    bad_weights.write_bytes(b"not a checkpoint")
+    r = invoke(*label_args(image_folder, out, tiny_config, "--weights", str(bad_weights), "--overwrite"))
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert {p: p.read_bytes() for p in tmp_path.glob("l.jsonl*")} == kept
+    r = invoke(*label_args(image_folder, out, tiny_config, "--zeta", "0.1", "--overwrite"))
+    assert r.exit_code == 0 and len(out.read_text().splitlines()) == 12
+    assert json.loads((tmp_path / "l.jsonl.meta.json").read_text())["config"]["zeta"] == 0.1
+
+
+# -- item 5: failed files are retried on every re-run; the failures file has each still-failing file once -------------
+def test_failed_files_are_retried_and_listed_once(tmp_path, tiny_config):
+    from conftest import make_broken
+
+    folder = tmp_path / "images"
+    good = make_images(folder, 4)
+    make_broken(folder)
+    out = tmp_path / "l.jsonl"
+    failures = tmp_path / "l.jsonl.failures.jsonl"
+
+    def failed() -> list[str]:
+        return [json.loads(line)["path"] for line in failures.read_text().splitlines()]
+
+    assert invoke(*label_args(folder, out, tiny_config)).exit_code == 0
+    assert sorted(failed()) == ["broken_empty.png", "broken_text.jpg", "broken_truncated.jpg"]
+    r = invoke(*label_args(folder, out, tiny_config))  # nothing fixed: same failures, once each
+    assert "4 already done" in r.output and sorted(failed()) == sorted(set(failed())) and len(failed()) == 3
+    (folder / "broken_truncated.jpg").write_bytes(good[0].read_bytes())  # fix one, delete another
+    (folder / "broken_text.jpg").unlink()
+    r = invoke(*label_args(folder, out, tiny_config))
+    assert r.exit_code == 0 and "labeled 1 images" in r.output, r.output
+    assert failed() == ["broken_empty.png"]
+    assert len(out.read_text().splitlines()) == 5
+
+
+def test_raised_max_pixels_labels_the_refused_images(tmp_path, image_folder, tiny_config):
+    out = tmp_path / "l.jsonl"
+    r = invoke(*label_args(image_folder, out, tiny_config, "--max-pixels", "2000"))
+    assert r.exit_code == 0 and len(out.read_text().splitlines()) < 12
+    r = invoke(*label_args(image_folder, out, tiny_config))
+    assert r.exit_code == 0 and len(out.read_text().splitlines()) == 12
+    assert (tmp_path / "l.jsonl.failures.jsonl").read_text() == ""
+
+
+# -- item 10: output paths and I/O errors give clear messages, nothing lost -----------------------------------------------
+def test_out_in_a_missing_folder_is_created(tmp_path, image_folder, tiny_config):
+    out = tmp_path / "new" / "deeper" / "l.parquet"
+    r = invoke(*label_args(image_folder, out, tiny_config))
+    assert r.exit_code == 0, r.output
+    assert len(read_label_file(out).paths) == 12
+
+
+def test_out_that_is_a_directory_is_refused(tmp_path, image_folder, tiny_config):
+    out = tmp_path / "dir.jsonl"
+    out.mkdir()
+    r = invoke(*label_args(image_folder, out, tiny_config))
+    assert r.exit_code == 2 and "is a directory" in r.output and "Traceback" not in r.output
+
+
+def test_read_only_output_gives_a_clear_error(tmp_path, image_folder, tiny_config, monkeypatch):
+    import errno
+
+    import cdul_rt.runmeta as runmeta
+
+    def read_only(path, *a, **k):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr(runmeta, "write_meta", read_only)
+    r = invoke(*label_args(image_folder, tmp_path / "l.jsonl", tiny_config))
+    assert r.exit_code == 2 and "cannot write" in r.output and "Read-only file system" in r.output, r.output
+    assert "Traceback" not in r.output
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_disk_full_mid_run_keeps_rows_and_resumes(tmp_path, image_folder, tiny_config, monkeypatch, fmt):
+    import errno
+
+    out = tmp_path / f"l.{fmt}"
+    clean = tmp_path / f"clean.{fmt}"
+    assert invoke(*label_args(image_folder, clean, tiny_config, "--batch-size", "4")).exit_code == 0
+    real = LabelWriter.write_batch
+    calls = []
+
+    def filling(self, paths, *arrays):
+        calls.append(len(paths))
+        if len(calls) == 2:  # half of this batch reaches the disk, then the disk is full
+            real(self, paths[:2], *(a[:2] for a in arrays))
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, paths, *arrays)
+
+    monkeypatch.setattr(LabelWriter, "write_batch", filling)
+    r = invoke(*label_args(image_folder, out, tiny_config, "--batch-size", "4"))
+    assert r.exit_code == 2 and "no space left" in r.output and "re-run the same command" in r.output, r.output
+    assert "Traceback" not in r.output
+    monkeypatch.setattr(LabelWriter, "write_batch", real)
+    r = invoke(*label_args(image_folder, out, tiny_config, "--batch-size", "4"))
+    assert r.exit_code == 0 and "6 already done" in r.output, r.output
+    a, b = read_label_file(out), read_label_file(clean)
+    assert sorted(a.paths) == sorted(b.paths) and len(set(a.paths)) == 12
+    np.testing.assert_allclose(a.scores[[a.paths.index(p) for p in b.paths]], b.scores, rtol=0, atol=1e-6)

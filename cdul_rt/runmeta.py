@@ -1,0 +1,199 @@
+"""What makes ``cdul-rt label`` safe to re-run: one writer per output, one folder and one configuration per output,
+failed files retried, ``--overwrite`` that destroys nothing until the new run has a result, clear I/O errors.
+
+- **Lock**: ``<out>.lock`` is held with ``flock`` for the whole run. A second run on the same output is refused at
+  once; the kernel drops the lock when its holder dies (even ``kill -9``), so a stale lock file is taken over.
+- **Identity**: ``<out>.meta.json`` records the configuration and the resolved input folder. An existing output is
+  resumed only when both match; an output with rows but no meta (deleted, or a file some other tool wrote) is
+  refused, because nothing then says which options or which folder its rows came from.
+- **Commit point**: nothing on disk changes until the first batch is ready to be written (or the run ends): then
+  ``--overwrite`` removes the old output, the meta is written and the failures file is restarted. A run that fails
+  before (bad weights, missing engine) leaves the previous result as it was.
+- **Failures**: every run retries the files of ``<out>.failures.jsonl`` (they are not in the output). The file is
+  rewritten at the commit point and then lists each file that failed in this run once.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import time
+from pathlib import Path
+
+from cdul_rt import __version__
+from cdul_rt.errors import CdulError
+from cdul_rt.labelfile import sidecar
+
+def output_error(out: Path, exc: OSError) -> CdulError:
+    """An OSError met while writing ``out`` as a message that says what happened and what to do next."""
+    where = exc.filename or out
+    keep = f"rows already written to {out} are kept; re-run the same command to resume"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return CdulError(f"no space left on the device holding {out} ({where}); {keep} once space is freed")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return CdulError(f"cannot write {where}: {exc.strerror}; choose an --out in a folder you can write to")
+    if exc.errno == errno.EISDIR:
+        return CdulError(f"{where} is a directory; --out takes a file name (e.g. {Path(where) / 'labels.jsonl'})")
+    if exc.errno == errno.ENOTDIR:
+        return CdulError(f"cannot create {where}: a part of the path is a file, not a folder; choose another --out")
+    return CdulError(f"writing {out} failed: {exc.strerror or exc} ({where}); {keep}")
+
+
+def check_out_path(out: Path) -> None:
+    """Refuse an ``--out`` that can never be a label file, before any model loads."""
+    if out.is_dir():
+        raise CdulError(f"--out {out} is a directory; give a file name such as {out / 'labels.jsonl'}")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise CdulError(f"--out {out}: {parent} is a file, not a folder; choose another --out")
+            break
+
+
+class OutputLock:
+    """``flock`` on ``<out>.lock`` (holds the owner's pid for the message); released by the kernel on any death."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = Path(out)
+        self.path = sidecar(self.out, "lock")
+        self.fd: int | None = None
+
+    def __enter__(self) -> "OutputLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                owner = os.read(fd, 32).decode(errors="replace").strip() or "?"
+                os.close(fd)
+                raise CdulError(f"another cdul-rt label (pid {owner}) is writing {self.out}; wait for it to finish "
+                                "or choose another --out") from None
+            try:  # a run that just finished unlinks its lock file: make sure ours is still the one at the path
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            self.path.unlink(missing_ok=True)  # still holding the lock: nobody can hold this inode meanwhile
+            os.close(self.fd)
+            self.fd = None
+
+
+def _has_rows(out: Path) -> bool:
+    return any(p.is_file() and p.stat().st_size > 0 for p in (out, sidecar(out, "journal")))
+
+
+def check_resume(out: Path, input_folder: Path, config: dict) -> None:
+    """Refuse to resume into an output made from another folder, with other options, or by something else."""
+    meta = _read_meta(out)
+    if not meta:
+        if _has_rows(out):
+            raise CdulError(f"{out} exists but has no {sidecar(out, 'meta').name}: it was not made by cdul-rt label "
+                            "(or its record was deleted), so nothing says which folder and options its rows come "
+                            "from; use --overwrite to replace it or choose another --out")
+        return
+    old = meta.get("config")
+    if old is None:
+        if _has_rows(out):
+            raise CdulError(f"{out} was not made by cdul-rt label (its meta records no labeling configuration); "
+                            "use --overwrite to replace it or choose another --out")
+        return
+    check_config(out, old, config)
+    recorded = meta.get("input_resolved") or (meta.get("input") if os.path.isabs(meta.get("input") or "") else None)
+    mine = str(Path(input_folder).resolve())
+    if recorded is not None and recorded != mine:
+        raise CdulError(f"{out} holds labels of {recorded}, not {mine}: resuming would skip every image whose "
+                        "relative path matches one already there and mix the two folders; choose another --out, "
+                        "or --overwrite to relabel from scratch")
+
+
+def check_config(out: Path, old: dict | None, config: dict) -> None:
+    """The configuration recorded in the meta must be this run's (no meta config: nothing to compare)."""
+    if old is None:
+        return
+    diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+    if diff:
+        raise CdulError(f"{out} was made with a different configuration ({', '.join(diff)} differ); "
+                        "use --overwrite to start fresh or choose another --out")
+
+
+def _read_meta(out: Path) -> dict:
+    from cdul_rt.labelfile import read_meta
+
+    return read_meta(out)
+
+
+def write_meta(out: Path, input_folder: Path, config: dict, status: str, last_run: dict | None = None,
+               extra: dict | None = None) -> None:
+    """Atomically (re)write ``<out>.meta.json``; ``running`` starts a fresh record, later states update it."""
+    meta = _read_meta(out) if status != "running" else {}
+    meta.update({"tool": "cdul-rt", "version": __version__, "classes": config["classes"], "config": config,
+                 "status": status, "input": str(input_folder),
+                 "input_resolved": str(Path(input_folder).resolve()), **(extra or {})})
+    if status == "running":
+        meta["started"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    if last_run is not None:
+        meta.update({"finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "last_run": last_run})
+    path = sidecar(out, "meta")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def clear_outputs(out: Path) -> None:
+    from cdul_rt.embeddings import clear_embeddings
+
+    for kind in ("meta", "failures", "journal"):
+        sidecar(out, kind).unlink(missing_ok=True)
+    out.unlink(missing_ok=True)
+    clear_embeddings(out)
+
+
+class RunFiles:
+    """The commit point and the failures log of one ``label`` run (see the module docstring)."""
+
+    def __init__(self, out: Path, input_folder: Path, config: dict, overwrite: bool,
+                 meta_extra: dict | None = None) -> None:
+        self.out, self.input, self.config, self.overwrite = Path(out), Path(input_folder), config, overwrite
+        self.meta_extra = meta_extra or {}
+        self.committed = False
+        self._pending: list[str] = []
+        self._failures = None
+
+    def commit(self) -> None:
+        """Called before the first row is written and at the end of the run; only the first call acts."""
+        if self.committed:
+            return
+        if self.overwrite:
+            clear_outputs(self.out)
+        write_meta(self.out, self.input, self.config, "running", extra=self.meta_extra)
+        self._failures = open(sidecar(self.out, "failures"), "w", encoding="utf-8")
+        self.committed = True
+        for line in self._pending:
+            self._failures.write(line)
+        self._pending.clear()
+        self._failures.flush()
+
+    def add_failure(self, rel: str, reason: str) -> None:
+        line = json.dumps({"path": rel, "reason": reason}) + "\n"
+        if not self.committed:
+            self._pending.append(line)
+            return
+        self._failures.write(line)
+        self._failures.flush()
+
+    def close(self) -> None:
+        if self._failures is not None:
+            self._failures.close()
+            self._failures = None
