@@ -87,13 +87,13 @@ def predict_folder(classifier: "Classifier", images: Path, out: Path, threshold:
         decoded = _decoded([f for f, _ in todo], info, workers)
         for chunk in _batches(zip(todo, decoded), batch_size):
             ok = [(rel, arr) for (_, rel), (arr, _) in chunk if arr is not None]
-            for (_, rel), (arr, reason) in chunk:
-                if arr is None:
-                    failures.append((rel, reason))
-                    failed.write(json.dumps({"path": rel, "reason": reason}) + "\n")
+            bad = [(rel, reason) for (_, rel), (arr, reason) in chunk if arr is None]
             if ok:
                 probs = classifier.score_images(np.stack([a for _, a in ok]))
-                writer.write_batch([rel for rel, _ in ok], probs)
+                bad += writer.write_batch([rel for rel, _ in ok], probs)  # non-finite rows come back refused
+            for rel, reason in bad:
+                failures.append((rel, reason))
+                failed.write(json.dumps({"path": rel, "reason": reason}) + "\n")
             bar.update(len(chunk))
     bar.close()
     writer.close()
