@@ -142,3 +142,19 @@ def test_classifier_open_says_what_to_give(trained, tmp_path):
         Classifier.open(engine, runtime="torch")
     with pytest.raises(CdulError, match="classifier.manifest.json"):
         Classifier.open(run, runtime="onnxruntime")
+
+
+def test_onnxruntime_api_equals_the_label_file_exactly(tmp_path, artifacts, images):
+    out = tmp_path / "ort.npz"
+    r = CliRunner().invoke(main, ["label", str(images[0].parent), "--runtime", "onnxruntime", "--engine-dir",
+                                  str(artifacts), "--classes", "voc", "--out", str(out), "-q", "-j", "0",
+                                  "--save-parts"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    table = read_label_file(out)
+    root = images[0].parent
+    with Labeler.open(engine_dir=artifacts, classes="voc") as lab:
+        res = lab.label([root / p for p in table.paths])
+    for ours, theirs in ((res.scores, table.scores), (res.global_scores, table.parts["global"]),
+                         (res.aggregate_scores, table.parts["aggregate"])):
+        written = np.round(ours.astype(np.float64), 7).astype(np.float32)  # label files keep 7 decimals
+        assert np.abs(written - theirs).max() == 0.0
