@@ -256,7 +256,7 @@ def test_new_vocabulary_without_tokenizer_gives_advice(copy_fp32, tiny_config):
     m.tokenizer = {**m.tokenizer, "kind": "none"}
     m.write(copy_fp32)
     _open(copy_fp32, tiny_config)  # the exported vocabulary still works
-    with pytest.raises(CdulError, match="export with this vocabulary"):
+    with pytest.raises(CdulError, match="export with the vocabulary you need"):
         _open(copy_fp32, tiny_config, classes="cat,dog")
 
 
@@ -281,5 +281,5 @@ def test_model_without_exportable_text_tower_still_exports(tmp_path, tiny_config
     assert not failures(verify_folder(folder, tiny_bundle, sample_images(2)))
     session = _open(folder, tiny_config)
     assert session.text_embeddings.shape == (20, 32)
-    with pytest.raises(CdulError, match="export with this vocabulary"):
+    with pytest.raises(CdulError, match="export with the vocabulary you need"):
         _open(folder, tiny_config, classes="cat,dog")
