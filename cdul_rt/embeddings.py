@@ -164,6 +164,14 @@ def _add_to_npz(out: Path, emb: np.ndarray) -> None:
     os.replace(tmp, out)
 
 
+def arrow_vectors(emb: np.ndarray):
+    """``[N, D]`` -> a pyarrow fixed-size-list<float16, D> array (the ``embedding`` column)."""
+    import pyarrow as pa
+
+    emb = np.ascontiguousarray(emb, dtype=DTYPE)
+    return pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1), pa.float16()), emb.shape[1])
+
+
 def _add_to_parquet(out: Path, paths: list[str], emb: np.ndarray) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -172,8 +180,7 @@ def _add_to_parquet(out: Path, paths: list[str], emb: np.ndarray) -> None:
     schema = source.schema_arrow
     if COLUMN in schema.names:
         schema = schema.remove(schema.get_field_index(COLUMN))
-    column_type = pa.list_(pa.float16(), emb.shape[1])
-    schema = schema.append(pa.field(COLUMN, column_type))
+    schema = schema.append(pa.field(COLUMN, pa.list_(pa.float16(), emb.shape[1])))
     tmp = out.with_name(out.name + ".tmp")
     start = 0
     with pq.ParquetWriter(tmp, schema) as writer:
@@ -181,9 +188,7 @@ def _add_to_parquet(out: Path, paths: list[str], emb: np.ndarray) -> None:
             table = source.read_row_group(i)
             if COLUMN in table.column_names:
                 table = table.drop_columns([COLUMN])
-            part = np.ascontiguousarray(emb[start:start + len(table)], dtype=DTYPE)
-            values = pa.FixedSizeListArray.from_arrays(pa.array(part.reshape(-1), pa.float16()), emb.shape[1])
-            writer.write_table(table.append_column(COLUMN, values).cast(schema))
+            writer.write_table(table.append_column(COLUMN, arrow_vectors(emb[start:start + len(table)])).cast(schema))
             start += len(table)
     os.replace(tmp, out)
 
@@ -191,6 +196,8 @@ def _add_to_parquet(out: Path, paths: list[str], emb: np.ndarray) -> None:
 def read_embeddings(label_file: str | Path, missing_ok: bool = False) -> tuple[list[str], np.ndarray] | None:
     """``(paths, float16 [N, D])`` saved with a label file by ``label --save-embeddings``."""
     label_file = Path(label_file)
+    if label_file.is_dir():  # `label --cluster ray`'s Parquet shards
+        return _read_shard_embeddings(label_file, missing_ok)
     fmt = output_format(label_file)
     files = embedding_files(label_file)
     found = None
@@ -205,12 +212,28 @@ def read_embeddings(label_file: str | Path, missing_ok: bool = False) -> tuple[l
         import pyarrow.parquet as pq
 
         if COLUMN in pq.ParquetFile(label_file).schema_arrow.names:
-            table = pq.read_table(label_file, columns=["path", COLUMN])
-            col = table.column(COLUMN).combine_chunks()
-            dim = col.type.list_size
-            found = (table.column("path").to_pylist(),
-                     col.flatten().to_numpy(zero_copy_only=False).astype(DTYPE).reshape(-1, dim))
+            found = _column(pq.read_table(label_file, columns=["path", COLUMN]))
     if found is None and not missing_ok:
         raise CdulError(f"{label_file} has no saved embeddings; label with --save-embeddings (add --overwrite to "
                         "an existing output made without them)")
     return found
+
+
+def _column(table) -> tuple[list[str], np.ndarray]:
+    col = table.column(COLUMN).combine_chunks()
+    return (table.column("path").to_pylist(),
+            col.flatten().to_numpy(zero_copy_only=False).astype(DTYPE).reshape(-1, col.type.list_size))
+
+
+def _read_shard_embeddings(out: Path, missing_ok: bool) -> tuple[list[str], np.ndarray] | None:
+    import pyarrow.parquet as pq
+
+    from cdul_rt.distributed.shards import label_shards
+
+    parts = [_column(pq.read_table(f, columns=["path", COLUMN])) for f in label_shards(out)
+             if COLUMN in pq.ParquetFile(f).schema_arrow.names]
+    if not parts:
+        if missing_ok:
+            return None
+        raise CdulError(f"the Ray output {out} has no saved embeddings; label with --save-embeddings")
+    return [p for paths, _ in parts for p in paths], np.concatenate([emb for _, emb in parts])

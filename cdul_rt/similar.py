@@ -1,9 +1,10 @@
 """``cdul-rt similar``: nearest images to a query image or text, over embeddings saved by ``label --save-embeddings``.
 
 Brute force: one matrix-vector product over the float16 embeddings, in chunks of ``CHUNK`` rows cast to float32, so
-memory stays bounded; at 1M images x 512 dims that is 1 GB on disk (memory-mapped for ``.npy``) and about a second
-of CPU. Beyond a few million images, an approximate index (FAISS, hnswlib) is the better tool; these files load
-into one directly (``np.load`` + the paths list).
+memory stays bounded; at 1M images x 512 dims that is 1 GB on disk (memory-mapped for ``.npy``) and 5-7 s per query
+on our shared 2-core CPU (``bench/similar_scale.py``, BENCHMARKS.md): fine up to about a million images. Beyond
+that, an approximate index (FAISS, hnswlib) is the better tool; these files load into one directly (``np.load`` +
+the paths list).
 """
 
 from __future__ import annotations

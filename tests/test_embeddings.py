@@ -224,3 +224,27 @@ def test_similar_errors_are_clean(singles, tmp_path):
     bare = write_label_file(tmp_path / "bare.jsonl", ["a.png"], ["x"], np.zeros((1, 1), np.float32))
     result = CliRunner().invoke(main, ["similar", str(bare), "--text", "x"])
     assert result.exit_code == 2 and "--save-embeddings" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_ray_shards_carry_the_same_embeddings(scenes, tiny_clip, tmp_path):
+    ray = pytest.importorskip("ray", reason="needs the ray extra: pip install 'cdul-rt[ray]'")
+    pytest.importorskip("ray.data")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024**2)
+    try:
+        out = tmp_path / "labels.ray"
+        label(scenes, out, "--save-embeddings", "--cluster", "ray")
+    finally:
+        if started:
+            ray.shutdown()
+    from cdul_rt.distributed.shards import label_shards, read_shards
+
+    paths, saved = read_embeddings(out)
+    assert sorted(paths) == sorted(read_shards(out).paths)
+    check_parity(saved, encoder_reference(tiny_clip, scenes, paths))
+    assert read_label_file(label_shards(out)[0]).classes  # a shard still reads as a plain label file
+    query = scenes / paths[2]
+    assert similar(out, "--image", query, "--top", "1")["matches"][0]["path"] == paths[2]

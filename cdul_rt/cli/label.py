@@ -42,7 +42,8 @@ def _default_workers() -> int:
 @click.option("--save-parts", is_flag=True, help="Also write S_global and S_ag per image.")
 @click.option("--save-embeddings", is_flag=True,
               help="Also keep each image's L2-normalised CLIP embedding (float16, from the same encoder call): "
-                   "OUT.embeddings.npy + .paths.json for JSONL/CSV, an 'embedding' column (Parquet) or array (npz). "
+                   "OUT.embeddings.npy + .paths.json for JSONL/CSV, an 'embedding' column (Parquet, Ray shards) or "
+                   "array (npz). "
                    "`cdul-rt similar` searches them.")
 @click.option("--batch-size", "-b", default=8, show_default=True, help="Images per encoder call (x(1+g^2) crops).")
 @click.option("--workers", "-j", default=_default_workers(), show_default=True,
@@ -98,8 +99,6 @@ def command(images: str, out: Path | None, quiet: bool, cluster: str, ray_addres
         check_ort_tensorrt(opts["runtime"], opts["device"])
         opts["extra"] = {"ort_tensorrt": True}
     opts["precision"] = opts["precision"] or ("auto" if opts["runtime"] == "auto" else "fp32")
-    if cluster == "ray" and opts["save_embeddings"]:
-        raise click.UsageError("--save-embeddings is not available with --cluster ray yet; label locally")
     if cluster == "ray":
         if opts["decode"] == "gpu":
             raise click.UsageError("--decode gpu is not available with --cluster ray yet (its actors decode on the "

@@ -9,7 +9,7 @@ import click
 
 
 @click.command("similar")
-@click.argument("labels", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("labels", type=click.Path(exists=True, path_type=Path))
 @click.option("--image", "image", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Query image.")
 @click.option("--text", "text", default=None, help='Query text, e.g. "a red car" (used as written, no template).')

@@ -78,7 +78,7 @@ class LabelActor:
         from cdul_rt.api.labeler import Labeler  # the same scoring path as `label` and the Python API
 
         self.labeler = Labeler(self.session, cfg, vocab)
-        self.save_parts = cfg.save_parts
+        self.save_parts, self.save_embeddings = cfg.save_parts, cfg.save_embeddings
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ok = np.asarray([e == "" for e in batch["error"]], dtype=bool)
@@ -93,6 +93,13 @@ class LabelActor:
         result = {"path": batch["path"], "error": batch["error"], "scores": outs["S_final"]}
         if self.save_parts:
             result.update({"global": outs["S_global"], "aggregate": outs["S_ag"]})
+        if self.save_embeddings:  # float16 as stored (halves what travels to the driver); zeros for failed rows
+            from cdul_rt.engines.base import image_embeddings
+
+            emb = np.zeros((n, self.labeler.embed_dim), np.float16)
+            if ok.any():
+                emb[ok] = image_embeddings(res, f"the {self.session.runtime} runner")
+            result["embedding"] = emb
         return result
 
 
@@ -221,8 +228,9 @@ def _consume(ds, writer: ShardWriter, summary: LabelSummary, bar) -> None:
             bar.set_postfix(failed=writer.failed + len(bad))
         good = ~err
         if good.any():
-            parts = (batch["global"][good], batch["aggregate"][good]) if "global" in batch else ()
-            writer.add([p for p, g in zip(paths, good) if g], batch["scores"][good], *parts)
+            parts = (batch["global"][good], batch["aggregate"][good]) if "global" in batch else (None, None)
+            emb = batch["embedding"][good] if "embedding" in batch else None
+            writer.add([p for p, g in zip(paths, good) if g], batch["scores"][good], *parts, embeddings=emb)
         bar.update(len(paths))
 
 

@@ -117,6 +117,7 @@ class ShardWriter:
         self.schema = pa.schema(fields, metadata={"cdul_rt.classes": json.dumps(self.classes)})
         self.fail_schema = pa.schema([pa.field("path", pa.string()), pa.field("reason", pa.string())])
         self._rows: dict[str, list] = {f.name: [] for f in fields}
+        self._embeddings: list[np.ndarray] = []  # its width is known from the first rows
         self._fails: dict[str, list] = {"path": [], "reason": []}
         self._seen: set[str] = set()
         self._seq = 0
@@ -125,7 +126,8 @@ class ShardWriter:
         self.shards: list[Path] = []
 
     def add(self, paths, scores: np.ndarray, s_global: np.ndarray | None = None,
-            s_ag: np.ndarray | None = None) -> None:
+            s_ag: np.ndarray | None = None, embeddings: np.ndarray | None = None) -> None:
+        """``embeddings``: ``label --save-embeddings``'s rows, stored as an ``embedding`` column (float16)."""
         for i, p in enumerate(paths):
             if p in self._seen:
                 self.duplicates += 1
@@ -137,6 +139,8 @@ class ShardWriter:
             if self.save_parts:
                 self._rows["global"].append(s_global[i])
                 self._rows["aggregate"].append(s_ag[i])
+            if embeddings is not None:
+                self._embeddings.append(embeddings[i])
         self._maybe_flush()
 
     def add_failures(self, paths, reasons) -> None:
@@ -172,7 +176,14 @@ class ShardWriter:
             cols = {"path": pa.array(self._rows["path"], pa.string()),
                     "labels": pa.array(self._rows["labels"], pa.list_(pa.string()))}
             cols.update({k: self._vectors(v) for k, v in self._rows.items() if k not in ("path", "labels")})
-            _atomic_write(pa.table(cols, schema=self.schema), self.out / name)
+            schema = self.schema
+            if self._embeddings:
+                from cdul_rt.embeddings import COLUMN, arrow_vectors
+
+                cols[COLUMN] = arrow_vectors(np.asarray(self._embeddings))
+                schema = schema.append(pa.field(COLUMN, cols[COLUMN].type))
+                self._embeddings = []
+            _atomic_write(pa.table(cols, schema=schema), self.out / name)
             self.written += len(self._rows["path"])
             self.shards.append(self.out / name)
             self._rows = {k: [] for k in self._rows}
