@@ -17,6 +17,10 @@ from PIL import Image, ImageFile, ImageOps
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 DEFAULT_MAX_PIXELS = 178_956_970  # PIL's own hard limit (2x its warning threshold): ~13k x 13k
+# Longest side / shortest side. Resizing the short side to S makes a view of S x (S * aspect) before the centre crop,
+# so without this a 4 KB 3x200000 PNG (0.6 Mpx, far under --max-pixels) becomes a 224 x 14.9M view (13 GB). At 100:1
+# that view stays under 25 MB at S = 224 for any image, and the centre crop of such a strip is 1% of it anyway.
+MAX_ASPECT = 100
 
 
 class BadImage(ValueError):
@@ -95,6 +99,14 @@ def draft_size(width: int, height: int, grid: int, min_tile: int) -> tuple[int, 
     return best
 
 
+def check_aspect(width: int, height: int) -> None:
+    """Refuse images whose sides differ by more than :data:`MAX_ASPECT` (checked on the header, before decoding)."""
+    if max(width, height) > MAX_ASPECT * max(1, min(width, height)):
+        ratio = max(width, height) / max(1, min(width, height))
+        raise BadImage(f"image of {width}x{height} px has an aspect ratio of {ratio:.0f}:1, above the {MAX_ASPECT}:1 "
+                       "limit (resizing its short side to the model input would need a huge intermediate image)")
+
+
 def open_rgb(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS,
              draft: tuple[int, int] | None = None) -> Image.Image:
     """Decode the first frame, apply EXIF orientation, convert to RGB. Raises on anything unreadable.
@@ -133,6 +145,7 @@ def _decode(source, max_pixels: int, draft: tuple[int, int] | None) -> Image.Ima
         with Image.open(source) as img:
             if img.width * img.height > max_pixels:
                 raise BadImage(f"image of {img.width}x{img.height} px exceeds the {max_pixels} pixel limit (--max-pixels)")
+            check_aspect(img.width, img.height)
             if draft is not None and img.format == "JPEG":
                 target = draft_size(img.width, img.height, *draft)
                 if target is not None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cdul_rt.crops import check_grid
 from cdul_rt.errors import CdulError
 from cdul_rt.imageio import DEFAULT_MAX_PIXELS, iter_images, relative_name
 from cdul_rt.labelfile import LabelWriter, output_format, read_meta
@@ -17,6 +18,12 @@ from cdul_rt.presets import DEFAULT_MODEL
 from cdul_rt.runmeta import (OutputLock, RunFiles, check_config, check_out_path, check_resume, output_error,
                              write_meta)
 from cdul_rt.vocab import DEFAULT_TEMPLATE, Vocabulary, check_template, load_vocabulary
+
+
+def default_batch_size(device: str) -> int:
+    """Images per encoder call: 64 on CUDA (640 crops at g = 3 keep a GPU busy), 8 on the CPU (BENCHMARKS.md,
+    batch scaling)."""
+    return 64 if str(device).startswith("cuda") else 8
 
 
 @dataclass
@@ -37,7 +44,7 @@ class LabelConfig:
     threshold: float = 0.5
     top_k: int | None = None
     save_parts: bool = False
-    batch_size: int = 8
+    batch_size: int | None = None  # None: default_batch_size(device)
     workers: int = 2
     runtime: str = "torch"
     precision: str = "fp32"
@@ -52,6 +59,10 @@ class LabelConfig:
     progress: bool = True
     extra: dict = field(default_factory=dict)  # runtime-specific options (e.g. onnxruntime providers)
 
+    def __post_init__(self) -> None:
+        if self.batch_size is None:
+            self.batch_size = default_batch_size(self.device)
+
     def validate(self) -> None:
         if not self.input.exists():
             raise CdulError(f"input {self.input} does not exist")
@@ -62,8 +73,7 @@ class LabelConfig:
         """The rules for every option but the input and output (shared with ``cdul_rt.Labeler.open``)."""
         check_mode(self.mode)
         check_template(self.template)
-        if self.grid < 1:
-            raise CdulError(f"--grid must be >= 1, got {self.grid}")
+        check_grid(self.grid)
         if self.batch_size < 1:
             raise CdulError(f"--batch-size must be >= 1 (images per encoder call), got {self.batch_size}")
         check_numbers(self)
@@ -210,7 +220,7 @@ def _run(cfg, session, labeler, todo, writer, files, summary, writer_skip: set[s
     from cdul_rt.decode import decode_stream
 
     batch_paths: list[str] = []
-    batch_crops: list[np.ndarray] = []
+    batch_items: list = []  # Decoded, their uint8 crops in decode-ring slots until the runner has consumed them
     root = cfg.input
 
     def record_failure(rel: str, reason: str) -> None:
@@ -235,9 +245,12 @@ def _run(cfg, session, labeler, todo, writer, files, summary, writer_skip: set[s
     def flush() -> None:
         if not batch_paths:
             return
-        write(batch_paths, labeler.score_crops(np.concatenate(batch_crops)))
+        out = labeler.score_crops([it.crops for it in batch_items])
+        for it in batch_items:  # the runner has consumed the crops: their ring slots take the next images
+            it.release()
+        write(batch_paths, out)
         batch_paths.clear()
-        batch_crops.clear()
+        batch_items.clear()
 
     # a counting pass (paths are not kept) gives the bar a total and an ETA
     total = sum(1 for p in iter_images(root) if relative_name(p, root) not in writer_skip) if cfg.progress else None
@@ -252,13 +265,14 @@ def _run(cfg, session, labeler, todo, writer, files, summary, writer_skip: set[s
                     write([relative_name(p, root) for p in batch.paths], out)
             return
         for item in decode_stream(todo, cfg.grid, session.preprocess, cfg.workers, cfg.max_pixels,
-                                  prefetch=max(16, 4 * cfg.batch_size), jpeg_draft=cfg.jpeg_draft):
+                                  prefetch=max(16, 4 * cfg.workers, cfg.batch_size), jpeg_draft=cfg.jpeg_draft,
+                                  hold=cfg.batch_size):
             rel = relative_name(item.path, root)
             if item.crops is None:
                 record_failure(rel, item.error or "unknown")
                 continue
             batch_paths.append(rel)
-            batch_crops.append(item.crops)
+            batch_items.append(item)
             if len(batch_paths) >= cfg.batch_size:
                 flush()
         flush()

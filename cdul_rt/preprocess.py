@@ -85,16 +85,26 @@ def preprocess_uint8(img: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8)
 
 
-def normalize_batch(crops: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+def normalize_batch(crops, cfg: PreprocessConfig) -> np.ndarray:
     """uint8 ``[B, S, S, 3]`` -> float32 ``[B, 3, S, S]``: ToTensor (/255) then Normalize(mean, std).
 
-    The uint8 crops are made planar first (a 1-byte copy) and the float32 ops run in place on ``[B, 3, S, S]``:
-    the same operations in the same order, so bit-identical to the straightforward version, but ~10x faster
-    (broadcasting over a last axis of 3 defeats vectorisation, and temporaries cost 4 passes over the batch).
+    ``crops`` may also be a sequence of such arrays (e.g. decode-ring slots), written one after the other into the
+    output without first joining them. The uint8 crops are made planar first (a 1-byte copy) and the float32 ops run
+    in place on ``[B, 3, S, S]``: the same operations in the same order, so bit-identical to the straightforward
+    version, but ~10x faster (broadcasting over a last axis of 3 defeats vectorisation, and temporaries cost 4
+    passes over the batch).
     """
-    x = np.ascontiguousarray(crops.transpose(0, 3, 1, 2))
-    out = np.empty(x.shape, dtype=np.float32)
-    np.divide(x, np.float32(255.0), out=out, dtype=np.float32)
-    np.subtract(out, np.asarray(cfg.mean, dtype=np.float32)[:, None, None], out=out)
-    np.divide(out, np.asarray(cfg.std, dtype=np.float32)[:, None, None], out=out)
+    parts = [crops] if isinstance(crops, np.ndarray) else list(crops)
+    n = sum(p.shape[0] for p in parts)
+    s = parts[0].shape[1] if parts else cfg.size
+    out = np.empty((n, 3, s, s), dtype=np.float32)
+    mean = np.asarray(cfg.mean, dtype=np.float32)[:, None, None]
+    std = np.asarray(cfg.std, dtype=np.float32)[:, None, None]
+    start = 0
+    for part in parts:
+        o = out[start:start + part.shape[0]]
+        start += part.shape[0]
+        np.divide(np.ascontiguousarray(part.transpose(0, 3, 1, 2)), np.float32(255.0), out=o, dtype=np.float32)
+        np.subtract(o, mean, out=o)
+        np.divide(o, std, out=o)
     return out

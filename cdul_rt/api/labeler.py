@@ -180,16 +180,14 @@ class Labeler:
         c = self._cfg
         return crops_of(image, c.grid, self._session.preprocess, c.max_pixels, c.jpeg_draft)
 
-    def score_crops(self, crops: np.ndarray) -> dict[str, np.ndarray]:
+    def score_crops(self, crops: np.ndarray | Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         """One encoder call on the uint8 crops of whole images, ``[k*(1+g^2), S, S, 3]`` (:meth:`crops`
-        concatenated): ``S_final``, ``S_global``, ``S_ag`` float32 ``[k, C]`` and ``image_embeddings``
-        ``[k, D]`` where the runtime has them. ``cdul-rt label`` feeds its decoded batches here."""
-        from cdul_rt.preprocess import normalize_batch
-
-        x = normalize_batch(crops, self._session.preprocess)
+        concatenated, or a list of such arrays: ``cdul-rt label`` passes its decode-ring slots, uncopied):
+        ``S_final``, ``S_global``, ``S_ag`` float32 ``[k, C]`` and ``image_embeddings`` ``[k, D]`` where the runtime
+        has them. The runner normalises the uint8 crops where it runs (torch: on its device; others: numpy)."""
         with self._lock:
             self._check_open()
-            return self._runner.infer({"crops": x, "text_embeddings": self._session.text_embeddings})
+            return self._runner.infer_uint8(crops, self._session.text_embeddings, self._session.preprocess)
 
     def score_tensor(self, crops: Any) -> dict[str, np.ndarray]:
         """:meth:`score_crops` for crops already normalised in a torch tensor ``[k*(1+g^2), 3, S, S]`` (on the

@@ -45,7 +45,8 @@ def _default_workers() -> int:
                    "OUT.embeddings.npy + .paths.json for JSONL/CSV, an 'embedding' column (Parquet, Ray shards) or "
                    "array (npz). "
                    "`cdul-rt similar` searches them.")
-@click.option("--batch-size", "-b", default=8, show_default=True, help="Images per encoder call (x(1+g^2) crops).")
+@click.option("--batch-size", "-b", type=int, default=None,
+              help="Images per encoder call (x(1+g^2) crops). Default: 64 on CUDA, 8 on the CPU.")
 @click.option("--workers", "-j", default=_default_workers(), show_default=True,
               help="Decode worker processes (0 = decode in the main process).")
 @click.option("--runtime", default="torch", show_default=True,

@@ -120,6 +120,32 @@ class LabelerRunnerMixin:
                 TensorSpec("text_embeddings", np.dtype(np.float32), (None, self.embed_dim))]
 
     def _check_feed(self, feed: dict[str, np.ndarray]) -> None:
-        n = feed["crops"].shape[0]
+        self._check_whole_images(feed["crops"].shape[0])
+
+    def _check_whole_images(self, n: int) -> None:
         if n == 0 or n % self.crops_per_image:
             raise CdulError(f"crops must hold whole images of {self.crops_per_image} crops each, got {n} crops")
+
+    def check_uint8(self, crops) -> list[np.ndarray]:
+        """uint8 crops (one ``[N, S, S, 3]`` array or a list of them, e.g. decode-ring slots) as a checked list."""
+        if not getattr(self, "is_active", True):
+            raise CdulError(f"runner {getattr(self, 'name', '?')} is not active; call activate() or use a `with` block")
+        parts = [crops] if isinstance(crops, np.ndarray) else list(crops)
+        s = self.image_size
+        for p in parts:
+            if not isinstance(p, np.ndarray) or p.dtype != np.uint8 or p.ndim != 4 or p.shape[1:] != (s, s, 3):
+                got = f"{p.dtype} {'x'.join(map(str, p.shape))}" if isinstance(p, np.ndarray) else type(p).__name__
+                raise CdulError(f"uint8 crops must be uint8 Nx{s}x{s}x3, got {got}")
+        self._check_whole_images(sum(p.shape[0] for p in parts))
+        return parts
+
+    def infer_uint8(self, crops, text_embeddings: np.ndarray, preprocess) -> dict[str, np.ndarray]:
+        """uint8 ``[N, S, S, 3]`` crops (an array or a list of arrays) -> the labeler outputs.
+
+        This default normalises with numpy (:func:`~cdul_rt.preprocess.normalize_batch`, already fast) and calls
+        :meth:`infer`; runners on an accelerator override it to copy uint8 and normalise on their device.
+        """
+        from cdul_rt.preprocess import normalize_batch
+
+        parts = self.check_uint8(crops)
+        return self.infer({"crops": normalize_batch(parts, preprocess), "text_embeddings": text_embeddings})
