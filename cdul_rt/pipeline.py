@@ -23,7 +23,8 @@ from cdul_rt.vocab import DEFAULT_TEMPLATE, Vocabulary, check_template, load_voc
 def default_batch_size(device: str) -> int:
     """Images per encoder call: 64 on CUDA (640 crops at g = 3 keep a GPU busy), 8 on the CPU (BENCHMARKS.md,
     batch scaling)."""
-    return 64 if str(device).startswith("cuda") else 8
+    kind = str(device or "cpu").strip().lower().partition(":")[0]
+    return 64 if kind in ("cuda", "gpu") else 8
 
 
 @dataclass

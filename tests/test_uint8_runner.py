@@ -137,5 +137,6 @@ def test_default_batch_fills_a_gpu_and_keeps_the_cpu_default(tmp_path):
 
     assert LabelConfig(input=tmp_path, out=tmp_path / "o.jsonl", device="cuda").batch_size == 64
     assert LabelConfig(input=tmp_path, out=tmp_path / "o.jsonl", device="cuda:1").batch_size == 64
+    assert LabelConfig(input=tmp_path, out=tmp_path / "o.jsonl", device="GPU").batch_size == 64
     assert LabelConfig(input=tmp_path, out=tmp_path / "o.jsonl").batch_size == 8
     assert LabelConfig(input=tmp_path, out=tmp_path / "o.jsonl", device="cuda", batch_size=3).batch_size == 3

@@ -104,7 +104,7 @@ class Labeler:
             precision: ``fp32``, ``bf16``, ``fp16``, ``int8`` (default fp32; chosen by ``runtime="auto"``).
             grid, mode, zeta, lam: the CDUL crops and aggregation (3, ``cdul``, 0.3, 1.0).
             threshold, top_k: which classes go into ``labels`` (0.5; or the ``top_k`` best).
-            batch_size: images per encoder call (8). max_pixels: larger images are refused.
+            batch_size: images per encoder call (8; 64 on CUDA). max_pixels: larger images are refused.
             compile, jpeg_draft, extra: as ``label --compile``, ``--jpeg-draft`` and runtime options.
             progress: runtime messages and a progress bar for long lists.
 
