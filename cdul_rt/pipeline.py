@@ -7,8 +7,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from cdul_rt.crops import check_grid
 from cdul_rt.errors import CdulError
 from cdul_rt.imageio import DEFAULT_MAX_PIXELS, iter_images, relative_name
