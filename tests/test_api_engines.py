@@ -158,3 +158,23 @@ def test_onnxruntime_api_equals_the_label_file_exactly(tmp_path, artifacts, imag
                          (res.aggregate_scores, table.parts["aggregate"])):
         written = np.round(ours.astype(np.float64), 7).astype(np.float32)  # label files keep 7 decimals
         assert np.abs(written - theirs).max() == 0.0
+
+
+def test_one_classifier_shared_by_threads_equals_serial(trained):
+    import threading
+
+    folder, run, _ = trained
+    paths = sorted(folder.glob("*.jpg"))
+    with Classifier.open(run, batch_size=2) as clf:
+        serial = [clf.predict(paths[i:i + 3]).scores for i in range(3)]
+        got: dict[int, list] = {i: [] for i in range(3)}
+        threads = [threading.Thread(target=lambda i=i: got[i].extend(clf.predict(paths[i:i + 3]).scores
+                                                                     for _ in range(3))) for i in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    for i in range(3):
+        assert len(got[i]) == 3  # 3 calls, each [3, C]
+        for scores in got[i]:
+            np.testing.assert_array_equal(scores, serial[i])
