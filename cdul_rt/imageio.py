@@ -133,6 +133,7 @@ def rgb_image(img: Image.Image, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.I
     any mode to RGB (its current frame). The caller's image is not modified."""
     if img.width * img.height > max_pixels:
         raise BadImage(f"image of {img.width}x{img.height} px exceeds the {max_pixels} pixel limit (--max-pixels)")
+    check_aspect(img.width, img.height)
     img.load()
     return _to_rgb(ImageOps.exif_transpose(img))
 

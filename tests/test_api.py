@@ -101,6 +101,8 @@ def test_bad_inputs_are_named_or_collected(folder, labeler):
     assert [e is None for e in res.errors] == [True, False, False, False, True, False]
     assert "uint8" in res.errors[2] and "FileNotFoundError" in res.errors[3] and "unsupported input" in res.errors[5]
     assert np.isnan(res.scores[1]).all() and res.labels[1] == []
+    thin = labeler.label([np.zeros((2, 300, 3), np.uint8), Image.new("RGB", (300, 2))], errors="collect")
+    assert all("aspect ratio" in e for e in thin.errors)  # in-memory images get the files' bounds too
     alone = labeler.label(good)
     np.testing.assert_array_equal(res.scores[[0, 4]], alone.scores)
     with pytest.raises(CdulError, match="errors must be 'raise' or 'collect'"):
