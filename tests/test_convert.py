@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from cdul_rt.cli import main
 from cdul_rt.labelfile import select_labels, write_label_file
-from tests.conftest import make_images
+from conftest import make_images
 
 CLASSES = ["cat", "dog", "traffic light", 'a "quoted" <class>']
 

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from cdul_rt.cli import main
 from cdul_rt.labelfile import select_labels, sidecar, write_label_file
 from cdul_rt.metrics import mean_average_precision
-from tests.conftest import make_images
+from conftest import make_images
 
 pytest.importorskip("jinja2")
 pytest.importorskip("matplotlib")
