@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cdul_rt.crops import grid_boxes, grid_edges, image_crops
+from cdul_rt.crops import crops_per_image, grid_boxes, grid_edges, image_crops
 from cdul_rt.errors import CdulError
 from cdul_rt.preprocess import PreprocessConfig, normalize_batch, preprocess_uint8
 
@@ -72,3 +72,8 @@ def test_preprocess_config_roundtrip_and_validation():
     assert PreprocessConfig.from_dict({"size": (32, 32)}).size == 32
     with pytest.raises(CdulError):
         PreprocessConfig(resize_mode="longest")
+
+
+@pytest.mark.parametrize("grid,expected", [(1, 2), (3, 10), (4, 17)])
+def test_crops_per_image_is_the_global_view_plus_the_grid(grid, expected):
+    assert crops_per_image(grid) == expected

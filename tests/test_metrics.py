@@ -56,7 +56,10 @@ def test_map_excludes_classes_without_positives():
     targets = (rng.random((40, 4)) < 0.3).astype(np.int8)
     targets[:, 2] = 0
     result = mean_average_precision(scores, targets, ["a", "b", "c", "d"])
-    assert result.excluded == ["c"]
+    assert result.excluded == ["c"] and result.num_images == 40
+    doc = result.to_dict()
+    assert (doc["mAP"], doc["num_images"], doc["num_classes"]) == (result.map, 40, 3)
+    assert doc["per_class_AP"] == result.per_class and doc["excluded_classes_without_positives"] == ["c"]
     assert set(result.per_class) == {"a", "b", "d"}
     expected = np.mean([sklearn_metrics.average_precision_score(targets[:, j], scores[:, j]) for j in (0, 1, 3)])
     assert result.map == pytest.approx(expected)
@@ -69,5 +72,7 @@ def test_map_excludes_classes_without_positives():
 def test_map_shape_errors_are_clear():
     with pytest.raises(CdulError, match="do not agree"):
         mean_average_precision(np.zeros((3, 2)), np.zeros((3, 3)), ["a", "b"])
-    with pytest.raises(CdulError, match="no class has a positive"):
+    with pytest.raises(CdulError, match=r"^no class has a positive example .*; mAP is undefined$"):
         mean_average_precision(np.zeros((3, 1)), np.zeros((3, 1)), ["a"])
+    with pytest.raises(CdulError, match=r"differ in length \(3 vs 2\)"):
+        average_precision(np.zeros(3), np.zeros(2))
