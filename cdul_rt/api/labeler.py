@@ -256,30 +256,49 @@ class Labeler:
     def embed_images(self, images: Iterable[ImageInput]) -> np.ndarray:
         """float32 ``[n, D]``, L2-normalised: each image's global view through the visual encoder (what
         ``label`` returns as ``embeddings``, from the same preprocessing). Bad images raise, naming them."""
-        from cdul_rt.preprocess import normalize_batch, preprocess_uint8
-
         self._check_open()
         items = list(images)
-        encode = self._session.encode_images
-        if encode is None:  # e.g. TensorRT: the labeler engine's embeddings (it encodes the tiles too)
+        if not self.has_visual_encoder:  # e.g. TensorRT: the labeler engine's embeddings (it encodes the tiles too)
             res = self.label(items)
             if res.embeddings is None:
                 raise CdulError(f"{self._session.runtime}: this labeler graph was exported by an older cdul-rt "
                                 "without image embeddings; re-export the folder with `cdul-rt export`")
             return res.embeddings
-        pp, cfg = self._session.preprocess, self._cfg
+        cfg = self._cfg
         out = []
         for start in range(0, len(items), cfg.batch_size):
             views = []
             for i, item in enumerate(items[start:start + cfg.batch_size], start):
                 try:
-                    views.append(preprocess_uint8(_rgb(item, cfg, pp.size), pp))
+                    views.append(self.global_view(item))
                 except Exception as exc:  # noqa: BLE001
                     raise item_error(i, item, reason(exc)) from exc
-            with self._lock:
-                self._check_open()
-                out.append(encode(normalize_batch(np.stack(views), pp)))
+            out.append(self.embed_views(np.stack(views)))
         return np.concatenate(out).astype(np.float32) if out else np.zeros((0, self.embed_dim), np.float32)
+
+    @property
+    def has_visual_encoder(self) -> bool:
+        """Whether :meth:`embed_views` can run the visual encoder alone (else only the labeler's embeddings)."""
+        return self._session.encode_images is not None
+
+    def global_view(self, image: ImageInput) -> np.ndarray:
+        """uint8 ``[S, S, 3]``: the global view :meth:`embed_images` encodes (no tiles cut). Raises on bad input."""
+        from cdul_rt.preprocess import preprocess_uint8
+
+        pp = self._session.preprocess
+        return preprocess_uint8(_rgb(image, self._cfg, pp.size), pp)
+
+    def embed_views(self, views: np.ndarray) -> np.ndarray:
+        """float32 ``[k, D]``, L2-normalised: one visual-encoder call on ``k`` stacked :meth:`global_view` s
+        (``cdul-rt serve`` merges the views of concurrent requests into one call)."""
+        from cdul_rt.preprocess import normalize_batch
+
+        if not self.has_visual_encoder:
+            raise CdulError(f"the {self._session.runtime} runtime of this labeler has no separate visual encoder; "
+                            "use embed_images (it takes the labeler's embeddings)")
+        with self._lock:
+            self._check_open()
+            return self._session.encode_images(normalize_batch(views, self._session.preprocess))
 
     def embed_texts(self, texts: str | Sequence[str]) -> np.ndarray:
         """float32 ``[n, D]``, L2-normalised text embeddings of ``texts`` as given (no template applied).

@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("cdul_rt.cli.convert", "Export a label file to Label Studio, CVAT, FiftyOne or COCO."),
     "similar": ("cdul_rt.cli.similar", "Images closest to a query image or text (label --save-embeddings)."),
     "report": ("cdul_rt.cli.report", "Review a label file in one static HTML page (with --gt: its errors)."),
+    "serve": ("cdul_rt.cli.serve", "Serve labels and embeddings on a Triton Inference Server (PyTriton)."),
     "bench": ("cdul_rt.cli.bench", "Benchmark runtimes and precisions on this machine."),
     "demo": ("cdul_rt.cli.demo", "The whole pipeline offline on the synthetic world."),
     "models": ("cdul_rt.cli.catalog", "List model presets."),

@@ -83,8 +83,13 @@ def _default_workers() -> int:
 @click.option("--cpus-per-actor", type=float, default=None, help="Ray: CPUs per engine actor (default 1).")
 @click.option("--gpus-per-actor", type=float, default=None,
               help="Ray: GPUs per engine actor (default 1 with --device cuda, else 0).")
+@click.option("--server", default=None,
+              help="Get the scores from `cdul-rt serve` at http://HOST:PORT or grpc://HOST:PORT (its model, "
+                   "vocabulary and options); same label files, resume and failures as a local run.")
+@click.option("--in-flight", default=16, show_default=True, help="--server: requests kept in flight.")
 def command(images: str, out: Path | None, quiet: bool, cluster: str, ray_address: str | None, actors: int | None,
-            cpus_per_actor: float | None, gpus_per_actor: float | None, **opts) -> None:
+            cpus_per_actor: float | None, gpus_per_actor: float | None, server: str | None, in_flight: int,
+            **opts) -> None:
     """Label every image under IMAGES (recursively) with CDUL pseudo labels.
 
     Re-running the same command resumes: images already in OUT are skipped. Unreadable files are listed in
@@ -93,6 +98,10 @@ def command(images: str, out: Path | None, quiet: bool, cluster: str, ray_addres
     from cdul_rt.engines.artifacts import FOLDER_OPTIONS, label_options_from_folder
     from cdul_rt.pipeline import LabelConfig, label_folder
 
+    if server is not None:
+        from cdul_rt.serve.cli_client import label_command_with_server
+
+        return label_command_with_server(images, out, quiet, cluster, server, in_flight, opts)
     opts = label_options_from_folder(opts, given_options(click.get_current_context(), FOLDER_OPTIONS))
     if opts.pop("ort_tensorrt"):
         from cdul_rt.engines.gpu import check_ort_tensorrt
@@ -118,6 +127,11 @@ def command(images: str, out: Path | None, quiet: bool, cluster: str, ray_addres
         cfg = LabelConfig(input=Path(images), out=out, progress=not quiet, **opts)
         summary = label_folder(cfg)
         failures_at = Path(f"{out}.failures.jsonl")
+    report_summary(summary, out, failures_at)
+
+
+def report_summary(summary, out, failures_at) -> None:
+    """The closing lines of a label run (local, Ray or --server)."""
     click.echo(f"labeled {summary.labeled} images in {summary.seconds:.1f}s ({summary.images_per_second:.2f} img/s)"
                + (f", {summary.skipped} already done" if summary.skipped else "") + f" -> {out}")
     if summary.failed:

@@ -1,0 +1,1 @@
+"""``cdul-rt serve`` (a Triton Inference Server through PyTriton) and its client, ``cdul-rt label --server``."""
