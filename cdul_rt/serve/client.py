@@ -132,44 +132,58 @@ def _label_one(client: ServerClient, path: Path, limit: int):
 
 
 def label_with_server(cfg: Any, server: str, in_flight: int = 16):
-    """``label_folder`` with the scores coming from ``cdul-rt serve`` at ``server``."""
-    from cdul_rt.imageio import iter_images, relative_name
-    from cdul_rt.labelfile import LabelWriter, output_format, sidecar
-    from cdul_rt.pipeline import LabelSummary, _check_existing, _clear, _failed_before, _progress, _write_meta
+    """``label_folder`` with the scores coming from ``cdul-rt serve`` at ``server``: the same lock, resume,
+    commit point, failures file and meta (:mod:`cdul_rt.runmeta`)."""
+    from cdul_rt.labelfile import output_format
+    from cdul_rt.runmeta import OutputLock, check_out_path, output_error
 
     if in_flight < 1:
         raise CdulError(f"--in-flight must be >= 1 (requests kept in flight), got {in_flight}")
     if not cfg.input.exists():
         raise CdulError(f"input {cfg.input} does not exist")
     output_format(cfg.out)
+    check_out_path(cfg.out)
     client = ServerClient(server)
     info = client.metadata()
+    try:
+        with OutputLock(cfg.out):
+            return _label_locked(cfg, client, info, in_flight)
+    except OSError as exc:
+        raise output_error(cfg.out, exc) from exc
+
+
+def _label_locked(cfg: Any, client: ServerClient, info: dict, in_flight: int):
+    from cdul_rt.imageio import iter_images, relative_name
+    from cdul_rt.labelfile import LabelWriter
+    from cdul_rt.pipeline import LabelSummary, _progress, _write_meta
+    from cdul_rt.runmeta import RunFiles, check_resume
+
     config = {**info["config"], "save_parts": cfg.save_parts}  # the server's options; the parts are the client's
-    if cfg.overwrite:
-        _clear(cfg.out)
-    _check_existing(cfg, config)
+    if not cfg.overwrite:
+        check_resume(cfg.out, cfg.input, config)
     writer = LabelWriter(cfg.out, list(config["classes"]), config["threshold"], config["top_k"], cfg.save_parts)
-    skip = writer.existing() | _failed_before(cfg.out)
-    cfg.out.parent.mkdir(parents=True, exist_ok=True)
-    _write_meta(cfg, config, "running")
+    files = RunFiles(cfg.out, cfg.input, config, cfg.overwrite)
+    writer.before_open = files.commit  # --overwrite removes the old output only at the first batch
+    skip = set() if cfg.overwrite else writer.existing()  # failed files are not in it: they are retried
     summary = LabelSummary(cfg.out, skipped=len(skip))
-    root, limit = cfg.input, int(info["max_request_bytes"])
-    todo = [p for p in iter_images(root) if relative_name(p, root) not in skip]
+    todo = [p for p in iter_images(cfg.input) if relative_name(p, cfg.input) not in skip]
     start = time.perf_counter()
     writer.open()
     try:
-        with open(sidecar(cfg.out, "failures"), "a", encoding="utf-8") as failures, \
-                ThreadPoolExecutor(in_flight, thread_name_prefix="cdul-client") as pool, \
+        with ThreadPoolExecutor(in_flight, thread_name_prefix="cdul-client") as pool, \
                 _progress(cfg, len(todo)) as bar:
-            _stream(cfg, client, pool, todo, in_flight, limit, writer, failures, summary, bar)
+            _stream(cfg, client, pool, todo, in_flight, int(info["max_request_bytes"]), writer, files, summary, bar)
+        files.commit()
     finally:
         summary.seconds = time.perf_counter() - start
-        writer.close(finalize=True)
+        if files.committed:  # never leave an output behind a run that changed nothing
+            writer.close(finalize=True)
+        files.close()
     _write_meta(cfg, config, "complete", summary)
     return summary
 
 
-def _stream(cfg, client, pool, todo, in_flight, limit, writer, failures, summary, bar) -> None:
+def _stream(cfg, client, pool, todo, in_flight, limit, writer, files, summary, bar) -> None:
     """Keep ``in_flight`` requests going; write results in file order, in batches of ``cfg.batch_size``."""
     from cdul_rt.imageio import relative_name
 
@@ -179,6 +193,7 @@ def _stream(cfg, client, pool, todo, in_flight, limit, writer, failures, summary
 
     def flush() -> None:
         if rels:
+            files.commit()  # --overwrite clears the old output here, before this batch's first byte
             refused = writer.write_batch(rels, *(np.stack(rows[k]) for k in SCORES))
             for rel, reason in refused:
                 fail(rel, reason)
@@ -189,8 +204,7 @@ def _stream(cfg, client, pool, todo, in_flight, limit, writer, failures, summary
                 v.clear()
 
     def fail(rel: str, reason: str) -> None:
-        failures.write(json.dumps({"path": rel, "reason": reason}) + "\n")
-        failures.flush()
+        files.add_failure(rel, reason)
         summary.failed += 1
         if len(summary.failures) < 20:
             summary.failures.append((rel, reason))
@@ -205,7 +219,7 @@ def _stream(cfg, client, pool, todo, in_flight, limit, writer, failures, summary
         rels.append(rel)
         for k in SCORES:
             rows[k].append(scores[k])
-        if len(rels) >= cfg.batch_size:
+        if len(rels) >= (cfg.batch_size or 8):
             flush()
 
     try:
