@@ -3,10 +3,10 @@
 Per batch of ``k`` images:
 
 1. Threads read each file and parse its header with PIL (no pixel decoding): a plain JPEG (RGB or grayscale, within
-   ``--max-pixels``, ending in its EOI marker) keeps its bytes and EXIF orientation for the device decoder. Anything
-   else (PNG, WebP, GIF, TIFF, BMP, CMYK JPEGs, truncated or unreadable files) goes through the CPU path's own
-   :func:`cdul_rt.imageio.open_rgb` in the thread, so it decodes exactly as with ``--decode cpu`` or fails with the
-   very same reason.
+   ``--max-pixels`` and the aspect-ratio bound, ending in its EOI marker) keeps its bytes and EXIF orientation for
+   the device decoder. Anything else (PNG, WebP, GIF, TIFF, BMP, CMYK JPEGs, truncated or unreadable files) goes
+   through the CPU path's own :func:`cdul_rt.imageio.open_rgb` in the thread, so it decodes exactly as with
+   ``--decode cpu`` or fails with the very same reason.
 2. The JPEGs of the batch are decoded in one ``torchvision.io.decode_jpeg(list, device=...)`` call (nvJPEG on
    CUDA, libjpeg-turbo on CPU tensors). When that call fails, each JPEG is retried alone; one that still fails is
    handed to the CPU path, which either decodes it or gives the CPU path's failure reason. No other image of the
@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from cdul_rt.errors import CdulError
-from cdul_rt.imageio import DEFAULT_MAX_PIXELS, describe_error, open_rgb
+from cdul_rt.imageio import DEFAULT_MAX_PIXELS, MAX_ASPECT, describe_error, open_rgb
 from cdul_rt.preprocess import PreprocessConfig
 
 DECODE_CHOICES = ("auto", "cpu", "gpu")
@@ -157,7 +157,9 @@ def jpeg_header(data: bytes | bytearray, max_pixels: int) -> int | None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a decompression-bomb warning: the size check below decides
             with Image.open(io.BytesIO(data)) as im:
-                if im.format != "JPEG" or im.mode not in _JPEG_MODES or im.width * im.height > max_pixels:
+                w, h = im.size  # over --max-pixels or the aspect bound: the CPU path refuses it, with its reason
+                if (im.format != "JPEG" or im.mode not in _JPEG_MODES or w * h > max_pixels
+                        or max(w, h) > MAX_ASPECT * max(1, min(w, h))):
                     return None
                 orientation = im.getexif().get(EXIF_ORIENTATION, 1)
     except Exception:  # noqa: BLE001 - unreadable header: the CPU path gives the reason

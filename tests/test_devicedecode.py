@@ -91,11 +91,12 @@ def folder_of_everything(root: Path) -> dict[str, str]:
     truncated_jpeg(root / "o_truncated.jpg")
     (root / "p_text.jpg").write_bytes(b"not an image")
     (root / "q_empty.png").write_bytes(b"")
+    save(photo(40, 12, seed=15).resize((1212, 12)), root / "r_strip.jpg", "JPEG")  # 101:1, over the aspect bound
     return {"a_baseline.jpg": "device", "b_progressive.jpg": "device", "c_gray.jpg": "device", "d_cmyk.jpg": "cpu",
             "e_rotated.jpg": "device", "f.png": "cpu", "g_alpha.png": "cpu", "h.webp": "cpu", "i.gif": "cpu",
             "j.tiff": "cpu", "k.bmp": "cpu", "l_large.jpg": "refused", "m_tiny.jpg": "device-fails",
             "n_bad_huffman.jpg": "device-fails", "o_truncated.jpg": "refused", "p_text.jpg": "refused",
-            "q_empty.png": "refused"}
+            "q_empty.png": "refused", "r_strip.jpg": "refused"}
 
 
 MAX_PIXELS = 100_000  # the 640x480 file is over it
