@@ -35,3 +35,9 @@ def require(module: str, extra: str):
         raise CdulError(
             f"{module} is not installed; install it with `pip install 'cdul-rt[{extra}]'`"
         ) from exc
+
+
+def write_error(out, exc: OSError, option: str = "--out") -> CdulError:
+    """An OSError met while writing ``out`` (a report, an export) as a message that says what to do."""
+    where = exc.filename or out
+    return CdulError(f"cannot write {where}: {exc.strerror or exc}; choose an {option} you can write to")

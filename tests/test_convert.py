@@ -193,3 +193,17 @@ def test_formats_needing_images_say_so(labeled, tmp_path):
     result = CliRunner().invoke(main, ["convert", str(labels), "--to", "coco"])
     assert result.exit_code == 2 and "pass --images DIR" in result.output
     convert(labels, "--to", "coco", "--images", tmp_path / "moved", "--out", tmp_path / "c.json")
+
+
+def test_bad_options_and_outputs_are_clear_errors(labeled, tmp_path):
+    labels, images, _, _, _ = labeled
+    (tmp_path / "a_file").write_text("x")
+    cases = [(["--to", "coco", "--threshold", "nan"], "--threshold must be in [0, 1]"),
+             (["--to", "coco", "--threshold", "1.5"], "--threshold must be in [0, 1]"),
+             (["--to", "coco", "--out", tmp_path], "is a folder; --to coco writes one file"),
+             (["--to", "label-studio", "--out", tmp_path], "is a folder; --to label-studio writes one file"),
+             (["--to", "fiftyone", "--out", tmp_path / "a_file"], "is a file; --to fiftyone writes a dataset folder"),
+             (["--to", "cvat", "--out", tmp_path / "a_file" / "x.xml"], "cannot write")]
+    for args, message in cases:
+        result = CliRunner().invoke(main, ["convert", str(labels), "--images", str(images), *map(str, args)])
+        assert result.exit_code == 2 and message in result.output, (args, result.output)

@@ -134,3 +134,10 @@ def test_report_errors_are_clean(labeled, tmp_path):
     bad_gt.write_text('{"path": "img_0001.png", "labels": ["unicorn"]}\n')
     result = CliRunner().invoke(main, ["report", str(labels), "--gt", str(bad_gt), "--quiet"])
     assert result.exit_code == 2 and "Traceback" not in result.output and "Error:" in result.output
+
+
+def test_an_unwritable_out_is_a_clear_error(labeled, tmp_path):
+    labels, _, _, _, _ = labeled
+    (tmp_path / "a_file").write_text("x")
+    result = CliRunner().invoke(main, ["report", str(labels), "--out", str(tmp_path / "a_file" / "r.html"), "-q"])
+    assert result.exit_code == 2 and "cannot write" in result.output, result.output

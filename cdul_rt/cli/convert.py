@@ -32,15 +32,27 @@ DEFAULT_OUT = {"label-studio": ".label-studio.json", "cvat": ".cvat.xml", "fifty
 def command(labels: Path, target: str, out: Path | None, images: Path | None, image_root: Path | None,
             url_prefix: str | None, threshold: float | None, top_k: int | None) -> None:
     """Export LABELS for an annotation tool, so people can check and correct them there."""
-    from cdul_rt.errors import CdulError
+    import math
+
+    from cdul_rt.errors import CdulError, write_error
     from cdul_rt.handoff import FORMATS, load_handoff
 
     if top_k is not None and top_k < 1:
         raise CdulError(f"--top-k must be >= 1, got {top_k}")
+    if threshold is not None and not (math.isfinite(threshold) and 0.0 <= threshold <= 1.0):
+        raise CdulError(f"--threshold must be in [0, 1] (scores are probabilities), got {threshold}")
     if (image_root or url_prefix) and target != "label-studio":
         raise CdulError("--image-root and --url-prefix are for --to label-studio only")
     out = out or labels.with_name(labels.name + DEFAULT_OUT[target])
+    if target == "fiftyone" and out.exists() and not out.is_dir():
+        raise CdulError(f"--out {out} is a file; --to fiftyone writes a dataset folder: give a folder name")
+    if target != "fiftyone" and out.is_dir():
+        raise CdulError(f"--out {out} is a folder; --to {target} writes one file, e.g. "
+                        f"{out / ('labels' + DEFAULT_OUT[target])}")
     handoff = load_handoff(labels, images, threshold, top_k)
-    written = FORMATS[target](handoff, out, image_root=image_root, url_prefix=url_prefix)
+    try:
+        written = FORMATS[target](handoff, out, image_root=image_root, url_prefix=url_prefix)
+    except OSError as exc:
+        raise write_error(out, exc) from exc
     n_labels = sum(len(x) for x in handoff.labels)
     click.echo(f"{len(handoff.table.paths)} images, {n_labels} labels -> {', '.join(map(str, written))}")

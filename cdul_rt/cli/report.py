@@ -26,10 +26,14 @@ def command(labels: Path, out: Path | None, images: Path | None, gt: Path | None
     """Write one self-contained HTML page (no server, no network) to review LABELS before trusting them:
     thumbnails with labels and scores (filter by class and score, sort, paged for 100,000 images), per-class
     counts and score histograms, the run's settings and failures; with --gt, AP and errors per image."""
+    from cdul_rt.errors import write_error
     from cdul_rt.report.render import render_report
 
     out = out or labels.with_name(labels.name + ".report.html")
-    summary = render_report(labels, out, images, gt, thumbs, workers, progress=not quiet)
+    try:
+        summary = render_report(labels, out, images, gt, thumbs, workers, progress=not quiet)
+    except OSError as exc:
+        raise write_error(out, exc) from exc
     extra = f", mAP {100 * summary.mean_ap:.2f}" if summary.mean_ap is not None else ""
     click.echo(f"report of {summary.images} images ({summary.thumbnails} thumbnails, {summary.thumbs_mode}{extra}) "
                f"-> {out}")
