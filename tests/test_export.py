@@ -247,7 +247,7 @@ def test_wrong_vocabulary_embeddings_are_refused(copy_fp32, tiny_config):
         _open(copy_fp32, tiny_config, classes="cat,dog")
     # and a damaged stored file of the right vocabulary
     voc_file.write_bytes(voc_file.read_bytes()[:-8] + b"\0" * 8)
-    with pytest.raises(CdulError, match="does not match its recorded sha256"):
+    with pytest.raises(CdulError, match="does not match its (recorded )?sha256"):
         _open(copy_fp32, tiny_config)
 
 

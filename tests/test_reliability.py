@@ -368,3 +368,80 @@ def test_disk_full_mid_run_keeps_rows_and_resumes(tmp_path, image_folder, tiny_c
     a, b = read_label_file(out), read_label_file(clean)
     assert sorted(a.paths) == sorted(b.paths) and len(set(a.paths)) == 12
     np.testing.assert_allclose(a.scores[[a.paths.index(p) for p in b.paths]], b.scores, rtol=0, atol=1e-6)
+
+
+# -- item 13: every file of an engine folder is checked before any runtime starts ------------------------------------
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, tiny_config) -> Path:
+    pytest.importorskip("onnxruntime")
+    from cdul_rt.export.clip import ExportOptions, export_clip
+
+    out = tmp_path_factory.mktemp("engine") / "fp32"
+    export_clip(ExportOptions(out=out, model=str(tiny_config), pretrained="none", classes="voc"), log=lambda m: None)
+    return out
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_damaged_visual_graph_is_refused_before_labeling(tmp_path, exported, image_folder, tiny_config, damage):
+    import shutil
+
+    folder = tmp_path / "engine"
+    shutil.copytree(exported, folder)
+    visual = folder / "visual.onnx"  # `label` runs labeler.onnx only: visual.onnx is never opened by the run
+    data = bytearray(visual.read_bytes())
+    if damage == "flip":
+        data[len(data) // 2] ^= 0xFF
+    else:
+        data = data[: len(data) // 2]
+    visual.write_bytes(bytes(data))
+    out = tmp_path / "l.jsonl"
+    r = invoke(*label_args(image_folder, out, tiny_config, "--runtime", "onnxruntime", "--engine-dir", str(folder)))
+    expected = "does not match its sha256" if damage == "flip" else "is truncated"
+    assert r.exit_code == 2 and "visual.onnx" in r.output and expected in r.output, r.output
+    assert not out.exists()
+
+
+# -- item 14: checkpoints load with weights_only=True; a pickled callable is refused, never run ----------------------
+class _Evil:
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+@pytest.mark.parametrize("name", ["checkpoint.pt", "model.pt"])
+def test_checkpoint_carrying_a_callable_is_refused(tmp_path, name):
+    import torch
+
+    from cdul_rt.errors import CdulError
+    from cdul_rt.train.checkpoint import load_model_file
+
+    run = tmp_path / "run"
+    run.mkdir()
+    marker = tmp_path / "code-ran"
+    state = {"model": {}, "state_dict": {}, "meta": {"x": _Evil(str(marker))}}
+    torch.save(state, run / name)
+    with pytest.raises(CdulError, match="refusing to load"):
+        load_model_file(run)
+    assert not marker.exists()
+
+
+def test_checkpoint_rng_state_round_trips_safely(tmp_path):
+    import random
+
+    import torch
+
+    from cdul_rt.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+
+    np.random.seed(3), random.seed(4), torch.manual_seed(5)
+    np.random.normal()  # leaves a cached gaussian in numpy's legacy state
+    save_checkpoint(tmp_path, {"rng": rng_state(), "history": [{"loss": np.float32(0.5)}], "epoch": 1,
+                               "config": {"out": tmp_path}})
+    expected = (np.random.random(3), random.random(), torch.rand(2))
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)  # loads under the safe unpickler
+    set_rng_state(load_checkpoint(tmp_path)["rng"])
+    assert state["history"][0]["loss"] == 0.5 and state["config"]["out"] == str(tmp_path)
+    got = (np.random.random(3), random.random(), torch.rand(2))
+    np.testing.assert_array_equal(got[0], expected[0])
+    assert got[1] == expected[1] and torch.equal(got[2], expected[2])

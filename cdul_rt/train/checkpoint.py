@@ -19,17 +19,62 @@ METRICS = "metrics.jsonl"
 
 
 def rng_state() -> dict[str, Any]:
+    """Every RNG's state as tensors and plain Python values only, so the checkpoint loads with
+    ``torch.load(weights_only=True)`` (numpy's state array is stored as a tensor, not a pickled ndarray)."""
     import torch
 
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    key, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {"torch": torch.get_rng_state(),
+            "numpy": {"key": str(key), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+            "python": {"version": int(version), "internal": list(internal), "gauss_next": gauss_next}}
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
     import torch
 
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    n, p = state["numpy"], state["python"]
+    np.random.set_state((n["key"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
+
+
+def plain(obj: Any) -> Any:
+    """Tensors, dicts, lists, tuples, str, int, float, bool and None only (numpy scalars and arrays, paths
+    converted): what ``weights_only=True`` loads without running any code."""
+    import torch
+
+    if isinstance(obj, dict):
+        return {k: plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(plain(v) for v in obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(obj.copy())
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def safe_load(path: Path, what: str) -> Any:
+    """``torch.load(weights_only=True)``: tensors and plain data only; a file carrying Python callables (code that
+    unpickling would run) is refused with a message, never executed."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CdulError(f"refusing to load {path}: it holds Python objects other than tensors and plain data "
+                        f"({str(exc).splitlines()[-1][:200]}), which loading would execute. cdul-rt writes {what} "
+                        "with tensors and plain data only, so this file was made by something else (or by an older "
+                        "cdul-rt); only open run folders you trust, or train again") from exc
+    except Exception as exc:  # noqa: BLE001 - a damaged file: say which and what to do
+        raise CdulError(f"cannot read {path}: {type(exc).__name__}: {str(exc)[:300]}; {what} is damaged") from exc
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
@@ -42,37 +87,29 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
 
 
 def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
-    """``state``: model, optimizer, ytilde, epoch, rng, config, history."""
-    atomic_torch_save(state, run_dir / CHECKPOINT)
+    """``state``: model, optimizer, ytilde, epoch, rng, config, history (made plain: see :func:`plain`)."""
+    atomic_torch_save(plain(state), run_dir / CHECKPOINT)
 
 
 def load_checkpoint(run_dir: Path) -> dict[str, Any]:
-    import torch
-
     path = run_dir / CHECKPOINT
     if not path.is_file():
         raise CdulError(f"--resume: no {CHECKPOINT} in {run_dir}; start a new run without --resume")
-    try:
-        # weights_only=False: the checkpoint holds numpy/python RNG states; it is our own file in the run folder.
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise CdulError(f"cannot read {path}: {exc}; the run cannot be resumed, start a new one") from exc
+    return safe_load(path, "the checkpoint")
 
 
 def save_model(run_dir: Path, model_state: dict, meta: dict[str, Any]) -> Path:
     """The deployable classifier: state dict plus what ``predict`` and ``export`` need to rebuild it."""
     path = run_dir / MODEL
-    atomic_torch_save({"state_dict": model_state, "meta": meta}, path)
+    atomic_torch_save(plain({"state_dict": model_state, "meta": meta}), path)
     return path
 
 
 def load_model_file(run_dir: Path) -> dict[str, Any]:
     """``model.pt`` of a finished run, else the latest checkpoint of an unfinished one."""
-    import torch
-
     run_dir = Path(run_dir)
     if (run_dir / MODEL).is_file():
-        return torch.load(run_dir / MODEL, map_location="cpu", weights_only=True)
+        return safe_load(run_dir / MODEL, "the model")
     if (run_dir / CHECKPOINT).is_file():
         ckpt = load_checkpoint(run_dir)
         return {"state_dict": ckpt["model"], "meta": ckpt["meta"]}

@@ -172,7 +172,7 @@ def open_labeler(cfg, vocab: Vocabulary) -> LabelerSession:
 
     require("onnxruntime", "runtime")
     folder = Path(cfg.engine_dir) if cfg.engine_dir else cached_folder(cfg)
-    manifest = verify_artifacts(folder, ("labeler.onnx",))  # the text graph is checked only when it is needed
+    manifest = verify_artifacts(folder)  # every file (size + sha256) before any runtime starts, as promised
     check_request(manifest, folder, cfg.model, cfg.pretrained, cfg.weights, cfg.precision, cfg.grid, cfg.mode)
     text_providers, providers = labeler_providers(cfg, manifest, len(vocab.prompts(cfg.template)))
     text = class_embeddings(folder, manifest, vocab, cfg.template, text_providers)

@@ -55,7 +55,7 @@ def open_labeler(cfg, vocab) -> LabelerSession:
     device = check_request(cfg)
     import_tensorrt()  # a CdulError naming the pip extra when TensorRT is missing, before any export or build
     folder = Path(cfg.engine_dir) if cfg.engine_dir else cached_folder(cfg)
-    manifest = verify_artifacts(folder, ("labeler.onnx",))
+    manifest = verify_artifacts(folder)  # every file (size + sha256) before any runtime starts
     # same model, weights, grid and mode; the precision may differ (TRT 10 builds fp16 from the fp32 graph)
     check_artifacts(manifest, folder, cfg.model, cfg.pretrained, cfg.weights, manifest.precision, cfg.grid, cfg.mode)
     text = class_embeddings(folder, manifest, vocab, cfg.template)
