@@ -10,7 +10,7 @@ import numpy as np
 
 from cdul_rt import __version__
 from cdul_rt.errors import CdulError
-from cdul_rt.labelfile import LabelTable, read_label_file, select_labels
+from cdul_rt.labelfile import LabelTable, read_label_file
 
 
 @dataclass
@@ -65,30 +65,14 @@ def _size(path: Path) -> tuple[int, int] | None:
 
 def load_handoff(labels: Path, images: Path | None = None, threshold: float | None = None,
                  top_k: int | None = None) -> Handoff:
-    """Read the label file; the label sets use the run's threshold / top-k unless given here."""
+    """Read the label file; the label sets use the run's threshold / top-k unless given here (as ``report``)."""
+    from cdul_rt.report.data import image_root, label_indices
+
     table = read_label_file(labels)
     if not table.paths:
         raise CdulError(f"{labels} has no images; label some first")
-    config = table.meta.get("config", {})
-    if threshold is None and top_k is None:
-        threshold, top_k = float(config.get("threshold", 0.5)), config.get("top_k")
-    index = {c: j for j, c in enumerate(table.classes)}
-    labels_idx = [[index[c] for c in select_labels(row, table.classes, threshold if threshold is not None else 0.5,
-                                                    top_k)] for row in table.scores]
-    return Handoff(table, labels_idx, _image_root(images, table.meta))
-
-
-def _image_root(images: Path | None, meta: dict) -> Path | None:
-    if images is not None:
-        if not images.is_dir():
-            raise CdulError(f"--images {images} is not a folder")
-        return images.resolve()
-    recorded = meta.get("input")
-    if recorded and Path(recorded).is_dir():
-        return Path(recorded).resolve()
-    if recorded and Path(recorded).is_file():
-        return Path(recorded).resolve().parent
-    return None
+    labels_idx = label_indices(table.scores, table.classes, table.meta, threshold, top_k)
+    return Handoff(table, labels_idx, image_root(labels, images, table.meta)[0])
 
 
 def require_images(handoff: Handoff, fmt: str) -> Path:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cdul_rt.errors import CdulError
 from cdul_rt.labelfile import LabelTable, select_labels, sidecar
 
 TOP_SCORES = 3  # scores kept per image besides its labels (and, with ground truth, its misses)
@@ -28,12 +29,33 @@ class ReportData:
         return self.targets is not None
 
 
-def label_indices(scores: np.ndarray, classes: list[str], meta: dict) -> list[list[int]]:
-    """The label sets as the run selected them (its threshold / top-k from the meta; 0.5 when unknown)."""
-    config = meta.get("config", {})
-    threshold, top_k = float(config.get("threshold", 0.5)), config.get("top_k")
+def label_indices(scores: np.ndarray, classes: list[str], meta: dict, threshold: float | None = None,
+                  top_k: int | None = None) -> list[list[int]]:
+    """Class indices per image, highest score first: the classes at ``threshold`` or the ``top_k`` best when
+    either is given, else as the run selected them (its threshold / top-k from the meta; 0.5 when unknown).
+    ``report`` and ``convert`` both show these label sets."""
+    if threshold is None and top_k is None:
+        config = meta.get("config", {})
+        threshold, top_k = float(config.get("threshold", 0.5)), config.get("top_k")
     index = {c: j for j, c in enumerate(classes)}
-    return [[index[c] for c in select_labels(row, classes, threshold, top_k)] for row in scores]
+    return [[index[c] for c in select_labels(row, classes, 0.5 if threshold is None else threshold, top_k)]
+            for row in scores]
+
+
+def image_root(labels: Path, images: Path | None, meta: dict) -> tuple[Path | None, str]:
+    """The folder the label file's relative paths start from: ``--images``, else the meta's ``input`` (its folder
+    when it was one file); ``(None, why)`` when that is not on this machine."""
+    if images is not None:
+        if not images.is_dir():
+            raise CdulError(f"--images {images} is not a folder")
+        return images.resolve(), ""
+    recorded = meta.get("input")
+    if recorded and Path(recorded).is_dir():
+        return Path(recorded).resolve(), ""
+    if recorded and Path(recorded).is_file():
+        return Path(recorded).resolve().parent, ""
+    why = f"the recorded input {recorded} is not on this machine" if recorded else f"{labels} has no meta input"
+    return None, f"no thumbnails: {why}; pass --images DIR"
 
 
 def read_failures(label_path: Path) -> list[dict]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from cdul_rt import __version__
 from cdul_rt.errors import CdulError, require
-from cdul_rt.report.data import (ReportData, class_counts, flat_meta, image_records, label_indices,
+from cdul_rt.report.data import (ReportData, class_counts, flat_meta, image_records, image_root, label_indices,
                                  read_failures)
 from cdul_rt.report.thumbs import EMBED_LIMIT, make_thumbnails
 
@@ -41,21 +41,6 @@ def load_report_data(labels: Path, gt: Path | None) -> ReportData:
         truth = load_ground_truth(gt, table.paths, table.classes)
         data.targets, data.gt_notes = truth.targets, list(truth.notes)
     return data
-
-
-def image_root(labels: Path, images: Path | None, meta: dict) -> tuple[Path | None, str]:
-    """The folder the label file's relative paths start from: ``--images``, else the meta's ``input``."""
-    if images is not None:
-        if not images.is_dir():
-            raise CdulError(f"--images {images} is not a folder")
-        return images, ""
-    recorded = meta.get("input")
-    if recorded and Path(recorded).is_dir():
-        return Path(recorded), ""
-    if recorded and Path(recorded).is_file():
-        return Path(recorded).parent, ""
-    why = f"the recorded input {recorded} is not on this machine" if recorded else f"{labels} has no meta input"
-    return None, f"no thumbnails: {why}; pass --images DIR"
 
 
 def _gt_section(data: ReportData) -> dict:
