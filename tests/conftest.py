@@ -85,3 +85,28 @@ def make_broken(folder: Path) -> list[str]:
 def image_folder(tmp_path) -> Path:
     make_images(tmp_path / "images", 12)
     return tmp_path / "images"
+
+
+def train_tiny_classifier(root: Path, classes: list[str], *train_args: str) -> tuple[Path, Path]:
+    """``root/images`` (5 random 40x28 JPEGs), random scores for ``classes``, and a resnet18 trained on them for one
+    epoch at 32 px with no pretrained weights into ``root/run`` (extra ``train`` options in ``train_args``).
+    Returns (images folder, run folder)."""
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from cdul_rt.cli import main
+    from cdul_rt.labelfile import write_label_file
+
+    images = root / "images"
+    images.mkdir()
+    rng = np.random.default_rng(4)
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 255, (28, 40, 3), dtype=np.uint8)).save(images / f"{i}.jpg")
+    labels = write_label_file(root / "l.jsonl", [f"{i}.jpg" for i in range(5)], list(classes),
+                              rng.random((5, len(classes))).astype(np.float32))
+    run = root / "run"
+    result = CliRunner().invoke(main, ["train", str(images), str(labels), "--out", str(run), "--arch", "resnet18",
+                                       "--weights", "none", "--image-size", "32", "--epochs", "1", "--batch-size",
+                                       "5", "--threads", "1", "--quiet", *train_args])
+    assert result.exit_code == 0, result.output
+    return images, run

@@ -11,16 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from PIL import Image
 
 pytest.importorskip("onnxruntime")
 
 from cdul_rt import Classifier, Labeler  # noqa: E402
 from cdul_rt.cli import main  # noqa: E402
 from cdul_rt.errors import CdulError  # noqa: E402
-from cdul_rt.labelfile import read_label_file, write_label_file  # noqa: E402
+from cdul_rt.labelfile import read_label_file  # noqa: E402
 
-from conftest import make_images  # noqa: E402
+from conftest import make_images, train_tiny_classifier  # noqa: E402
 
 CLASSES = "red circle,blue square,a dog on a sofa"  # not the exported vocabulary: text.onnx + torch-free tokenizer
 
@@ -96,18 +95,7 @@ def trained(tmp_path_factory):
     from cdul_rt.export.classifier import export_classifier
 
     root = tmp_path_factory.mktemp("api-clf")
-    folder = root / "images"
-    folder.mkdir()
-    rng = np.random.default_rng(4)
-    for i in range(5):
-        Image.fromarray(rng.integers(0, 255, (28, 40, 3), dtype=np.uint8)).save(folder / f"{i}.jpg")
-    labels = write_label_file(root / "l.jsonl", [f"{i}.jpg" for i in range(5)], list("abcd"),
-                              rng.random((5, 4)).astype(np.float32))
-    run = root / "run"
-    r = CliRunner().invoke(main, ["train", str(folder), str(labels), "--out", str(run), "--arch", "resnet18",
-                                  "--weights", "none", "--image-size", "32", "--epochs", "1", "--batch-size", "5",
-                                  "--threads", "1", "--quiet"])
-    assert r.exit_code == 0, r.output
+    folder, run = train_tiny_classifier(root, list("abcd"))
     export_classifier(run, root / "engine", images=[folder])
     return folder, run, root / "engine"
 

@@ -11,11 +11,11 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 from click.testing import CliRunner  # noqa: E402
-from PIL import Image  # noqa: E402
 
 from cdul_rt.cli import main  # noqa: E402
 from cdul_rt.export.classifier import export_classifier, format_parity_table  # noqa: E402
-from cdul_rt.labelfile import read_label_file, write_label_file  # noqa: E402
+from cdul_rt.labelfile import read_label_file  # noqa: E402
+from conftest import train_tiny_classifier  # noqa: E402
 
 pytestmark = pytest.mark.slow  # trains a classifier per module
 
@@ -25,18 +25,7 @@ CLASSES = ["a", "b", "c", "d"]
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("onnx")
-    images = root / "images"
-    images.mkdir()
-    rng = np.random.default_rng(4)
-    for i in range(5):
-        Image.fromarray(rng.integers(0, 255, (28, 40, 3), dtype=np.uint8)).save(images / f"{i}.jpg")
-    labels = write_label_file(root / "l.jsonl", [f"{i}.jpg" for i in range(5)], CLASSES,
-                              rng.random((5, 4)).astype(np.float32))
-    run = root / "run"
-    result = CliRunner().invoke(main, ["train", str(images), str(labels), "--out", str(run), "--arch", "resnet18",
-                                       "--weights", "none", "--image-size", "32", "--epochs", "1", "--batch-size",
-                                       "5", "--lr", "1e-2", "--threads", "1", "--quiet"])
-    assert result.exit_code == 0, result.output
+    images, run = train_tiny_classifier(root, CLASSES, "--lr", "1e-2")
     out = root / "engine"
     manifest = export_classifier(run, out, images=[images])  # a folder: its images are the verify batch
     return images, run, out, manifest
