@@ -207,3 +207,19 @@ def test_bad_options_and_outputs_are_clear_errors(labeled, tmp_path):
     for args, message in cases:
         result = CliRunner().invoke(main, ["convert", str(labels), "--images", str(images), *map(str, args)])
         assert result.exit_code == 2 and message in result.output, (args, result.output)
+
+
+def test_image_sizes_are_the_displayed_ones_after_exif_rotation(tmp_path):
+    from PIL import Image
+
+    from cdul_rt.handoff import load_handoff
+
+    images = tmp_path / "images"
+    images.mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees: a 40x30 file is shown (and labeled) as 30x40
+    Image.new("RGB", (40, 30)).save(images / "rotated.jpg", exif=exif.tobytes())
+    Image.new("RGB", (40, 30)).save(images / "plain.jpg")
+    labels = write_label_file(tmp_path / "l.jsonl", ["plain.jpg", "rotated.jpg"], ["a"],
+                              np.array([[0.9], [0.9]], np.float32))
+    assert load_handoff(labels, images).sizes() == [(40, 30), (30, 40)]
