@@ -141,3 +141,16 @@ def test_an_unwritable_out_is_a_clear_error(labeled, tmp_path):
     (tmp_path / "a_file").write_text("x")
     result = CliRunner().invoke(main, ["report", str(labels), "--out", str(tmp_path / "a_file" / "r.html"), "-q"])
     assert result.exit_code == 2 and "cannot write" in result.output, result.output
+
+
+def test_a_label_on_an_ignored_object_is_neither_a_false_positive_nor_a_miss():
+    """VOC "difficult"-only objects are metrics.IGNORE in the targets: predicting them or not is no error."""
+    from cdul_rt.labelfile import LabelTable
+    from cdul_rt.metrics import IGNORE
+    from cdul_rt.report.data import ReportData, image_records
+
+    scores = np.array([[0.9, 0.9, 0.1, 0.1]], np.float32)
+    table = LabelTable(["a.jpg"], CLASSES, scores)
+    targets = np.array([[IGNORE, 0, IGNORE, 1]])  # labels cat (ignored) and dog (wrong); car missed, person ignored
+    (rec,) = image_records(ReportData(table, [[0, 1]], targets=targets), [None])
+    assert rec[5] == [CLASSES.index("dog")] and rec[6] == [CLASSES.index("car")]
