@@ -81,6 +81,9 @@ def test_chunked_device_feeding_equals_host_normalisation():
     chunks = list(feeder.chunks(parts, rows_per_item=10))
     assert len(chunks) == 2
     np.testing.assert_array_equal(torch.cat(chunks).numpy(), ref)
+    # the normalisation the CUDA path runs on the device, here on a CPU tensor
+    u8 = torch.from_numpy(np.concatenate(parts)).permute(0, 3, 1, 2).contiguous()
+    np.testing.assert_array_equal(feeder.normalize(u8).numpy(), ref)
 
 
 def test_uint8_input_is_checked(tiny_bundle):

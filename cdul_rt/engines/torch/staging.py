@@ -3,10 +3,12 @@
 The CPU-decode path hands the runner uint8 ``[N, S, S, 3]`` crops (1 byte a value, 4x less to copy than float32);
 normalisation runs where the encoder runs. On CUDA the rows go through a page-locked (pinned) staging buffer and are
 uploaded with ``non_blocking`` copies on a copy stream, chunk by chunk: while the encoder runs on chunk j, the host
-fills and uploads chunk j+1 (kernel launches return at once). On the CPU the same chunks are normalised in place.
+fills and uploads chunk j+1 (kernel launches return at once). On the CPU the chunks are normalised by
+:func:`cdul_rt.preprocess.normalize_batch` (numpy, single-threaded: torch's small multi-threaded ops were measured
+slower there while decode workers share the cores) and handed to torch without a copy.
 
-Bit-identical to :func:`cdul_rt.preprocess.normalize_batch`: the same float32 operations in the same order
-(x / 255, - mean, / std), with tensor divisors, never a Python scalar (CUDA turns ``x / scalar`` into
+Bit-identical to :func:`cdul_rt.preprocess.normalize_batch` on the device too: the same float32 operations in the
+same order (x / 255, - mean, / std), with tensor divisors, never a Python scalar (CUDA turns ``x / scalar`` into
 ``x * (1 / scalar)``, which can differ in the last bit).
 """
 
@@ -16,7 +18,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from cdul_rt.preprocess import PreprocessConfig
+from cdul_rt.preprocess import PreprocessConfig, normalize_batch
 
 MAX_CHUNKS = 4  # uploads in flight per call on CUDA
 MIN_CHUNK_ITEMS = 16  # images per chunk at least, so that splitting never starves the encoder
@@ -52,6 +54,7 @@ class DeviceFeeder:
         import torch
 
         self.device = torch.device(device)
+        self.preprocess = preprocess
         self.cuda = self.device.type == "cuda"
         self.overlap = self.cuda if overlap is None else overlap
         f32 = dict(dtype=torch.float32, device=self.device)
@@ -76,13 +79,7 @@ class DeviceFeeder:
     def _host(self, parts, a: int, b: int):
         import torch
 
-        s = parts[0].shape[1]
-        x = torch.empty((b - a, 3, s, s), dtype=torch.uint8)
-        o = 0
-        for piece in _pieces(parts, a, b):
-            x[o:o + piece.shape[0]].copy_(torch.from_numpy(piece).permute(0, 3, 1, 2))
-            o += piece.shape[0]
-        return self.normalize(x.to(self.device))
+        return torch.from_numpy(normalize_batch(list(_pieces(parts, a, b)), self.preprocess))
 
     def _staging(self, rows: int, shape: tuple[int, ...]):
         import torch
