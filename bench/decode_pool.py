@@ -105,6 +105,16 @@ def label_loop(kind, paths, session, workers):
     return n / wall, 1000 * cpu / n
 
 
+def pipe_bytes(path, cfg) -> tuple[int, int]:
+    """Bytes pickled through pipes per image: old = the Decoded with its crops (one image of a chunk's result);
+    ring = the task ``(seq, slot, path)`` plus the answer ``(seq, None)``."""
+    import pickle
+
+    old = len(pickle.dumps(load_crops(path, 3, cfg), protocol=pickle.HIGHEST_PROTOCOL))
+    ring = sum(len(pickle.dumps(m, protocol=pickle.HIGHEST_PROTOCOL)) for m in ((12345, 17, path), (12345, None)))
+    return old, ring
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--images", type=int, default=96)
@@ -123,6 +133,7 @@ def main() -> None:
         session = open_session(LabelConfig(input=Path(tmp), out=Path(tmp) / "o.jsonl", model="cdul-tiny",
                                            classes="synth"), vocab)
         vit = PreprocessConfig(size=224)
+        old_b, ring_b = pipe_bytes(paths[0], vit)
         rows = {k: [] for k in ("assemble old", "assemble ring", "label old", "label ring")}
         with session.runner:
             label_loop("ring", paths[:8], session, args.workers)  # warm-up (first encoder call, spawn imports)
@@ -144,6 +155,7 @@ def main() -> None:
         what, path = k.split()
         label = "decode -> batch assembly (224 px, g = 3)" if what == "assemble" else "labeling loop (cdul-tiny, 64 px)"
         print(f"| {label} | {'pickled (old)' if path == 'old' else 'shared-memory ring'} | {ips:.1f} | {cpu:.2f} |")
+    print(f"\nbytes through pipes per image (224 px, g = 3): pickled {old_b:,}, ring {ring_b:,}")
     for what in ("assemble", "label"):
         o, r = med[f"{what} old"], med[f"{what} ring"]
         print(f"\n{what}: ring / old = {r[0] / o[0]:.2f}x images/s, main-process CPU per image "
