@@ -223,3 +223,32 @@ def test_image_sizes_are_the_displayed_ones_after_exif_rotation(tmp_path):
     labels = write_label_file(tmp_path / "l.jsonl", ["plain.jpg", "rotated.jpg"], ["a"],
                               np.array([[0.9], [0.9]], np.float32))
     assert load_handoff(labels, images).sizes() == [(40, 30), (30, 40)]
+
+
+def test_non_utf8_file_names_export_to_every_format(tmp_path):
+    """`label` keeps an undecodable byte as a lone surrogate (os.fsdecode); every export stays valid UTF-8 and the
+    JSON ones give back the very name that opens the file."""
+    import os
+    import xml.etree.ElementTree as ET
+
+    from PIL import Image
+
+    from cdul_rt.groundtruth import read_coco
+
+    images = tmp_path / "images"
+    images.mkdir()
+    name = os.fsdecode(b"caf\xe9.jpg")
+    Image.new("RGB", (40, 30)).save(images / name)
+    labels = write_label_file(tmp_path / "l.jsonl", [name], ["x"], np.array([[0.9]], np.float32),
+                              meta={"input": str(images)})
+    for fmt in ("coco", "cvat", "fiftyone", "label-studio"):
+        convert(labels, "--to", fmt, "--out", tmp_path / fmt)
+    assert list(read_coco(tmp_path / "coco")[0]) == [name]
+    data = json.loads((tmp_path / "fiftyone" / "data.json").read_text(encoding="utf-8"))
+    assert Path(next(iter(data.values()))).is_file()
+    (task,) = json.loads((tmp_path / "label-studio").read_text(encoding="utf-8"))
+    assert task["data"]["image"] == "/data/local-files/?d=caf%E9.jpg" and task["data"]["path"] == name
+    assert ET.parse(tmp_path / "cvat").find("image").get("name") == "caf\\xe9.jpg"
+    result = CliRunner().invoke(main, ["report", str(labels), "--out", str(tmp_path / "r.html"), "-q"])
+    assert result.exit_code == 0, result.output
+    (tmp_path / "r.html").read_text(encoding="utf-8")  # valid UTF-8

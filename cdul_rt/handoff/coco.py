@@ -7,11 +7,10 @@ labels are image-level. pycocotools' ``COCO`` indexes it (tested) and ``cdul-rt 
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
-from cdul_rt.handoff.common import Handoff, require_images
+from cdul_rt.handoff.common import Handoff, require_images, write_json
 
 
 def coco_dict(handoff: Handoff) -> dict:
@@ -33,5 +32,5 @@ def coco_dict(handoff: Handoff) -> dict:
 def write_coco(handoff: Handoff, out: Path, **_) -> list[Path]:
     require_images(handoff, "coco")  # image sizes are part of the format
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(coco_dict(handoff), ensure_ascii=False), encoding="utf-8")
+    write_json(out, coco_dict(handoff))
     return [out]

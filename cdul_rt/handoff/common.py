@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +74,13 @@ def load_handoff(labels: Path, images: Path | None = None, threshold: float | No
         raise CdulError(f"{labels} has no images; label some first")
     labels_idx = label_indices(table.scores, table.classes, table.meta, threshold, top_k)
     return Handoff(table, labels_idx, image_root(labels, images, table.meta)[0])
+
+
+def write_json(path: Path, obj, indent: int | None = None) -> None:
+    """``obj`` as UTF-8 JSON. A path that is not valid UTF-8 (``label`` keeps each undecodable byte as a lone
+    surrogate, ``os.fsdecode``) cannot be UTF-8 text: inside a JSON string ``backslashreplace`` writes it as the
+    JSON escape ``\\udcXX``, so the file stays valid JSON and ``json.load`` gives back the very name that opens it."""
+    path.write_text(json.dumps(obj, indent=indent, ensure_ascii=False), encoding="utf-8", errors="backslashreplace")
 
 
 def require_images(handoff: Handoff, fmt: str) -> Path:

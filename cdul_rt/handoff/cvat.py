@@ -13,6 +13,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from cdul_rt.handoff.common import Handoff, require_images
+from cdul_rt.labelfile import display_name
 
 
 def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrib: str) -> ET.Element:
@@ -41,7 +42,8 @@ def cvat_tree(handoff: Handoff, task_name: str) -> ET.ElementTree:
     _sub(meta, "dumped", now)
     for i, path in enumerate(handoff.table.paths):
         size = sizes[i] or (0, 0)
-        image = _sub(root, "image", id=str(i), name=path, width=str(size[0]), height=str(size[1]))
+        # XML cannot hold a non-UTF-8 name: its undecodable bytes are written as \\xNN (as `label` shows them)
+        image = _sub(root, "image", id=str(i), name=display_name(path), width=str(size[0]), height=str(size[1]))
         for name, _ in handoff.label_scores(i):
             _sub(image, "tag", label=name, source="auto")
     tree = ET.ElementTree(root)

@@ -10,10 +10,9 @@ manifest option; its automatic ``data.json`` fallback misses it behind the defau
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from cdul_rt.handoff.common import Handoff, require_images
+from cdul_rt.handoff.common import Handoff, require_images, write_json
 
 
 def write_fiftyone(handoff: Handoff, out: Path, **_) -> list[Path]:
@@ -23,7 +22,6 @@ def write_fiftyone(handoff: Handoff, out: Path, **_) -> list[Path]:
     labels = {u: [{"label": c, "confidence": s} for c, s in handoff.label_scores(i)] for i, u in enumerate(uuids)}
     data = {u: str(handoff.image_path(i)) for i, u in enumerate(uuids)}
     out.mkdir(parents=True, exist_ok=True)
-    (out / "labels.json").write_text(json.dumps({"classes": handoff.classes, "labels": labels}, ensure_ascii=False),
-                                     encoding="utf-8")
-    (out / "data.json").write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    write_json(out / "labels.json", {"classes": handoff.classes, "labels": labels})
+    write_json(out / "data.json", data)
     return [out / "labels.json", out / "data.json"]

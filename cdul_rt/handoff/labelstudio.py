@@ -10,13 +10,13 @@ does, it is the mean of the chosen labels' scores, and the per-label scores trav
 
 from __future__ import annotations
 
-import json
+import os
 from pathlib import Path
 from urllib.parse import quote
 from xml.sax.saxutils import quoteattr
 
 from cdul_rt.errors import CdulError
-from cdul_rt.handoff.common import Handoff, mean
+from cdul_rt.handoff.common import Handoff, mean, write_json
 
 CONTROL, OBJECT = "labels", "image"  # the names the config and every result share
 
@@ -34,20 +34,20 @@ def image_url(handoff: Handoff, i: int, image_root: Path | None, url_prefix: str
     relative to ``--image-root``, the server's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT; default the image folder)."""
     rel = handoff.table.paths[i]
     if url_prefix:
-        return url_prefix.rstrip("/") + "/" + quote(rel)
+        return url_prefix.rstrip("/") + "/" + quote(os.fsencode(rel))
     root = image_root or handoff.image_root
     if root is None:
         raise CdulError("Label Studio needs image URLs: pass --url-prefix URL, or --image-root DIR (the server's "
                         "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT), or --images DIR")
     if handoff.image_root is None:  # images not on this machine: take the document root as their folder
-        return "/data/local-files/?d=" + quote(rel)
+        return "/data/local-files/?d=" + quote(os.fsencode(rel))
     path = handoff.image_root / rel
     try:
         local = path.resolve().relative_to(root.resolve())
     except ValueError:
         raise CdulError(f"image {path} is not under --image-root {root}; use the document root Label Studio serves "
                         "local files from") from None
-    return "/data/local-files/?d=" + quote(local.as_posix())
+    return "/data/local-files/?d=" + quote(os.fsencode(local.as_posix()))
 
 
 def task(handoff: Handoff, i: int, url: str, model_version: str) -> dict:
@@ -66,7 +66,7 @@ def write_label_studio(handoff: Handoff, out: Path, image_root: Path | None = No
     tasks = [task(handoff, i, image_url(handoff, i, image_root, url_prefix), version)
              for i in range(len(handoff.table.paths))]
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(tasks, indent=1, ensure_ascii=False), encoding="utf-8")
+    write_json(out, tasks, indent=1)
     config = out.with_name(out.stem + ".label_config.xml")
     config.write_text(label_config(handoff.classes), encoding="utf-8")
     return [out, config]

@@ -96,7 +96,8 @@ def render_report(labels: Path, out: Path, images: Path | None = None, gt: Path 
         # "<" escaped so no string in the data (a file name) can close the script element
         data_json=json.dumps(blob, separators=(",", ":"), ensure_ascii=False).replace("<", "\\u003c"))
     tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(html, encoding="utf-8")
+    # a non-UTF-8 file name (lone surrogates, as `label` keeps it) is written as \udcXX: a JSON escape in the blob
+    tmp.write_text(html, encoding="utf-8", errors="backslashreplace")
     tmp.replace(out)
     return ReportSummary(out, len(table.paths), sum(s is not None for s in sources), thumbs,
                          gt_section["map"] if gt_section else None, tuple(notes + (data.gt_notes or [])))
