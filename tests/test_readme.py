@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from pathlib import Path
@@ -51,4 +52,15 @@ def test_readme_main_job_runs_offline(tmp_path):
     rows = dict(re.findall(r"^\s+(global|avg|max|cdul)\s+([\d.]+)$", out, re.M))
     assert set(rows) == {"global", "avg", "max", "cdul"}
     assert float(rows["cdul"]) > float(rows["global"])  # the paper's effect, on the shipped tiny CLIP
-    assert "map_pred_val" in out and (tmp_path / "demo" / "run" / "model.pt").is_file()
+    assert (tmp_path / "demo" / "run" / "model.pt").is_file()
+    # the training story: the classifier against its initial pseudo labels and against the run without alignment,
+    # each number the one its run folder recorded
+    runs = {name: [json.loads(x) for x in (tmp_path / "demo" / name / "metrics.jsonl").read_text().splitlines()]
+            for name in ("run", "run-no-alignment")}
+    vs_labels = re.search(r"^held-out scenes: classifier ([\d.]+) mAP vs its initial pseudo labels ([\d.]+)", out, re.M)
+    vs_fixed = re.search(r"^held-out scenes: classifier ([\d.]+) mAP vs ([\d.]+) without alignment", out, re.M)
+    assert float(vs_labels[1]) == pytest.approx(100 * runs["run"][-1]["map_pred_val"], abs=0.051)
+    assert float(vs_labels[2]) == pytest.approx(100 * runs["run"][0]["map_pseudo_val"], abs=0.051)
+    assert float(vs_fixed[2]) == pytest.approx(100 * runs["run-no-alignment"][-1]["map_pred_val"], abs=0.051)
+    assert [r["phase"] for r in runs["run-no-alignment"][1:]] == ["fixed-labels"] * (len(runs["run"]) - 1)
+    assert (tmp_path / "demo" / "curves.png").is_file() and (tmp_path / "demo" / "run" / "curves.png").is_file()

@@ -155,3 +155,48 @@ def test_resume_continues_from_the_checkpoint_not_from_scratch(world, tmp_path):
     assert [row.get("epoch") for row in history if "epoch" in row][-1] == 3
     resumed, uninterrupted = _weights(part)["fc.bias"], _weights(full)["fc.bias"]
     assert (resumed - uninterrupted).abs().max() > 1.0  # epoch 3 started from the changed weights
+
+
+def test_val_pseudo_labels_are_the_held_out_bar_every_epoch(world, tmp_path):
+    from cdul_rt.metrics import mean_average_precision
+
+    images, labels, gt = world
+    out = tmp_path / "run"
+    # the held-out set is the training folder here, with its rows in another order than the label file
+    table = read_label_file(labels)
+    order = np.argsort(table.paths)[::-1]
+    val_labels = write_label_file(tmp_path / "val.jsonl", [table.paths[i] for i in order], CLASSES,
+                                  table.scores[order], meta={"threshold": 0.5})
+    _train(images, labels, out, "--epochs", "2", "--gt", str(gt), "--val-images", str(images), "--val-gt", str(gt),
+           "--val-labels", str(val_labels))
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    expected = rows[0]["map_pseudo"]  # same images, same initial labels
+    assert [r["map_pseudo_val"] for r in rows] == pytest.approx([expected] * 3)
+    assert rows[2]["label_change"] > 0  # the training labels moved; the bar did not
+    assert "map_pred_val" in rows[2]
+    truth = [json.loads(x) for x in gt.read_text().splitlines()]
+    targets = np.array([[c in t["labels"] for c in CLASSES] for t in truth], dtype=int)
+    assert expected == pytest.approx(mean_average_precision(table.scores, targets, CLASSES).map)
+
+    short = write_label_file(tmp_path / "short.jsonl", table.paths[:5], CLASSES, table.scores[:5])
+    result = _train(images, labels, tmp_path / "bad", "--epochs", "1", "--val-images", str(images),
+                    "--val-gt", str(gt), "--val-labels", str(short), check=False)
+    assert isinstance(result.exception, CdulError) and "lacks 3 of the 8 held-out images" in str(result.exception)
+    result = _train(images, labels, tmp_path / "bad2", "--epochs", "1", "--val-labels", str(short), check=False)
+    assert isinstance(result.exception, CdulError) and "needs --val-images" in str(result.exception)
+
+
+def test_tiny_resnet_trains_from_the_shipped_backbone(world, tmp_path):
+    images, labels, gt = world
+    out = tmp_path / "tiny"
+    result = _train(images, labels, out, "--epochs", "1", "--arch", "tiny-resnet", "--weights", "synth")
+    assert "synthetic pre-training" in result.output
+    from cdul_rt.train.model import SYNTH_BACKBONE
+
+    shipped = torch.load(SYNTH_BACKBONE, weights_only=True)
+    config = json.loads((out / "config.json").read_text())
+    assert config["arch"] == "tiny-resnet" and config["weights"].endswith("tiny-resnet-synth.pth")
+    # one epoch moved the backbone away from the shipped weights it started from, the shapes still match
+    trained = _weights(out)
+    assert trained["layer1.0.conv1.weight"].shape == shipped["layer1.0.conv1.weight"].shape
+    assert not torch.equal(trained["layer1.0.conv1.weight"], shipped["layer1.0.conv1.weight"].float())

@@ -20,7 +20,8 @@ _D = TrainConfig()  # defaults shown in --help come from the one config record
               help="torchvision ResNet (the paper: resnet101; smaller ones for CPU).")
 @click.option("--weights", default="auto", show_default=True,
               help="ImageNet backbone: a torchvision .pth file, 'auto' (torchvision cache if present, else random "
-                   "init with a warning) or 'none'. Never downloads.")
+                   "init with a warning), 'none', or 'synth' (tiny-resnet's shipped synthetic pre-training). "
+                   "Never downloads.")
 @click.option("--image-size", type=int, default=_D.image_size, show_default=True,
               help="Whole image resized (no crop) to this square size.")
 @click.option("--epochs", type=int, default=_D.epochs, show_default=True, help="Total epochs (paper: 20).")
@@ -53,6 +54,9 @@ _D = TrainConfig()  # defaults shown in --help come from the one config record
 @click.option("--val-images", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Held-out images, evaluated each epoch (with --val-gt).")
 @click.option("--val-gt", type=click.Path(exists=True, path_type=Path), default=None)
+@click.option("--val-labels", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Pseudo labels of the held-out images (`cdul-rt label` with the same model and options): their "
+                   "mAP is logged as map_pseudo_val, the bar the classifier's map_pred_val has to clear.")
 @click.option("--eval-every", type=int, default=1, show_default=True,
               help="With --gt / --val-*: evaluate predictions every N epochs and at the last (one inference pass).")
 @click.option("--labels-out", default="", help="File name of the refined labels in the run folder "
@@ -87,7 +91,8 @@ def command(images: Path, labels: Path, run_dir: Path, **opts) -> None:
         progress=not opts["quiet"],
     )
     inputs = TrainInputs(images=images, labels=labels, run_dir=run_dir, gt=opts["gt"],
-                         val_images=opts["val_images"], val_gt=opts["val_gt"], labels_out=opts["labels_out"])
+                         val_images=opts["val_images"], val_gt=opts["val_gt"], val_labels=opts["val_labels"],
+                         labels_out=opts["labels_out"])
     summary = run_training(config, inputs, table, resume=opts["resume"], log=log)
     click.echo(f"model: {summary['model']}\nrefined pseudo labels: {summary['refined_labels']}")
     click.echo(f"next: cdul-rt predict IMAGES --run {run_dir} --out predictions.jsonl")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from cdul_rt.errors import CdulError
 
-ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101")
+ARCHS = ("tiny-resnet", "resnet18", "resnet34", "resnet50", "resnet101")
 LOSSES = ("bernoulli", "categorical")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -25,7 +25,8 @@ class TrainConfig:
     """Gradient-alignment training settings (DESIGN.md 1.2). Defaults follow the paper where it states them.
 
     Attributes:
-        arch: torchvision ResNet; the paper uses resnet101 (ImageNet pre-trained).
+        arch: torchvision ResNet; the paper uses resnet101 (ImageNet pre-trained). "tiny-resnet" is a ResNet-10 at
+            half width (1.2 M parameters) for the synthetic world on a CPU (``train.model.tiny_resnet``).
         image_size: the whole image is resized (not cropped) to image_size x image_size.
         epochs: total epochs (paper: 20).
         batch_size: images per network step (paper: 16 for COCO/NUS, 8 for VOC).

@@ -25,10 +25,16 @@ def predict_probs(
     desc: str = "predict",
 ) -> np.ndarray:
     """sigmoid(model(x)) for every file, in order, eval mode, no grad -> float32 [N, C]."""
+    dataset = ImageFolderDataset(files, image_size, mean, std)
+    return predict_dataset(model, dataset, batch_size, workers, progress, desc)
+
+
+def predict_dataset(model: "torch.nn.Module", dataset: ImageFolderDataset, batch_size: int = 32, workers: int = 0,
+                    progress: bool = False, desc: str = "predict") -> np.ndarray:
+    """``predict_probs`` over a dataset (e.g. a cached one that is evaluated every epoch)."""
     import torch
     from tqdm import tqdm
 
-    dataset = ImageFolderDataset(files, image_size, mean, std)
     loader = make_loader(dataset, range(len(dataset)), batch_size, workers)
     device = next(model.parameters()).device
     was_training = model.training

@@ -29,11 +29,14 @@ def cached_imagenet_weights(arch: str) -> Path | None:
     """Path of a torchvision ImageNet checkpoint for ``arch`` already in the torch hub cache, or None.
 
     Mirrors ``torch.hub.load_state_dict_from_url``'s cache location: ``<hub dir>/checkpoints/<url basename>``.
-    The DEFAULT weights are preferred; any other cached ImageNet variant is accepted.
+    The DEFAULT weights are preferred; any other cached ImageNet variant is accepted. ``tiny-resnet`` has no
+    ImageNet weights (its pre-training is the shipped synthetic one, ``SYNTH_BACKBONE``).
     """
     import torch
     import torchvision.models as tvm
 
+    if arch not in _WEIGHT_ENUMS:
+        return None
     enum = getattr(tvm, _WEIGHT_ENUMS[arch])
     candidates = [enum.DEFAULT] + [w for w in enum if w is not enum.DEFAULT]
     folder = Path(torch.hub.get_dir()) / "checkpoints"
@@ -48,17 +51,69 @@ def resolve_weights(arch: str, weights: str | None) -> tuple[str, str]:
     """Turn the ``--weights`` option into (config value, human description).
 
     ``None`` / "auto": the torchvision cache if it holds the arch's ImageNet weights, else "none".
-    "none": random init. Anything else must be an existing file.
+    "none": random init. "synth": the shipped synthetic pre-training of tiny-resnet. Anything else must be an
+    existing file.
     """
     if weights in (None, "auto"):
         cached = cached_imagenet_weights(arch)
         return (str(cached), f"ImageNet weights from the torchvision cache ({cached})") if cached else ("none", "")
     if weights == "none":
         return "none", "random initialisation (--weights none)"
+    if weights == "synth":
+        if arch != TINY_RESNET:
+            raise CdulError(f"--weights synth is the shipped pre-training of --arch {TINY_RESNET}, not {arch}; "
+                            f"pass --arch {TINY_RESNET}, a weights file or 'none'")
+        if not SYNTH_BACKBONE.is_file():
+            raise CdulError(f"the shipped backbone {SYNTH_BACKBONE} is missing; reinstall cdul-rt or regenerate it "
+                            "with `python -m cdul_rt.train.synth_backbone --out` that path")
+        return str(SYNTH_BACKBONE), "synthetic pre-training on single-object views (shipped, --weights synth)"
     path = Path(weights).expanduser()
     if not path.is_file():
         raise CdulError(f"--weights file not found: {path}; give a torchvision ResNet state dict (.pth) or 'none'")
     return str(path.resolve()), f"weights from {path}"
+
+
+# A ResNet-10 (one BasicBlock per stage) at half of ResNet-18's widths: 1.2 M parameters, ~1/10 of ResNet-18's
+# FLOPs, so the synthetic world's demo trains it on a laptop CPU in a minute. Same module names as torchvision's
+# ResNets (conv1, bn1, layer1..4, fc), so --weights files load the same way.
+TINY_RESNET = "tiny-resnet"
+TINY_RESNET_WIDTHS = (32, 64, 128, 256)
+# The synthetic stand-in for ImageNet pre-training of tiny-resnet (``--weights synth``), fp16;
+# ``python -m cdul_rt.train.synth_backbone`` regenerates it (its record is the .json beside it).
+SYNTH_BACKBONE = Path(__file__).resolve().parent.parent / "assets" / "backbone" / "tiny-resnet-synth.pth"
+
+
+def tiny_resnet(num_classes: int = 1000) -> "torch.nn.Module":
+    """torchvision's ResNet layout with BasicBlocks [1, 1, 1, 1] and widths ``TINY_RESNET_WIDTHS``."""
+    import torch
+    from torchvision.models.resnet import BasicBlock
+
+    class TinyResNet(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            w0 = TINY_RESNET_WIDTHS[0]
+            self.conv1 = torch.nn.Conv2d(3, w0, 7, 2, 3, bias=False)
+            self.bn1 = torch.nn.BatchNorm2d(w0)
+            self.relu = torch.nn.ReLU(inplace=True)
+            self.maxpool = torch.nn.MaxPool2d(3, 2, 1)
+            width = w0
+            for i, planes in enumerate(TINY_RESNET_WIDTHS):
+                stride = 1 if i == 0 else 2
+                down = None
+                if stride != 1 or width != planes:
+                    down = torch.nn.Sequential(torch.nn.Conv2d(width, planes, 1, stride, bias=False),
+                                               torch.nn.BatchNorm2d(planes))
+                setattr(self, f"layer{i + 1}", torch.nn.Sequential(BasicBlock(width, planes, stride, down)))
+                width = planes
+            self.avgpool = torch.nn.AdaptiveAvgPool2d(1)
+            self.fc = torch.nn.Linear(width, num_classes)
+
+        def forward(self, x: "torch.Tensor") -> "torch.Tensor":
+            x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+            x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+            return self.fc(torch.flatten(self.avgpool(x), 1))
+
+    return TinyResNet()
 
 
 def build_classifier(arch: str, num_classes: int, weights: str = "none") -> "torch.nn.Module":
@@ -66,7 +121,7 @@ def build_classifier(arch: str, num_classes: int, weights: str = "none") -> "tor
     import torch
     import torchvision.models as tvm
 
-    model = getattr(tvm, arch)(weights=None)
+    model = tiny_resnet() if arch == TINY_RESNET else getattr(tvm, arch)(weights=None)
     if weights != "none":
         state = _load_state_dict(Path(weights))
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}

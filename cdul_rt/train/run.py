@@ -17,8 +17,8 @@ from cdul_rt.metrics import mean_average_precision
 from cdul_rt.train import checkpoint as ckpt
 from cdul_rt.train.config import TrainConfig
 from cdul_rt.train.curves import plot_curves
-from cdul_rt.train.data import ImageFolderDataset, resolve_image_files
-from cdul_rt.train.infer import predict_probs
+from cdul_rt.train.data import ImageFolderDataset, fits_cache, resolve_image_files
+from cdul_rt.train.infer import predict_dataset
 from cdul_rt.train.trainer import (
     Log,
     RunState,
@@ -54,25 +54,58 @@ class Evaluator:
                 raise CdulError(f"--val-images {root} holds no images")
             rel = [f.relative_to(root).as_posix() for f in self.val_files]
             self.val_targets = load_ground_truth(inputs.val_gt, rel, self.classes).targets
+        self.val_pseudo = self._val_pseudo_map(inputs)
+
+    def _val_pseudo_map(self, inputs: TrainInputs) -> dict[str, float]:
+        """mAP of the held-out images' own pseudo labels (``--val-labels``, same CLIP and aggregator as the training
+        labels): the bar the classifier has to clear on the same images. Constant over epochs (never refined)."""
+        if inputs.val_labels is None:
+            return {}
+        if self.val_targets is None:
+            raise CdulError("--val-labels needs --val-images and --val-gt (it is scored on the held-out images)")
+        from cdul_rt.labelfile import read_label_file
+
+        table = read_label_file(inputs.val_labels)
+        if list(table.classes) != self.classes:
+            raise CdulError(f"--val-labels {inputs.val_labels} has other classes than the training labels; "
+                            "label the held-out images with the same --classes")
+        root = Path(inputs.val_images)
+        rows = {p: i for i, p in enumerate(table.paths)}
+        rel = [f.relative_to(root).as_posix() for f in self.val_files]
+        missing = [p for p in rel if p not in rows]
+        if missing:
+            raise CdulError(f"--val-labels {inputs.val_labels} lacks {len(missing)} of the {len(rel)} held-out "
+                            f"images (e.g. {missing[0]}); label the --val-images folder with `cdul-rt label`")
+        scores = table.scores[[rows[p] for p in rel]]
+        return {"map_pseudo_val": mean_average_precision(scores, self.val_targets, self.classes).map}
 
     @property
     def active(self) -> bool:
         return self.train_targets is not None or self.val_targets is not None
 
     def pseudo(self, y_u: np.ndarray) -> dict[str, float]:
-        if self.train_targets is None:
-            return {}
-        return {"map_pseudo": mean_average_precision(y_u, self.train_targets, self.classes).map}
+        out = {}
+        if self.train_targets is not None:
+            out["map_pseudo"] = mean_average_precision(y_u, self.train_targets, self.classes).map
+        return {**out, **self.val_pseudo}
+
+    def datasets(self, train: ImageFolderDataset) -> None:
+        """The datasets evaluated every epoch: the training one (``train``, possibly cached) and the held-out one,
+        cached when the training set is."""
+        cfg = self.config
+        self.train_set = train
+        self.val_set = ImageFolderDataset(self.val_files, cfg.image_size, cfg.mean, cfg.std,
+                                          cache=train.cache is not None)
 
     def predictions(self, model: Any) -> dict[str, float]:
         out = {}
         cfg = self.config
-        args = (cfg.image_size, cfg.mean, cfg.std, max(cfg.batch_size, 32), cfg.workers, cfg.progress)
+        args = (max(cfg.batch_size, 32), cfg.workers, cfg.progress)
         if self.train_targets is not None:
-            probs = predict_probs(model, self.train_files, *args, desc="eval train")
+            probs = predict_dataset(model, self.train_set, *args, desc="eval train")
             out["map_pred_train"] = mean_average_precision(probs, self.train_targets, self.classes).map
         if self.val_targets is not None:
-            probs = predict_probs(model, self.val_files, *args, desc="eval val")
+            probs = predict_dataset(model, self.val_set, *args, desc="eval val")
             out["map_pred_val"] = mean_average_precision(probs, self.val_targets, self.classes).map
         return out
 
@@ -158,9 +191,11 @@ def run_training(config: TrainConfig, inputs: TrainInputs, table: Any, resume: b
     run_dir = Path(inputs.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     files = resolve_image_files(Path(inputs.images), table.paths)
-    dataset = ImageFolderDataset(files, config.image_size, config.mean, config.std)
     config, state = _start(config, inputs, table.scores, resume, log)
     evaluator = Evaluator(config, files, table.paths, inputs)
+    cache = config.workers == 0 and fits_cache(len(files) + len(evaluator.val_files), config.image_size)
+    dataset = ImageFolderDataset(files, config.image_size, config.mean, config.std, cache=cache)
+    evaluator.datasets(dataset)
     ckpt.write_json(run_dir / ckpt.CONFIG, {**config.to_dict(), "images": str(inputs.images),
                                             "labels": str(inputs.labels)})
     if not state.history:

@@ -152,4 +152,5 @@ class TrainInputs:
     gt: Path | None = None
     val_images: Path | None = None
     val_gt: Path | None = None
+    val_labels: Path | None = None  # pseudo labels of the held-out images (for map_pseudo_val)
     labels_out: str = ""  # file name of the refined labels; default: refined_labels + the input's suffix
