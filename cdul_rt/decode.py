@@ -315,6 +315,7 @@ class DecodePool:
 
     def _on_death(self, w: _Worker) -> None:
         w.proc.join()
+        self._drain(w)  # answers it sent between the last drain and its death still count
         code = w.proc.exitcode
         w.conn.close()
         self._workers.remove(w)
