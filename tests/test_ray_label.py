@@ -37,7 +37,7 @@ RAY_LOCAL = {"num_cpus": 2, "include_dashboard": False, "object_store_memory": 2
 def local_ray():
     started = not ray.is_initialized()
     if started:
-        ray.init(**RAY_LOCAL)
+        ray.init(address="local", **RAY_LOCAL)  # never the latest cluster on this shared machine
     yield ray
     if started:
         ray.shutdown()

@@ -50,3 +50,20 @@ def test_impossible_plans_say_what_to_change(kwargs, message):
     cluster = kwargs.pop("cluster")
     with pytest.raises(CdulError, match=message):
         plan_resources(cluster, **kwargs)
+
+
+def test_plan_report_names_every_node_and_what_is_left_to_decoding():
+    from cdul_rt.distributed.sizing import plan_report
+
+    nodes = [{"Alive": True, "NodeID": "a" * 40, "NodeManagerAddress": "10.0.0.1", "Resources": {"CPU": 8.0}},
+             {"Alive": True, "NodeID": "b" * 40, "NodeManagerAddress": "10.0.0.2",
+              "Resources": {"CPU": 8.0, "GPU": 2.0}},
+             {"Alive": False, "NodeID": "c" * 40, "NodeManagerAddress": "10.0.0.3", "Resources": {"CPU": 64.0}}]
+    plan = plan_resources({"CPU": 16.0, "GPU": 2.0}, want_gpu=True)
+    text = plan_report(plan, nodes)
+    assert text.startswith("2 actor(s) x (1 CPU, 1 GPU), up to 14 decode task(s)")
+    assert "one actor per GPU (2 actor(s) on 2 of 2 GPU(s)), 14 of 16 CPU(s) left to decoding" in text
+    assert "2 node(s): aaaaaaaaaaaa (10.0.0.1): 8 CPU; bbbbbbbbbbbb (10.0.0.2): 8 CPU, 2 GPU" in text
+    half = plan_report(plan_resources({"CPU": 16.0, "GPU": 2.0}, gpus_per_actor=0.5, want_gpu=True), nodes)
+    assert "2 actors per GPU (4 actor(s) on 2 of 2 GPU(s))" in half
+    assert "12 actor(s) x (1 CPU), up to 4 decode task(s)" in plan_report(plan_resources({"CPU": 16.0}), nodes)

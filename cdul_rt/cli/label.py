@@ -25,8 +25,9 @@ def _default_workers() -> int:
 
 @click.command("label")
 @click.argument("images")  # a folder or file; with --cluster ray also an fsspec URL (s3://..., gs://...)
-@click.option("--out", "-o", type=click.Path(path_type=Path), default=None,
-              help="Output file: .jsonl (default), .csv, .parquet or .npz. Default: <IMAGES>.labels.jsonl next to it.")
+@click.option("--out", "-o", default=None,
+              help="Output file: .jsonl (default), .csv, .parquet or .npz, or an fsspec URL (s3://bucket/x.jsonl). "
+                   "Default: <IMAGES>.labels.jsonl next to it.")
 @model_options
 @vocab_options
 @click.option("--grid", "-g", default=3, show_default=True, help="Snippet grid size g (1 + g^2 crops per image).")
@@ -101,7 +102,12 @@ def command(images: str, out: Path | None, quiet: bool, cluster: str, ray_addres
     if server is not None:
         from cdul_rt.serve.cli_client import label_command_with_server
 
-        return label_command_with_server(images, out, quiet, cluster, server, in_flight, opts)
+        return label_command_with_server(images, Path(out) if out is not None else None, quiet, cluster, server,
+                                         in_flight, opts)
+    from cdul_rt.distributed.sources import is_url
+
+    out_url = out if out is not None and is_url(out) else None  # staged locally, uploaded (remote_out.py)
+    out = Path(out) if out is not None else None
     opts = label_options_from_folder(opts, given_options(click.get_current_context(), FOLDER_OPTIONS))
     if opts.pop("ort_tensorrt"):
         from cdul_rt.engines.gpu import check_ort_tensorrt
@@ -114,19 +120,33 @@ def command(images: str, out: Path | None, quiet: bool, cluster: str, ray_addres
             raise click.UsageError("--decode gpu is not available with --cluster ray yet (its actors decode on the "
                                    "CPU); drop --decode or use --decode cpu")
         from cdul_rt.distributed.ray_label import RayOptions, default_out, label_with_ray
+        from cdul_rt.distributed.remote_out import redact
 
         out = out or default_out(images)
-        cfg = LabelConfig(input=Path(images), out=out, progress=not quiet, **opts)
-        summary = label_with_ray(cfg, RayOptions(ray_address, actors, cpus_per_actor, gpus_per_actor), images)
-        failures_at = out / "_failures"
+        cfg = LabelConfig(input=Path(redact(images)), out=out, progress=not quiet, **opts)
+        summary = label_with_ray(cfg, RayOptions(ray_address, actors, cpus_per_actor, gpus_per_actor,
+                                                 out_url=out_url), images)
+        out = redact(out_url) if out_url else out
+        failures_at = f"{out}/_failures"
     else:
-        if not Path(images).exists():
-            hint = " (URL inputs need --cluster ray)" if "://" in images else ""
-            raise click.BadParameter(f"Path {images!r} does not exist{hint}.", param_hint="'IMAGES'")
+        from cdul_rt.distributed.stream_label import is_streamed_source, label_source
+
+        streamed = is_streamed_source(images)  # an fsspec URL or webdataset shards (cdul_rt/distributed/wds.py)
+        if not streamed and not Path(images).exists():
+            raise click.BadParameter(f"Path {images!r} does not exist.", param_hint="'IMAGES'")
+        if out is None and streamed:
+            raise click.UsageError("--out is required for URL and webdataset inputs (e.g. --out labels.jsonl)")
+        from cdul_rt.distributed.remote_out import label_to_url, redact
+
         out = out or Path(images).with_name(Path(images).name.rstrip("/") + ".labels.jsonl")
-        cfg = LabelConfig(input=Path(images), out=out, progress=not quiet, **opts)
-        summary = label_folder(cfg)
-        failures_at = Path(f"{out}.failures.jsonl")
+        cfg = LabelConfig(input=Path(redact(images)), out=out, progress=not quiet, **opts)
+
+        def run(c: LabelConfig):
+            return label_source(c, images) if streamed else label_folder(c)
+
+        summary = label_to_url(out_url, cfg, run) if out_url else run(cfg)
+        out = redact(out_url) if out_url else out
+        failures_at = f"{out}.failures.jsonl"
     report_summary(summary, out, failures_at)
 
 

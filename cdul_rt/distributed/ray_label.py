@@ -17,14 +17,15 @@ import dataclasses
 import json
 import logging
 import os
+import sys
 import time
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
 from cdul_rt.distributed.shards import ShardWriter, done_paths, prepare_output
-from cdul_rt.distributed.sizing import RayPlan, plan_resources
-from cdul_rt.distributed.sources import decode_uri, is_url, list_images
+from cdul_rt.distributed.sizing import RayPlan, plan_report, plan_resources
+from cdul_rt.distributed.sources import decode_uri, is_url, iter_listing
 from cdul_rt.errors import CdulError, require
 from cdul_rt.labelfile import read_meta, sidecar
 from cdul_rt.pipeline import LabelConfig, LabelSummary, _check_existing, _recorded_config, _write_meta
@@ -42,6 +43,7 @@ class RayOptions:
     gpus_per_actor: float | None = None
     shard_rows: int = 50_000
     flush_seconds: float = 60.0
+    out_url: str | None = None  # --out on an object store (s3://...): cfg.out is then its local staging copy
 
 
 # -- the two stages (run in Ray workers) ----------------------------------------------------------------------------
@@ -61,6 +63,18 @@ def decode_batch(batch: dict[str, np.ndarray], grid: int, preprocess: Preprocess
     return {"path": batch["path"], "crops": crops, "error": np.asarray(errors, dtype=object)}
 
 
+def node_name() -> str:
+    """This process's node, named so an operator can find it: host, Ray node id (short) and IP. Several Ray nodes
+    can share a host (``ray.cluster_utils.Cluster``, containers), so the host name alone is not enough."""
+    try:
+        import ray
+
+        ctx = ray.get_runtime_context()
+        return f"{os.uname().nodename} (Ray node {ctx.get_node_id()[:12]}, {ray.util.get_node_ip_address()})"
+    except Exception:  # noqa: BLE001 - outside Ray (unit tests): the host is all there is
+        return os.uname().nodename
+
+
 class LabelActor:
     """One labeler session per actor; refuses to run if it would label differently from what the meta records."""
 
@@ -73,12 +87,13 @@ class LabelActor:
         got = _recorded_config(cfg, vocab, self.session)
         diff = sorted(k for k in set(got) | set(expected) if got.get(k) != expected.get(k))
         if diff:  # e.g. a node with other weights behind the same --weights path
-            raise CdulError(f"an actor on {os.uname().nodename} loaded a different labeler ({', '.join(diff)} "
+            raise CdulError(f"an actor on {node_name()} loaded a different labeler ({', '.join(diff)} "
                             "differ); every node must see the same model files")
         from cdul_rt.api.labeler import Labeler  # the same scoring path as `label` and the Python API
 
         self.labeler = Labeler(self.session, cfg, vocab)
         self.save_parts, self.save_embeddings = cfg.save_parts, cfg.save_embeddings
+        self.node = node_name()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ok = np.asarray([e == "" for e in batch["error"]], dtype=bool)
@@ -90,7 +105,8 @@ class LabelActor:
             res = self.labeler.score_crops(crops.reshape(-1, s, s, 3))
             for key in outs:
                 outs[key][ok] = res[key]
-        result = {"path": batch["path"], "error": batch["error"], "scores": outs["S_final"]}
+        result = {"path": batch["path"], "error": batch["error"], "scores": outs["S_final"],
+                  "node": np.full(n, self.node, dtype=object)}  # the driver counts rows per node
         if self.save_parts:
             result.update({"global": outs["S_global"], "aggregate": outs["S_ag"]})
         if self.save_embeddings:  # float16 as stored (halves what travels to the driver); zeros for failed rows
@@ -156,8 +172,9 @@ def _connect(ray, address: str | None) -> bool:
         ray.init(address=address, log_to_driver=True)
         return False
     # Ray's default object store (30% of RAM, in shared memory used only as needed): the streaming executor keeps
-    # just a few blocks of crops (~1.5 MB per image at 224 px) per stage in it
-    ray.init(include_dashboard=False)
+    # just a few blocks of crops (~1.5 MB per image at 224 px) per stage in it. address="local": a new instance,
+    # never the last cluster started on this machine (what address=None would join)
+    ray.init(address="local", include_dashboard=False)
     return True
 
 
@@ -169,6 +186,11 @@ def _root_cause(exc: BaseException) -> BaseException:
             return seen
         cause = getattr(seen, "cause", None)
         seen = cause if isinstance(cause, BaseException) else seen.__cause__
+    # an actor whose __init__ raised: Ray keeps only the text of the creation task's error (ActorDiedError)
+    marker = "cdul_rt.errors.CdulError: "
+    text = str(exc)
+    if marker in text:
+        return CdulError(text.rsplit(marker, 1)[1].strip().splitlines()[0])
     return exc
 
 
@@ -191,35 +213,101 @@ def _decode_memory(cfg: LabelConfig, preprocess: PreprocessConfig) -> int:
     return 2 * crops + 256 * 1024**2  # a worker with numpy, PIL and pyarrow loaded
 
 
-def _build_dataset(ray, items: list[tuple[str, str]], cfg: LabelConfig, plan: RayPlan, config: dict,
-                   preprocess: PreprocessConfig, actor_cls: type):
+def listing_blocks(listing, skip, rows_per_block: int, put) -> tuple[list, int]:
+    """The work list as Arrow blocks handed to ``put`` (``ray.put``: the object store) as they fill: the driver keeps
+    one ObjectRef per block, never the listing as Python objects. Returns the refs and the number of rows."""
     import pyarrow as pa
 
+    refs, n, paths, uris = [], 0, [], []
+
+    def emit() -> None:
+        nonlocal n
+        refs.append(put(pa.table({"path": pa.array(paths, pa.string()), "uri": pa.array(uris, pa.string())})))
+        n += len(paths)
+        paths.clear()
+        uris.clear()
+
+    for p, u in listing:
+        if p in skip:
+            continue
+        paths.append(p)
+        uris.append(u)
+        if len(paths) >= rows_per_block:
+            emit()
+    if paths:
+        emit()
+    return refs, n
+
+
+def shard_blocks(shards, done, put) -> tuple[list, int]:
+    """One block per webdataset shard (a shard is a unit of work), with the keys already written in it."""
+    import pyarrow as pa
+
+    from cdul_rt.distributed.wds import done_keys
+
+    keys = done_keys(done)
+    refs = [put(pa.table({"path": [name], "uri": [uri], "skip": pa.array([sorted(keys.get(name, ()))],
+                                                                        pa.list_(pa.string()))}))
+            for name, uri in shards]
+    return refs, len(refs)
+
+
+def decode_shards(batch: dict[str, np.ndarray], grid: int, preprocess: PreprocessConfig, max_pixels: int,
+                  jpeg_draft: bool = False, batch_size: int = 8):
+    """Rows ``path`` (shard name), ``uri``, ``skip`` (keys already written) -> the :func:`decode_batch` rows of its
+    samples, ``batch_size`` at a time, streamed from the tar (a generator: a shard never sits whole in memory)."""
+    from cdul_rt.distributed.wds import decode_shard
+
+    s, k = preprocess.size, 1 + grid * grid
+    for uri, skip in zip(batch["uri"], batch["skip"]):
+        paths, crops, errors = [], [], []
+
+        def emit():
+            out = np.zeros((len(paths), k, s, s, 3), np.uint8)
+            for i, c in enumerate(crops):
+                if c is not None:
+                    out[i] = c
+            return {"path": np.asarray(paths, dtype=object), "crops": out,
+                    "error": np.asarray(errors, dtype=object)}
+
+        for path, c, err in decode_shard(str(uri), set(skip), grid, preprocess, max_pixels, jpeg_draft):
+            paths.append(path)
+            crops.append(c)
+            errors.append("" if c is not None else (err or "unknown decoding error"))
+            if len(paths) >= batch_size:
+                yield emit()
+                paths, crops, errors = [], [], []
+        if paths:
+            yield emit()
+
+
+def _build_dataset(ray, refs: list, shards: bool, cfg: LabelConfig, plan: RayPlan, config: dict,
+                   preprocess: PreprocessConfig, actor_cls: type):
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # one bar, ours
-    # a block is a decode task's and an actor task's input; its results reach the driver (and a shard) together,
-    # so small blocks keep the work a killed job loses small
-    rows_per_block = 4 * cfg.batch_size
-    # Arrow blocks built here: ~100 bytes per image on the driver, where from_items' dicts take several times that
-    blocks = [pa.table({"path": [p for p, _ in items[i:i + rows_per_block]],
-                        "uri": [u for _, u in items[i:i + rows_per_block]]})
-              for i in range(0, len(items), rows_per_block)]
-    ds = ray.data.from_arrow(blocks)
-    ds = ds.map_batches(decode_batch, batch_size=cfg.batch_size, batch_format="numpy",
-                        fn_kwargs={"grid": cfg.grid, "preprocess": preprocess, "max_pixels": cfg.max_pixels,
-                                   "jpeg_draft": cfg.jpeg_draft},
-                        num_cpus=1, memory=_decode_memory(cfg, preprocess),
-                        compute=ray.data.TaskPoolStrategy(size=plan.decode_tasks))
+    ds = ray.data.from_arrow_refs(refs)
+    kwargs = {"grid": cfg.grid, "preprocess": preprocess, "max_pixels": cfg.max_pixels, "jpeg_draft": cfg.jpeg_draft}
+    if shards:  # one shard per decode task, its samples streamed out in engine-sized batches
+        ds = ds.map_batches(decode_shards, batch_size=1, batch_format="numpy",
+                            fn_kwargs={**kwargs, "batch_size": cfg.batch_size}, num_cpus=1,
+                            memory=_decode_memory(cfg, preprocess),
+                            compute=ray.data.TaskPoolStrategy(size=plan.decode_tasks))
+    else:
+        ds = ds.map_batches(decode_batch, batch_size=cfg.batch_size, batch_format="numpy", fn_kwargs=kwargs,
+                            num_cpus=1, memory=_decode_memory(cfg, preprocess),
+                            compute=ray.data.TaskPoolStrategy(size=plan.decode_tasks))
     gpu = {"num_gpus": plan.gpus_per_actor} if plan.gpus_per_actor else {}
     return ds.map_batches(actor_cls, batch_size=cfg.batch_size, batch_format="numpy",
                           fn_constructor_kwargs={"cfg": cfg, "expected": config},
                           compute=ray.data.ActorPoolStrategy(size=plan.actors), num_cpus=plan.cpus_per_actor, **gpu)
 
 
-def _consume(ds, writer: ShardWriter, summary: LabelSummary, bar) -> None:
+def _consume(ds, writer: ShardWriter, summary: LabelSummary, bar, nodes: dict[str, int]) -> None:
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         err = np.asarray([e != "" for e in batch["error"]], dtype=bool)
         paths = [str(p) for p in batch["path"]]
+        for node in batch.get("node", ()):
+            nodes[str(node)] = nodes.get(str(node), 0) + 1
         if err.any():
             bad = [p for p, e in zip(paths, err) if e]
             reasons = [str(r) for r, e in zip(batch["error"], err) if e]
@@ -244,6 +332,12 @@ def label_with_ray(cfg: LabelConfig, opts: RayOptions | None = None, source: str
     opts = opts or RayOptions()
     source = str(source if source is not None else cfg.input)
     _validate(cfg)
+    remote = None
+    if opts.out_url:  # shards are uploaded as they are written (cdul_rt/distributed/remote_out.py)
+        from cdul_rt.distributed.remote_out import RemoteOutput
+
+        remote = RemoteOutput(opts.out_url)
+        cfg = dataclasses.replace(cfg, out=remote.pull_meta(cfg.overwrite))
     out = Path(cfg.out)
     prepare_output(out, cfg.overwrite)
     started = _connect(ray, opts.address)
@@ -251,33 +345,56 @@ def label_with_ray(cfg: LabelConfig, opts: RayOptions | None = None, source: str
     try:
         plan = plan_resources(ray.cluster_resources(), opts.actors, opts.cpus_per_actor, opts.gpus_per_actor,
                               want_gpu=cfg.device.startswith("cuda"))
-        log.info("ray plan: %s", plan.describe())
+        report = plan_report(plan, ray.nodes())
+        log.info("ray plan: %s", report)
+        if cfg.progress:  # before anything is loaded: what the job will hold, node by node
+            print(f"ray plan: {report}", file=sys.stderr, flush=True)
         config, preprocess = _describe_where_actors_run(ray, cfg, plan)
-        return _run(ray, cfg, opts, source, plan, config, preprocess, actor_cls)
+        return _run(ray, cfg, opts, source, plan, config, preprocess, actor_cls, remote)
     finally:
         if started:
             ray.shutdown()
 
 
 def _run(ray, cfg: LabelConfig, opts: RayOptions, source: str, plan: RayPlan, config: dict,
-         preprocess: PreprocessConfig, actor_cls: type) -> LabelSummary:
+         preprocess: PreprocessConfig, actor_cls: type, remote=None) -> LabelSummary:
     from tqdm import tqdm
+
+    from cdul_rt.distributed.remote_out import redact
+    from cdul_rt.distributed.wds import is_shard_source, list_shards
 
     out = Path(cfg.out)
     _check_existing(cfg, config)
-    done, failed_before = done_paths(out)
-    items = [(p, u) for p, u in list_images(source) if p not in done and p not in failed_before]
+    done, failed_before = remote.done_paths() if remote is not None else done_paths(out)
+
+    def meta_written() -> None:
+        if remote is not None:
+            remote.push(sidecar(out, "meta"))
+
+    shards = is_shard_source(source)
+    if shards:
+        refs, todo = shard_blocks(list_shards(source), done | failed_before, ray.put)
+    else:  # streamed into the object store block by block (see listing_blocks)
+        refs, todo = listing_blocks(iter_listing(source), _Either(done, failed_before), 4 * cfg.batch_size, ray.put)
     _write_meta(cfg, config, "running")
-    ray_meta = {"input": source, "output": "parquet-shards", "cluster": {"engine": "ray", **dataclasses.asdict(plan)}}
+    ray_meta = {"input": redact(source), "output": "parquet-shards",
+                **({"output_url": redact(remote.url)} if remote is not None else {}),
+                "cluster": {"engine": "ray", **dataclasses.asdict(plan)}}
     _update_meta(out, ray_meta)
+    meta_written()
     summary = LabelSummary(out, skipped=len(done) + len(failed_before))
     writer = ShardWriter(out, config["classes"], cfg.threshold, cfg.top_k, cfg.save_parts, opts.shard_rows,
                          opts.flush_seconds)
+    writer.on_shard = remote.push if remote is not None else None
     start = time.perf_counter()
-    bar = tqdm(desc="labeling (ray)", unit="img", total=len(items), disable=not cfg.progress, dynamic_ncols=True)
+    # shards: the number of samples is known only once they are read
+    bar = tqdm(desc="labeling (ray)", unit="img", total=None if shards else todo, disable=not cfg.progress,
+               dynamic_ncols=True)
+    nodes: dict[str, int] = {}
     try:
-        if items:
-            _consume(_build_dataset(ray, items, cfg, plan, config, preprocess, actor_cls), writer, summary, bar)
+        if todo:
+            _consume(_build_dataset(ray, refs, shards, cfg, plan, config, preprocess, actor_cls), writer, summary,
+                     bar, nodes)
     except Exception as exc:
         raise _root_cause(exc) from None
     finally:
@@ -286,5 +403,17 @@ def _run(ray, cfg: LabelConfig, opts: RayOptions, source: str, plan: RayPlan, co
         summary.seconds = time.perf_counter() - start
     summary.labeled, summary.failed = writer.written, writer.failed
     _write_meta(cfg, config, "complete", summary)
+    ray_meta["cluster"]["rows_per_node"] = dict(sorted(nodes.items()))  # this run's, as the engine actors saw them
     _update_meta(out, {**ray_meta, "shards": len(writer.shards), "duplicates_dropped": writer.duplicates})
+    meta_written()
     return summary
+
+
+class _Either:
+    """``p in _Either(a, b)``: membership in either set, without building their union."""
+
+    def __init__(self, *sets) -> None:
+        self.sets = sets
+
+    def __contains__(self, p) -> bool:
+        return any(p in s for s in self.sets)

@@ -124,6 +124,7 @@ class ShardWriter:
         self._last = time.monotonic()
         self.written = self.failed = self.duplicates = 0
         self.shards: list[Path] = []
+        self.on_shard = None  # called with each shard file once it is whole (remote outputs upload it)
 
     def add(self, paths, scores: np.ndarray, s_global: np.ndarray | None = None,
             s_ag: np.ndarray | None = None, embeddings: np.ndarray | None = None) -> None:
@@ -170,6 +171,8 @@ class ShardWriter:
         name = f"part-{self.run_id}-{self._seq:05d}.parquet"
         if self._fails["path"]:
             _atomic_write(pa.table(self._fails, schema=self.fail_schema), self.out / FAILURES_DIR / name)
+            if self.on_shard is not None:
+                self.on_shard(self.out / FAILURES_DIR / name)
             self.failed += len(self._fails["path"])
             self._fails = {"path": [], "reason": []}
         if self._rows["path"]:
@@ -184,6 +187,8 @@ class ShardWriter:
                 schema = schema.append(pa.field(COLUMN, cols[COLUMN].type))
                 self._embeddings = []
             _atomic_write(pa.table(cols, schema=schema), self.out / name)
+            if self.on_shard is not None:
+                self.on_shard(self.out / name)
             self.written += len(self._rows["path"])
             self.shards.append(self.out / name)
             self._rows = {k: [] for k in self._rows}

@@ -81,3 +81,28 @@ def plan_resources(cluster: dict[str, float], actors: int | None = None, cpus_pe
         raise CdulError(f"{n} actor(s) x {gpa:g} GPU need more than the cluster's {gpus:g} GPUs; "
                         f"use --actors {int(gpus // gpa)} or fewer")
     return RayPlan(n, cpa, gpa, max(1, int(cpus - n * cpa)))
+
+
+def plan_report(plan: RayPlan, nodes: list[dict]) -> str:
+    """The plan as printed before a job: the stages, then each live node's CPUs and GPUs (``ray.nodes()`` entries).
+
+    With GPUs it says that there is one engine per GPU and how many CPUs that leaves to decoding, since on GPU nodes
+    decoding is the usual bottleneck.
+    """
+    live = [n for n in nodes if n.get("Alive", n.get("alive", True))]
+    cpus = sum(float(n.get("Resources", {}).get("CPU", 0)) for n in live)
+    gpus = sum(float(n.get("Resources", {}).get("GPU", 0)) for n in live)
+    text = plan.describe()
+    if plan.gpus_per_actor:
+        per = "one actor per GPU" if plan.gpus_per_actor == 1 else f"{1 / plan.gpus_per_actor:g} actors per GPU"
+        text += (f"; {per} ({plan.actors} actor(s) on {plan.actors * plan.gpus_per_actor:g} of {gpus:g} GPU(s)), "
+                 f"{cpus - plan.actors * plan.cpus_per_actor:g} of {cpus:g} CPU(s) left to decoding")
+    else:
+        text += f"; {cpus - plan.actors * plan.cpus_per_actor:g} of {cpus:g} CPU(s) left to decoding"
+    parts = []
+    for n in live:
+        res = n.get("Resources", {})
+        gpu = f", {float(res['GPU']):g} GPU" if res.get("GPU") else ""
+        parts.append(f"{str(n.get('NodeID', '?'))[:12]} ({n.get('NodeManagerAddress', '?')}): "
+                     f"{float(res.get('CPU', 0)):g} CPU{gpu}")
+    return text + f"; {len(live)} node(s): " + "; ".join(parts)

@@ -2,20 +2,21 @@
 
 A job's rows carry two names per image: ``path``, the name written to the output (relative to the labeled folder,
 forward slashes, exactly as plain ``cdul-rt label`` writes it), and ``uri``, what a worker on any node opens. Remote
-files are fetched whole into a local temporary file and decoded by :func:`cdul_rt.decode.load_crops`, so every
-source goes through the one decoder (same pixels, same failure reasons).
+objects are read whole into memory and decoded by the decoder :func:`cdul_rt.decode.load_crops` uses, so every
+source gives the same pixels and the same failure reasons. Listings are streamed (:func:`iter_listing`).
 """
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
+from cdul_rt.crops import image_crops
 from cdul_rt.decode import Decoded, load_crops
 from cdul_rt.errors import CdulError
-from cdul_rt.imageio import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, iter_images, relative_name
+from cdul_rt.imageio import (DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, decode_bytes, describe_error, iter_images,
+                             relative_name)
 from cdul_rt.preprocess import PreprocessConfig
 
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]+://")
@@ -43,25 +44,53 @@ def _is_image_name(rel: str) -> bool:
     return bool(parts) and rel.lower().endswith(IMAGE_SUFFIXES) and not any(p.startswith(".") for p in parts)
 
 
-def list_images(source: str | Path) -> list[tuple[str, str]]:
-    """``(path, uri)`` of every image under ``source`` (recursive, sorted like plain ``label``)."""
+def iter_listing(source: str | Path) -> Iterator[tuple[str, str]]:
+    """``(path, uri)`` of every image under ``source``, streamed one directory (object-store prefix) at a time, so a
+    listing of millions of names is never held whole; names are sorted within a directory, directories depth-first.
+    """
     if not is_url(str(source)):
         root = Path(source)
         if not root.exists():
             raise CdulError(f"input {root} does not exist")
-        return [(relative_name(p, root), str(p)) for p in iter_images(root)]
+        for p in iter_images(root):
+            yield relative_name(p, root), str(p)
+        return
     fs, root = _filesystem(str(source))
     root = root.rstrip("/")
     if fs.isfile(root):
-        return [(PurePosixPath(root).name, str(source))]
+        yield PurePosixPath(root).name, str(source)
+        return
     if not fs.exists(root):
         raise CdulError(f"input {source} does not exist")
-    found = []
-    for p in fs.find(root):
-        rel = p[len(root):].lstrip("/")
-        if _is_image_name(rel):
-            found.append((rel, fs.unstrip_protocol(p)))
-    return sorted(found)
+    # walk lists one prefix per call (S3: one delimited ListObjectsV2 stream per "directory")
+    for dirpath, dirnames, filenames in fs.walk(root, detail=False):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        base = dirpath.rstrip("/")
+        for name in sorted(filenames):
+            full = f"{base}/{name}"
+            rel = full[len(root):].lstrip("/")
+            if _is_image_name(rel):
+                yield rel, fs.unstrip_protocol(full)
+
+
+def list_images(source: str | Path) -> list[tuple[str, str]]:
+    """``(path, uri)`` of every image under ``source`` (recursive, sorted like plain ``label``); small inputs only,
+    jobs stream :func:`iter_listing`."""
+    return sorted(iter_listing(source))
+
+
+def crops_from_bytes(name: str, data: bytes, grid: int, cfg: PreprocessConfig,
+                     max_pixels: int = DEFAULT_MAX_PIXELS, jpeg_draft: bool = False) -> Decoded:
+    """:func:`cdul_rt.decode.load_crops` for an encoded image in memory (a tar member, an object's bytes): the same
+    decoder, so the same pixels and the same failure reasons as the file."""
+    try:
+        img = decode_bytes(data, max_pixels, (grid, cfg.size) if jpeg_draft else None)
+        return Decoded(Path(name), image_crops(img, grid, cfg))
+    except CdulError as exc:
+        return Decoded(Path(name), None, str(exc))
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is data, not a crash
+        msg = describe_error(exc)
+        return Decoded(Path(name), None, "empty file (0 bytes)" if msg == "empty bytes (0 bytes)" else msg)
 
 
 def decode_uri(uri: str, grid: int, cfg: PreprocessConfig, max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -77,10 +106,4 @@ def decode_uri(uri: str, grid: int, cfg: PreprocessConfig, max_pixels: int = DEF
         return Decoded(Path(uri), None, str(exc))
     except Exception as exc:  # noqa: BLE001 - a missing or unreadable object is data, not a crash
         return Decoded(Path(uri), None, f"cannot read {uri}: {type(exc).__name__}: {exc}")
-    fd, tmp = tempfile.mkstemp(suffix=PurePosixPath(path).suffix)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        return load_crops(Path(tmp), grid, cfg, max_pixels, jpeg_draft)
-    finally:
-        os.unlink(tmp)
+    return crops_from_bytes(uri, data, grid, cfg, max_pixels, jpeg_draft)

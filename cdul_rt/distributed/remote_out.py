@@ -1,0 +1,134 @@
+"""``--out`` on an object store (``s3://bucket/labels.ray``, any fsspec URL): a local staging copy plus uploads.
+
+The writers of ``label`` keep working on local files (atomic renames, appends, locks); this module moves what they
+finish to the store, where one PUT is atomic (an object is there whole or not at all):
+
+- ``--cluster ray`` (a directory of Parquet shards): each shard is uploaded as soon as it is written, and the meta
+  after every update. A resume reads the ``path`` column of the shards already in the store (Parquet column
+  projection: byte ranges of that column only) and pulls only the meta. A job killed before an upload loses that
+  shard's rows only; the rerun labels them again, so never twice.
+- plain ``label`` (one label file): the file, its meta and failures are downloaded before the run (the resume
+  state) and uploaded when the run ends.
+
+Credentials are never handled here: fsspec and the store's SDK read them from the environment / config files
+(``AWS_ACCESS_KEY_ID``, ``AWS_PROFILE``, ``AWS_ENDPOINT_URL``, ``FSSPEC_S3_*``), and only the URL (with any
+``user:secret@`` part removed, :func:`redact`) is ever recorded or printed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+from pathlib import Path, PurePosixPath
+
+from cdul_rt.distributed.sources import _filesystem
+from cdul_rt.labelfile import sidecar
+
+_USERINFO = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@]*@")
+
+
+def redact(url: str) -> str:
+    """``s3://KEY:SECRET@bucket/x`` -> ``s3://bucket/x`` (what meta files and messages show)."""
+    return _USERINFO.sub(r"\1", str(url))
+
+
+def _staging_root() -> Path:
+    from cdul_rt.cache import cache_dir
+
+    return Path(cache_dir()) / "remote-out"
+
+
+class RemoteOutput:
+    """A label output at ``url`` staged at :attr:`local` (a path of the same name in a private cache folder)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url.rstrip("/")
+        self.fs, self.root = _filesystem(self.url)
+        self.root = self.root.rstrip("/")
+        key = hashlib.sha256(redact(self.url).encode()).hexdigest()[:16]
+        self.local = _staging_root() / key / PurePosixPath(self.root).name
+
+    def _remote(self, local_file: Path) -> str:
+        rel = Path(local_file).relative_to(self.local.parent).as_posix()
+        return f"{PurePosixPath(self.root).parent}/{rel}"
+
+    def _fresh(self) -> None:
+        shutil.rmtree(self.local.parent, ignore_errors=True)
+        self.local.parent.mkdir(parents=True, exist_ok=True)
+        self.fs.invalidate_cache()
+
+    def _pull_file(self, local_file: Path) -> None:
+        remote = self._remote(local_file)
+        if self.fs.isfile(remote):
+            self.fs.get_file(remote, str(local_file))
+
+    def push(self, local_file: Path) -> None:
+        """Upload one finished local file (a shard, a meta) to its place under the URL."""
+        self.fs.put_file(str(local_file), self._remote(local_file))
+
+    # -- a shard directory (--cluster ray) -----------------------------------------------------------------------
+    def pull_meta(self, overwrite: bool) -> Path:
+        """A fresh staging directory holding the store's meta (``--overwrite``: the store's shards are deleted)."""
+        from cdul_rt.distributed.shards import FAILURES_DIR
+
+        self._fresh()
+        if overwrite:
+            for p in self.shard_objects(""), self.shard_objects(FAILURES_DIR):
+                for obj in p:
+                    self.fs.rm_file(obj)
+            meta = self._remote(sidecar(self.local, "meta"))
+            if self.fs.isfile(meta):
+                self.fs.rm_file(meta)
+        else:
+            self._pull_file(sidecar(self.local, "meta"))
+        return self.local
+
+    def shard_objects(self, sub: str) -> list[str]:
+        base = f"{self.root}/{sub}".rstrip("/")
+        self.fs.invalidate_cache()
+        if not self.fs.isdir(base):
+            return []
+        return sorted(p for p in self.fs.ls(base, detail=False)
+                      if PurePosixPath(p).name.startswith("part-") and p.endswith(".parquet"))
+
+    def done_paths(self) -> tuple[set[str], set[str]]:
+        """:func:`cdul_rt.distributed.shards.done_paths` of the store's shards, reading their ``path`` column only."""
+        import pyarrow.parquet as pq
+
+        from cdul_rt.distributed.shards import FAILURES_DIR
+
+        def paths(objs: list[str]) -> set[str]:
+            done: set[str] = set()
+            for obj in objs:
+                done.update(pq.read_table(obj, columns=["path"], filesystem=self.fs).column("path").to_pylist())
+            return done
+
+        return paths(self.shard_objects("")), paths(self.shard_objects(FAILURES_DIR))
+
+    # -- one label file (plain label) ----------------------------------------------------------------------------
+    def pull_file(self) -> Path:
+        """A fresh staging copy of the label file, its meta and failures (whatever the store has)."""
+        self._fresh()
+        for f in (self.local, sidecar(self.local, "meta"), sidecar(self.local, "failures")):
+            self._pull_file(f)
+        return self.local
+
+    def push_file(self) -> None:
+        for f in (self.local, sidecar(self.local, "failures"), sidecar(self.local, "meta")):  # meta last
+            if f.is_file():
+                self.push(f)
+
+
+def label_to_url(url: str, cfg, run):
+    """Plain ``label`` into ``url``: ``run(cfg)`` writes the staged copy, which is uploaded when it ends (also after
+    an error, so the rows of a failed run are kept for the resume)."""
+    import dataclasses
+
+    stage = RemoteOutput(url)
+    local = stage.pull_file()
+    try:
+        return run(dataclasses.replace(cfg, out=local))
+    finally:
+        if local.exists() or sidecar(local, "meta").exists():
+            stage.push_file()
