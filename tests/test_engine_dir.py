@@ -26,10 +26,10 @@ from conftest import BLOCK_TORCH, make_images  # noqa: E402
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory, tiny_config) -> Path:
-    """Exported with non-default grid, zeta and lambda, so a run that ignored the manifest would differ."""
+    """Exported with non-default grid, zeta (default 0.3) and lambda (default 1), so a run that ignored the manifest would differ."""
     out = tmp_path_factory.mktemp("selfdesc") / "g2"
     export_clip(ExportOptions(out=out, model=str(tiny_config), pretrained="none", classes="voc", grid=2,
-                              zeta=0.3, lam=0.5), log=lambda m: None)
+                              zeta=0.15, lam=0.5), log=lambda m: None)
     return out
 
 
@@ -48,7 +48,7 @@ def test_engine_dir_alone_labels_without_torch_like_the_torch_runtime(tmp_path, 
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-2000:]
     r = CliRunner().invoke(main, ["label", str(images), "--model", str(tiny_config), "--pretrained", "none",
-                                  "--classes", "voc", "--grid", "2", "--zeta", "0.3", "--lam", "0.5", "--save-parts",
+                                  "--classes", "voc", "--grid", "2", "--zeta", "0.15", "--lam", "0.5", "--save-parts",
                                   "--out", str(tmp_path / "torch.npz"), "-q", "-j", "0"], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     a, b = read_label_file(tmp_path / "torch.npz"), read_label_file(tmp_path / "ort.npz")
@@ -59,7 +59,7 @@ def test_engine_dir_alone_labels_without_torch_like_the_torch_runtime(tmp_path, 
     for part in ("global", "aggregate"):
         assert np.abs(a.parts[part] - b.parts[part]).max() <= 1e-4
     config = json.loads((tmp_path / "ort.npz.meta.json").read_text())["config"]  # the folder's options, recorded
-    assert (config["grid"], config["zeta"], config["lambda"], config["runtime"]) == (2, 0.3, 0.5, "onnxruntime")
+    assert (config["grid"], config["zeta"], config["lambda"], config["runtime"]) == (2, 0.15, 0.5, "onnxruntime")
 
 
 @pytest.mark.parametrize("option, value, message", [
@@ -85,9 +85,9 @@ def test_folder_options_fill_only_what_was_not_given(folder):
     m = read_manifest(folder)
     got = folder_options(m, given=set())
     assert got == {"model": "tiny-test-clip", "pretrained": None, "weights": None, "grid": 2, "mode": "cdul",
-                   "zeta": 0.3, "lam": 0.5, "precision": "fp32"}
+                   "zeta": 0.15, "lam": 0.5, "precision": "fp32"}
     assert folder_options(m, given={"grid", "model", "weights"}) == {
-        "pretrained": None, "mode": "cdul", "zeta": 0.3, "lam": 0.5, "precision": "fp32"}
+        "pretrained": None, "mode": "cdul", "zeta": 0.15, "lam": 0.5, "precision": "fp32"}
 
 
 @pytest.mark.parametrize("runtime, filled", [("onnxruntime", True), ("tensorrt", True), ("torch", False)])
@@ -133,5 +133,5 @@ def test_tensorrt_runtime_takes_the_folder_options_too(tmp_path, folder, images,
     session = open_labeler(cfg, load_vocabulary("voc"))
     assert [name for name, _ in builds] == ["labeler.onnx"] and builds[0][1]["crops"][0][0] == 5
     runner = session.runner
-    assert (runner.crops_per_image, runner.zeta, runner.lam) == (5, 0.3, 0.5) and session.precision == "fp32"
+    assert (runner.crops_per_image, runner.zeta, runner.lam) == (5, 0.15, 0.5) and session.precision == "fp32"
     assert runner.plan_path.name.startswith("labeler.fp32.fakegpu.sm86.")
