@@ -287,3 +287,19 @@ def test_resolved_options_without_a_folder():
     assert cfg.precision == "auto" and cfg.model == "ViT-B-32" and cfg.grid == 3
     assert not cfg.input.exists()  # runtime auto's probe never walks the caller's working directory
     assert label_config({}).precision == "fp32" and label_config({}).runtime == "torch"
+
+
+def test_one_image_where_a_list_is_expected_is_refused(folder, labeler):
+    """A path iterates into characters and an HxWx3 array into rows (each labeled as a grey image): refused with
+    what to do; an NxHxWx3 array is N images."""
+    from cdul_rt import prepare_crops
+
+    path = sorted(folder.glob("img_*"))[0]
+    arr = np.asarray(Image.open(path).convert("RGB"))
+    for one in (str(path), path, path.read_bytes(), Image.open(path), arr):
+        for call in (labeler.label, labeler.embed_images,
+                     lambda x: prepare_crops(x, 2, {"size": 32})):
+            with pytest.raises(CdulError, match=r"must be a list of images, got one .*wrap it in a list"):
+                call(one)
+    batch = labeler.label(np.stack([arr, arr]))
+    np.testing.assert_array_equal(batch.scores, labeler.label([arr, arr]).scores)

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from cdul_rt.api.inputs import ImageInput, item_error, reason, to_rgb
+from cdul_rt.api.inputs import ImageInput, image_list, item_error, reason, to_rgb
 from cdul_rt.api.results import Prediction
 from cdul_rt.errors import CdulError
 
@@ -107,7 +107,7 @@ class Classifier:
 
         if errors not in ("raise", "collect"):
             raise CdulError(f"errors must be 'raise' or 'collect', got {errors!r}")
-        items = list(images)
+        items = image_list(images)
         scores = np.full((len(items), len(self.classes)), np.nan, np.float32)
         errs: list[str | None] = [None] * len(items)
         for start in range(0, len(items), self.batch_size):

@@ -7,6 +7,7 @@ pixel limit, EXIF orientation, any mode to RGB. Pure PIL + numpy.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Union
 
@@ -75,6 +76,18 @@ def to_rgb(item: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS,
                    "uint8 array")
 
 
+def image_list(images: Iterable[ImageInput], what: str = "images") -> list[ImageInput]:
+    """``images`` as a list of items. One image given where a list is expected is refused: iterating a path gives its
+    characters and iterating an ``HxWx3`` array its rows (each would be labeled as a grey image). An ``NxHxWx3``
+    array is a list of ``N`` images."""
+    from PIL import Image
+
+    single = isinstance(images, (str, os.PathLike, bytes, bytearray, memoryview, Image.Image))
+    if single or (isinstance(images, np.ndarray) and images.ndim < 4):
+        raise CdulError(f"{what} must be a list of images, got one {describe(images)}; wrap it in a list: [image]")
+    return list(images)
+
+
 def reason(exc: BaseException) -> str:
     """The one-line reason for an unreadable input, as the failures file of ``cdul-rt label`` words it."""
     return str(exc) if isinstance(exc, CdulError) else describe_error(exc)
@@ -114,6 +127,7 @@ def prepare_crops(images: "list[ImageInput]", grid: int, preprocess, max_pixels:
     """
     from cdul_rt.preprocess import PreprocessConfig, normalize_batch
 
+    images = image_list(images)
     pp = preprocess if isinstance(preprocess, PreprocessConfig) else PreprocessConfig.from_dict(dict(preprocess))
     k, s = 1 + grid * grid, pp.size
     out = np.empty((len(images), k, 3, s, s), np.float32)

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from cdul_rt.api.inputs import ImageInput, crops_of, item_error, reason
+from cdul_rt.api.inputs import ImageInput, crops_of, image_list, item_error, reason
 from cdul_rt.api.results import LabelResult
 from cdul_rt.engines.base import EMBEDDING_OUTPUT, LABELER_OUTPUTS
 from cdul_rt.errors import CdulError
@@ -208,7 +208,7 @@ class Labeler:
                 ``"collect"``: it comes back in ``result.errors`` (NaN scores, no labels); the others are labeled.
         """
         self._check_open()
-        items = list(images)
+        items = image_list(images)
         _check_errors(errors)
         n, c, d = len(items), len(self._vocab), self._session.text_embeddings.shape[1]
         parts = {k: np.full((n, c), np.nan, np.float32) for k in LABELER_OUTPUTS}
@@ -257,7 +257,7 @@ class Labeler:
         """float32 ``[n, D]``, L2-normalised: each image's global view through the visual encoder (what
         ``label`` returns as ``embeddings``, from the same preprocessing). Bad images raise, naming them."""
         self._check_open()
-        items = list(images)
+        items = image_list(images)
         if not self.has_visual_encoder:  # e.g. TensorRT: the labeler engine's embeddings (it encodes the tiles too)
             res = self.label(items)
             if res.embeddings is None:
