@@ -303,3 +303,27 @@ def test_one_image_where_a_list_is_expected_is_refused(folder, labeler):
                 call(one)
     batch = labeler.label(np.stack([arr, arr]))
     np.testing.assert_array_equal(batch.scores, labeler.label([arr, arr]).scores)
+
+
+def test_single_image_helpers_and_texts_raise_cdul_errors(folder, labeler):
+    """crops / global_view of a bad image: a CdulError with the failures file's reason (not PIL's exception);
+    embed_texts of nothing is an empty [0, D] array, of a non-string a CdulError naming it."""
+    for helper in (labeler.crops, labeler.global_view):
+        with pytest.raises(CdulError, match=r"^not an image \(or an unsupported format\)$"):
+            helper(b"not an image")
+        with pytest.raises(CdulError, match="aspect ratio"):
+            helper(np.zeros((2, 300, 3), np.uint8))
+    empty = labeler.embed_texts([])
+    assert empty.shape == (0, labeler.embed_dim) and empty.dtype == np.float32
+    with pytest.raises(CdulError, match=r"text 1 is int 7"):
+        labeler.embed_texts(["a dog", 7])
+    res = labeler.label([b"not an image"], errors="collect")  # the per-item reason is unchanged by the wrapping
+    assert res.errors == ["not an image (or an unsupported format)"]
+
+
+def test_embed_views_after_close_says_closed(tiny_config):
+    lab = Labeler.open(str(tiny_config), **OPTS)
+    lab.close()
+    lab.close()  # twice is harmless
+    with pytest.raises(CdulError, match="this Labeler is closed"):
+        lab.embed_views(np.zeros((1, 32, 32, 3), np.uint8))

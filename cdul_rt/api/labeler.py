@@ -176,9 +176,13 @@ class Labeler:
 
     # -- labeling ---------------------------------------------------------------------------------------------------
     def crops(self, image: ImageInput) -> np.ndarray:
-        """uint8 ``[1+g^2, S, S, 3]``: the global view and the tiles of one image, as ``label`` crops it."""
+        """uint8 ``[1+g^2, S, S, 3]``: the global view and the tiles of one image, as ``label`` crops it. An unreadable
+        image raises a :class:`CdulError` with the reason ``label``'s failures file gives."""
         c = self._cfg
-        return crops_of(image, c.grid, self._session.preprocess, c.max_pixels, c.jpeg_draft)
+        try:
+            return crops_of(image, c.grid, self._session.preprocess, c.max_pixels, c.jpeg_draft)
+        except Exception as exc:  # noqa: BLE001 - any decoder failure; serve answers with the same words
+            raise CdulError(reason(exc)) from exc
 
     def score_crops(self, crops: np.ndarray | Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         """One encoder call on the uint8 crops of whole images, ``[k*(1+g^2), S, S, 3]`` (:meth:`crops`
@@ -286,13 +290,17 @@ class Labeler:
         from cdul_rt.preprocess import preprocess_uint8
 
         pp = self._session.preprocess
-        return preprocess_uint8(_rgb(image, self._cfg, pp.size), pp)
+        try:
+            return preprocess_uint8(_rgb(image, self._cfg, pp.size), pp)
+        except Exception as exc:  # noqa: BLE001 - any decoder failure, as CdulError with the failures file's words
+            raise CdulError(reason(exc)) from exc
 
     def embed_views(self, views: np.ndarray) -> np.ndarray:
         """float32 ``[k, D]``, L2-normalised: one visual-encoder call on ``k`` stacked :meth:`global_view` s
         (``cdul-rt serve`` merges the views of concurrent requests into one call)."""
         from cdul_rt.preprocess import normalize_batch
 
+        self._check_open()
         if not self.has_visual_encoder:
             raise CdulError(f"the {self._session.runtime} runtime of this labeler has no separate visual encoder; "
                             "use embed_images (it takes the labeler's embeddings)")
@@ -311,6 +319,11 @@ class Labeler:
             raise CdulError(f"the {self._session.runtime} runtime of this labeler has no text encoder (its artifact "
                             "folder has no text.onnx or a tokenizer that needs torch); open it with runtime='torch'")
         texts = [texts] if isinstance(texts, str) else list(texts)
+        bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
+        if bad is not None:
+            raise CdulError(f"texts must be strings; text {bad} is {type(texts[bad]).__name__} {texts[bad]!r}")
+        if not texts:
+            return np.zeros((0, self.embed_dim), np.float32)
         with self._lock:
             self._check_open()
             return np.asarray(encode(texts), dtype=np.float32)
