@@ -134,7 +134,8 @@ def _check_existing(cfg: LabelConfig, config: dict) -> None:
 def _meta_extra(cfg: LabelConfig) -> dict:
     if cfg.save_embeddings:  # what `cdul-rt similar` loads to embed a query in the same space
         return {"embeddings": {"dtype": "float16", "space": "L2-normalised global view",
-                               "model": cfg.model, "pretrained": cfg.pretrained, "weights": cfg.weights}}
+                               "model": cfg.model, "pretrained": cfg.pretrained, "weights": cfg.weights,
+                **({"engine_dir": str(Path(cfg.engine_dir).resolve())} if cfg.engine_dir else {})}}
     return {}
 
 

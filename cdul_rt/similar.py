@@ -34,19 +34,32 @@ def top_matches(embeddings: np.ndarray, query: np.ndarray, top: int) -> tuple[np
 
 
 def open_query_labeler(meta: dict, model: str | None = None, pretrained: str | None = None,
-                       weights: str | None = None, runtime: str = "torch", device: str = "cpu"):
-    """A :class:`cdul_rt.Labeler` (its vocabulary unused) on the CLIP the embeddings were made with (from the label file's meta unless
-    given; checked by weights hash), decoding as the run did (grid and ``--jpeg-draft`` decide the decode size)."""
+                       weights: str | None = None, runtime: str | None = None, device: str = "cpu"):
+    """A :class:`cdul_rt.Labeler` (its vocabulary unused) on the CLIP the embeddings were made with (from the label
+    file's meta unless given; checked by weights hash), decoding as the run did (grid and ``--jpeg-draft`` decide
+    the decode size). Embeddings made from an artifact folder (``label --engine-dir``) are queried through that
+    folder (onnxruntime unless ``runtime`` says otherwise: no torch, no original weights needed)."""
     from cdul_rt.api import Labeler
 
     recorded, config = meta.get("embeddings", {}), meta.get("config", {})
-    model = model or recorded.get("model")
-    if not model:
-        raise CdulError("the label file's meta does not say which model made the embeddings; pass --model "
-                        "(and --weights / --pretrained as for `label`)")
-    labeler = Labeler.open(model, weights=weights or recorded.get("weights"),
-                           pretrained=pretrained or recorded.get("pretrained"), classes="image,photo", runtime=runtime,
-                           device=device, grid=config.get("grid"), jpeg_draft=bool(config.get("jpeg_draft")))
+    folder = recorded.get("engine_dir") if model is None else None
+    if folder:
+        if not Path(folder).is_dir():
+            raise CdulError(f"the embeddings were made with the artifact folder {folder}, which is not on this "
+                            "machine; pass --model (and --weights / --pretrained) of the CLIP it was exported from")
+        labeler = Labeler.open(engine_dir=folder, classes="image,photo", device=device,
+                               runtime=runtime or (config.get("runtime") if config.get("runtime") in
+                                                   ("onnxruntime", "tensorrt") else "onnxruntime"),
+                               jpeg_draft=bool(config.get("jpeg_draft")))
+    else:
+        model = model or recorded.get("model")
+        if not model:
+            raise CdulError("the label file's meta does not say which model made the embeddings; pass --model "
+                            "(and --weights / --pretrained as for `label`)")
+        labeler = Labeler.open(model, weights=weights or recorded.get("weights"),
+                               pretrained=pretrained or recorded.get("pretrained"), classes="image,photo",
+                               runtime=runtime or "torch", device=device, grid=config.get("grid"),
+                               jpeg_draft=bool(config.get("jpeg_draft")))
     made_with = config.get("weights_hash")
     if made_with and made_with != labeler.config.get("weights_hash"):
         labeler.close()

@@ -248,3 +248,26 @@ def test_ray_shards_carry_the_same_embeddings(scenes, tiny_clip, tmp_path):
     assert read_label_file(label_shards(out)[0]).classes  # a shard still reads as a plain label file
     query = scenes / paths[2]
     assert similar(out, "--image", query, "--top", "1")["matches"][0]["path"] == paths[2]
+
+
+@pytest.mark.slow
+def test_similar_queries_embeddings_made_with_an_artifact_folder(scenes, tiny_config, tmp_path):
+    """`label --engine-dir DIR --save-embeddings` then `similar`: the query is embedded through the same folder (the
+    meta's model is only the folder's architecture name, which open_clip does not know)."""
+    pytest.importorskip("onnxruntime")
+    from cdul_rt.export.clip import ExportOptions, export_clip
+
+    folder = tmp_path / "art"
+    export_clip(ExportOptions(out=folder, model=str(tiny_config), pretrained="none", classes="voc", grid=GRID),
+                log=lambda m: None)
+    out = tmp_path / "labels.jsonl"
+    result = CliRunner().invoke(main, ["label", str(scenes), "--runtime", "onnxruntime", "--engine-dir", str(folder),
+                                       "--classes", "voc", "--out", str(out), "-j", "0", "-q", "--save-embeddings"])
+    assert result.exit_code == 0, result.output
+    query = sorted(scenes.iterdir())[2]
+    matches = similar(out, "--image", query, "--top", "2")["matches"]
+    assert matches[0]["path"] == query.name and matches[0]["similarity"] == pytest.approx(1.0, abs=1e-3)
+    assert matches[1]["similarity"] < 0.9999
+    shutil.rmtree(folder)
+    result = CliRunner().invoke(main, ["similar", str(out), "--text", "a dog"])
+    assert result.exit_code == 2 and "not on this machine" in result.output, result.output

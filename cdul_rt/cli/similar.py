@@ -17,11 +17,12 @@ import click
 @click.option("--model", "-m", default=None, help="CLIP to embed the query with. Default: the one in LABELS' meta.")
 @click.option("--pretrained", default=None, help="As for `label` (default: from the meta).")
 @click.option("--weights", type=click.Path(dir_okay=False), default=None, help="As for `label` (default: from the meta).")
-@click.option("--runtime", default="torch", show_default=True,
-              help="Runtime that embeds the query (as for `label`; onnxruntime needs the model's text.onnx for --text).")
+@click.option("--runtime", default=None,
+              help="Runtime that embeds the query (as for `label`). Default: torch, or onnxruntime on the artifact "
+                   "folder when LABELS was made with --engine-dir.")
 @click.option("--json", "as_json", is_flag=True, help="Print the matches as JSON.")
 def command(labels: Path, image: Path | None, text: str | None, top: int, model: str | None,
-            pretrained: str | None, weights: str | None, runtime: str, as_json: bool) -> None:
+            pretrained: str | None, weights: str | None, runtime: str | None, as_json: bool) -> None:
     """List the images of LABELS (labeled with --save-embeddings) closest to --image or --text, by cosine
     similarity of CLIP embeddings. Brute force: fine up to about a million images."""
     from cdul_rt.embeddings import read_embeddings
