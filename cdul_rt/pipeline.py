@@ -45,8 +45,8 @@ class LabelConfig:
     save_parts: bool = False
     batch_size: int | None = None  # None: default_batch_size(device)
     workers: int = 2
-    runtime: str = "torch"
-    precision: str = "fp32"
+    runtime: str = "auto"  # auto = the default rule (engines/auto.py: choose), resolved at construction
+    precision: str = "auto"
     device: str = "cpu"
     engine_dir: str | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -61,6 +61,11 @@ class LabelConfig:
     def __post_init__(self) -> None:
         if self.batch_size is None:
             self.batch_size = default_batch_size(self.device)
+        if self.runtime == "auto" or self.precision == "auto":  # the same rule as `cdul-rt label` without flags
+            from cdul_rt.engines.auto import choose
+
+            chosen = choose(self.runtime, self.precision, self.device, self.engine_dir)
+            self.runtime, self.precision = chosen.runtime, chosen.precision
 
     def validate(self) -> None:
         if not self.input.exists():

@@ -137,27 +137,33 @@ def test_open_defaults_are_the_label_commands():
         assert (cli[name] or None) == (label_defaults()[name] or None), name
 
 
-def test_embeddings_match_the_encoders(labeler):
+@pytest.fixture(scope="module")
+def torch_labeler(tiny_config):
+    with Labeler.open(str(tiny_config), runtime="torch", **OPTS) as lab:
+        yield lab
+
+
+def test_embeddings_match_the_encoders(torch_labeler):
     import torch
 
     from cdul_rt.textcache import encode_text_torch
 
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (40 + 7 * i, 50, 3), dtype=np.uint8) for i in range(5)]
-    emb = labeler.embed_images(images)
-    assert emb.shape == (5, labeler.embed_dim) and emb.dtype == np.float32
-    x = np.stack([labeler.crops(im)[0] for im in images])  # the global views
+    emb = torch_labeler.embed_images(images)
+    assert emb.shape == (5, torch_labeler.embed_dim) and emb.dtype == np.float32
+    x = np.stack([torch_labeler.crops(im)[0] for im in images])  # the global views
     from cdul_rt.preprocess import normalize_batch
 
-    bundle = labeler._session.runner.bundle
+    bundle = torch_labeler._session.runner.bundle
     with torch.no_grad():
-        want = bundle.model.encode_image(torch.from_numpy(normalize_batch(x, labeler._session.preprocess)),
+        want = bundle.model.encode_image(torch.from_numpy(normalize_batch(x, torch_labeler._session.preprocess)),
                                          normalize=True).numpy()
     assert (emb * want).sum(1).min() >= 0.9999
-    assert (labeler.label(images).embeddings * emb).sum(1).min() >= 0.9999  # what label returns
-    texts = labeler.embed_texts(["a dog", "a photo of the cat"])
+    assert (torch_labeler.label(images).embeddings * emb).sum(1).min() >= 0.9999  # what label returns
+    texts = torch_labeler.embed_texts(["a dog", "a photo of the cat"])
     np.testing.assert_allclose(texts, encode_text_torch(bundle, ["a dog", "a photo of the cat"]), atol=1e-6)
-    assert labeler.embed_texts("a dog").shape == (1, labeler.embed_dim)
+    assert torch_labeler.embed_texts("a dog").shape == (1, torch_labeler.embed_dim)
 
 
 def test_one_labeler_shared_by_four_threads_equals_serial(folder, labeler):
@@ -185,7 +191,7 @@ def test_close_frees_the_model(tiny_config, folder):
     import gc
     import weakref
 
-    lab = Labeler.open(str(tiny_config), **OPTS)
+    lab = Labeler.open(str(tiny_config), runtime="torch", **OPTS)  # the torch runtime holds a CLIP model
     path = sorted(folder.glob("img_*"))[0]
     assert lab.label([path]).scores.shape == (1, 20)
     model = weakref.ref(lab._session.runner.bundle.model)
@@ -283,10 +289,15 @@ def test_docstring_examples_run(module):
 def test_resolved_options_without_a_folder():
     from cdul_rt.api.labeler import label_config
 
+    from cdul_rt.engines.auto import choose
+
     cfg = label_config({"runtime": "auto"})
-    assert cfg.precision == "auto" and cfg.model == "ViT-B-32" and cfg.grid == 3
-    assert not cfg.input.exists()  # runtime auto's probe never walks the caller's working directory
-    assert label_config({}).precision == "fp32" and label_config({}).runtime == "torch"
+    rule = choose()  # `label`'s default rule: runtime auto = no runtime given
+    assert (cfg.runtime, cfg.precision) == (rule.runtime, rule.precision) and cfg.model == "ViT-B-32" and cfg.grid == 3
+    assert not cfg.input.exists()  # nothing walks the caller's working directory
+    assert (label_config({}).runtime, label_config({}).precision) == (rule.runtime, rule.precision)
+    assert (label_config({"runtime": "torch"}).runtime, label_config({"runtime": "torch"}).precision) == ("torch",
+                                                                                                       "fp32")
 
 
 def test_one_image_where_a_list_is_expected_is_refused(folder, labeler):

@@ -1,4 +1,4 @@
-"""The CPU fast path: --runtime auto's choice on faked hardware, JPEG draft decoding, normalisation, compile."""
+"""The CPU fast path: the default rule (= --runtime auto) on faked hardware, JPEG draft decoding, normalisation, compile."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from cdul_rt.engines import auto
-from cdul_rt.engines.auto import Candidate, Capabilities, candidates, parse_cpuinfo, rank
+from cdul_rt.engines.auto import Capabilities, parse_cpuinfo
 from cdul_rt.errors import CdulError
 from cdul_rt.imageio import draft_size, min_tile_side, open_rgb
 from cdul_rt.preprocess import PreprocessConfig, normalize_batch
@@ -28,54 +28,80 @@ def test_parse_cpuinfo_reads_the_first_processor():
     assert not Capabilities(frozenset({"avx2", "fma"})).bf16
 
 
-def keys(cands: list[Candidate]) -> list[str]:
-    return [c.key for c in cands]
+CPU_ORT = Capabilities(frozenset({"avx512_bf16", "avx512_vnni"}), onnxruntime=True)
+CPU_TORCH_ONLY = Capabilities(frozenset({"avx512_bf16", "avx512_vnni"}))
+GPU_ALL = Capabilities(frozenset(), cuda=True, onnxruntime=True, tensorrt=True, onnxruntime_cuda=True)
+GPU_ORT = Capabilities(frozenset(), cuda=True, onnxruntime=True, onnxruntime_cuda=True)
+GPU_TORCH = Capabilities(frozenset(), cuda=True, onnxruntime=True)  # CPU onnxruntime only: no CUDA provider
 
 
-def test_candidates_follow_the_hardware():
-    bf16_ort = Capabilities(frozenset({"avx512_bf16", "avx512_vnni"}), onnxruntime=True)
-    assert keys(candidates(bf16_ort)) == ["torch/bf16/cpu", "onnxruntime/int8/cpu", "torch/fp32/cpu",
-                                          "onnxruntime/fp32/cpu", "onnxruntime/fp16/cpu"]
-    plain = Capabilities(frozenset({"avx2"}))
-    assert keys(candidates(plain)) == ["torch/fp32/cpu"]  # no bf16 units: bf16 would be emulated, slower
-    gpu = Capabilities(frozenset(), cuda=True, tensorrt=True)
-    assert keys(candidates(gpu))[:2] == ["tensorrt/fp16/cuda", "torch/fp16/cuda"]
-    assert keys(candidates(bf16_ort, precision="int8")) == ["onnxruntime/int8/cpu"]
-    with pytest.raises(CdulError, match="no runtime for --precision bf16"):
-        candidates(plain, precision="bf16")
+def key(runtime=None, precision=None, device="cpu", caps=CPU_ORT, engine_dir=None) -> str:
+    return auto.choose(runtime, precision, device, engine_dir, caps).key
 
 
-def test_rank_puts_measured_candidates_first_fastest_first():
-    cands = candidates(Capabilities(frozenset({"avx512_bf16", "avx512_vnni"}), onnxruntime=True))
-    ranked = rank(cands, {"onnxruntime/int8/cpu": 9.0, "torch/bf16/cpu": 7.0, "elsewhere/x/cpu": 99.0})
-    assert keys(ranked)[:3] == ["onnxruntime/int8/cpu", "torch/bf16/cpu", "torch/fp32/cpu"]
-    assert keys(rank(cands, {})) == keys(cands)
+def test_default_rule_is_the_fastest_path_within_the_quality_margin():
+    # CPU: exact fp32 (bf16 and int8 change label sets beyond the margin); onnxruntime when installed
+    assert key() == key("auto", "auto") == "onnxruntime/fp32/cpu"
+    assert key(caps=CPU_TORCH_ONLY) == "torch/fp32/cpu"
+    # CUDA: the fp16 graph (within the margin) on the fastest graph runtime installed; torch stays exact
+    assert key(device="cuda") == "torch/fp32/cuda"  # CPU onnxruntime, no CUDA provider, no TensorRT
+    assert key(device="cuda", caps=GPU_ALL) == "tensorrt/fp16/cuda"
+    assert key(device="cuda", caps=GPU_ORT) == "onnxruntime/fp16/cuda"
+    assert key(device="cuda:1", caps=GPU_TORCH) == "torch/fp32/cuda:1"
+    for runtime, precision in (("onnxruntime", "fp32"), ("tensorrt", "fp16"), ("torch", "fp32")):
+        assert auto.Candidate(runtime, precision).within_margin
+    for runtime, precision in (("torch", "bf16"), ("onnxruntime", "int8"), ("torch", "fp16")):
+        assert not auto.Candidate(runtime, precision).within_margin
+
+
+def test_given_flags_are_kept_and_complete_each_other():
+    assert key("torch") == "torch/fp32/cpu" and key("onnxruntime", device="cuda", caps=GPU_ORT).endswith("fp16/cuda")
+    assert key(precision="bf16") == "torch/bf16/cpu"
+    assert key(precision="int8") == "onnxruntime/int8/cpu" and key(precision="fp16") == "onnxruntime/fp16/cpu"
+    assert key("torch", "bf16", caps=CPU_TORCH_ONLY) == "torch/bf16/cpu"
+    with pytest.raises(CdulError, match="pip install 'cdul-rt\\[onnx\\]'"):
+        key(precision="int8", caps=CPU_TORCH_ONLY)
+    with pytest.raises(CdulError, match="--precision must be one of"):
+        key(precision="fp8")
+
+
+def test_missing_precision_comes_from_the_engine_dir(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from cdul_rt.export import manifest
+
+    monkeypatch.setattr(manifest, "read_manifest", lambda folder: SimpleNamespace(precision="int8"))
+    assert key(engine_dir=tmp_path) == "onnxruntime/int8/cpu"
+    assert key("torch", engine_dir=tmp_path) == "torch/fp32/cpu"  # torch ignores artifact folders
+    assert key(precision="fp32", engine_dir=tmp_path) == "onnxruntime/fp32/cpu"  # given: kept (the loader checks)
 
 
 def _label_cfg(folder, out, tiny_config, **kw):
     from cdul_rt.pipeline import LabelConfig
 
     return LabelConfig(input=folder, out=out, classes="voc", model=str(tiny_config), pretrained="none",
-                       workers=0, runtime="auto", precision="auto", progress=False, **kw)
+                       workers=0, progress=False, **kw)
 
 
-def test_auto_picks_bf16_when_it_passes_parity_and_falls_back_when_not(tmp_path, image_folder, tiny_config,
-                                                                         monkeypatch):
+def test_label_config_cli_and_runtime_auto_take_the_same_path(tmp_path, image_folder, tiny_config, monkeypatch):
+    from click.testing import CliRunner
+
+    from cdul_rt.cli import main
+    from cdul_rt.labelfile import read_meta
     from cdul_rt.pipeline import label_folder
 
-    monkeypatch.setattr(auto, "detect", lambda: Capabilities(frozenset({"avx512_bf16"})))
-    monkeypatch.setattr(auto, "measured", lambda caps, model: {})
-    cfg = _label_cfg(image_folder, tmp_path / "a.jsonl", tiny_config)
-    summary = label_folder(cfg)
-    from cdul_rt.labelfile import read_meta
-
-    assert summary.labeled == 12 and read_meta(cfg.out)["config"]["precision"] == "bf16"
-    monkeypatch.setattr(auto, "PARITY_TOL", 0.0)  # nothing but fp32 itself is within 0 of fp32
-    from cdul_rt.vocab import load_vocabulary
-
-    session = auto.open_labeler(cfg, load_vocabulary("voc"))
-    assert session.precision == "fp32" and session.auto_choice["chosen"] == "torch/fp32/cpu"
-    assert session.auto_choice["skipped"][0].startswith("torch/bf16/cpu: S_final differs")
+    expected = auto.choose()
+    python = _label_cfg(image_folder, tmp_path / "py.jsonl", tiny_config)
+    assert (python.runtime, python.precision) == (expected.runtime, expected.precision)
+    explicit = _label_cfg(image_folder, tmp_path / "auto.jsonl", tiny_config, runtime="auto", precision="auto")
+    assert (explicit.runtime, explicit.precision) == (python.runtime, python.precision)
+    label_folder(python)
+    r = CliRunner().invoke(main, ["label", str(image_folder), "--out", str(tmp_path / "cli.jsonl"), "--model",
+                                  str(tiny_config), "--pretrained", "none", "--classes", "voc", "--workers", "0",
+                                  "-q"])
+    assert r.exit_code == 0, r.output
+    meta = [read_meta(tmp_path / f)["config"] for f in ("py.jsonl", "cli.jsonl")]
+    assert [(m["runtime"], m["precision"]) for m in meta] == [(expected.runtime, expected.precision)] * 2
 
 
 def test_normalize_batch_is_bit_identical_to_the_plain_formula():

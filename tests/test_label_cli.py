@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from cdul_rt.cli import main
+from cdul_rt.engines.auto import choose
 from cdul_rt.labelfile import read_label_file
 
 from conftest import make_broken, make_images
@@ -55,7 +56,7 @@ def test_label_jsonl_with_failures_and_meta(tmp_path, image_folder, tiny_config)
     assert cfg["classes"] == list(load_vocabulary("voc").classes) and cfg["template"] == DEFAULT_TEMPLATE
     assert (cfg["grid"], cfg["zeta"], cfg["lambda"], cfg["mode"], cfg["precision"]) == (3, 0.3, 1.0, "cdul", "fp32")
     assert cfg["weights_hash"] == "random-seed0" and cfg["top_k"] == 2 and cfg["save_parts"] is True
-    assert meta["version"] and meta["status"] == "complete" and cfg["runtime"] == "torch"
+    assert meta["version"] and meta["status"] == "complete" and cfg["runtime"] == choose().runtime
     assert meta["last_run"]["labeled"] == 12 and meta["last_run"]["failed"] == 3
 
 
@@ -216,9 +217,10 @@ def test_text_embeddings_are_computed_once_and_keyed(tmp_path, image_folder, tin
     calls = []
     real = textcache.encode_text_torch
     monkeypatch.setattr(textcache, "encode_text_torch", lambda b, p, **k: calls.append(len(p)) or real(b, p, **k))
-    run_cli(*label_args(image_folder, tmp_path / "1.jsonl", tiny_config, "--classes", "a,b,c"))
-    run_cli(*label_args(image_folder, tmp_path / "2.jsonl", tiny_config, "--classes", "a,b,c"))
+    torch = ("--runtime", "torch")  # the torch runtime's text cache (onnxruntime reads its export folder's)
+    run_cli(*label_args(image_folder, tmp_path / "1.jsonl", tiny_config, "--classes", "a,b,c", *torch))
+    run_cli(*label_args(image_folder, tmp_path / "2.jsonl", tiny_config, "--classes", "a,b,c", *torch))
     assert calls == [3]  # the second run read the cache
     run_cli(*label_args(image_folder, tmp_path / "3.jsonl", tiny_config, "--classes", "a,b,c",
-                        "--template", "a picture of a {}"))
+                        "--template", "a picture of a {}", *torch))
     assert calls == [3, 3]  # another template is another key

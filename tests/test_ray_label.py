@@ -154,7 +154,6 @@ def test_killed_job_resumes_to_exactly_one_row_per_image_through_an_actor_crash(
 
 
 @pytest.mark.parametrize("kw, message", [
-    ({"runtime": "auto"}, "auto is not available"),
     ({"device": "cuda:1"}, "use --device cuda"),
     ({"grid": 0}, "--grid must be >= 1"),
     ({"out_name": "labels.jsonl"}, "directory of Parquet shards"),

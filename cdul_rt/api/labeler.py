@@ -39,15 +39,13 @@ def label_config(options: dict[str, Any]) -> "Any":
     """A validated :class:`~cdul_rt.pipeline.LabelConfig` from :meth:`Labeler.open`'s keyword options (``None``
     = not given): ``label``'s defaults, completed from ``engine_dir``'s manifest as ``label`` does, checked by
     the same rules (:meth:`LabelConfig.check_options`)."""
-    from cdul_rt.engines.artifacts import FOLDER_OPTIONS, label_options_from_folder
+    from cdul_rt.engines.artifacts import FOLDER_OPTIONS
+    from cdul_rt.engines.auto import label_options
     from cdul_rt.pipeline import LabelConfig
 
     given = {k for k in FOLDER_OPTIONS if options.get(k) is not None}
     opts = {**label_defaults(), "precision": None, **{k: v for k, v in options.items() if v is not None}}
-    if opts.get("engine_dir") and options.get("runtime") is None:
-        opts["runtime"] = "onnxruntime"  # a folder without a runtime named: run the folder (not torch)
-    opts = label_options_from_folder(opts, given)
-    opts["precision"] = opts["precision"] or ("auto" if opts["runtime"] == "auto" else "fp32")
+    opts = label_options(opts, given)  # the same rule as `cdul-rt label` (engines/auto.py)
     opts["engine_dir"] = str(opts["engine_dir"]) if opts.get("engine_dir") else None
     # no folder: a path that does not exist, so nothing (e.g. runtime auto's probe image search) walks the cwd
     cfg = LabelConfig(input=Path("<python-api: no input folder>"), out=Path("python-api.jsonl"), **opts)
@@ -99,9 +97,10 @@ class Labeler:
             classes: ``coco``, ``voc``, ``nuswide``, ``synth``, a text file or ``"a,b,c"``.
             template: prompt template with one ``{}`` (default ``"a photo of the {}"``).
             engine_dir: an exported artifact folder; the options not given come from its manifest.
-            runtime: ``torch``, ``onnxruntime``, ``tensorrt`` or ``auto``. Default ``torch``, or ``onnxruntime``
-                when ``engine_dir`` is given. device: ``cpu`` or ``cuda[:N]``.
-            precision: ``fp32``, ``bf16``, ``fp16``, ``int8`` (default fp32; chosen by ``runtime="auto"``).
+            runtime: ``torch``, ``onnxruntime``, ``tensorrt`` or ``auto``. Default: ``label``'s rule
+                (``cdul_rt.engines.auto.choose``: onnxruntime on CPU when installed, else torch; the graph
+                runtime when ``engine_dir`` is given). device: ``cpu`` or ``cuda[:N]``.
+            precision: ``fp32``, ``bf16``, ``fp16``, ``int8`` (default: the rule's, fp32 on CPU; the folder's).
             grid, mode, zeta, lam: the CDUL crops and aggregation (3, ``cdul``, 0.3, 1.0).
             threshold, top_k: which classes go into ``labels`` (0.5; or the ``top_k`` best).
             batch_size: images per encoder call (8; 64 on CUDA). max_pixels: larger images are refused.

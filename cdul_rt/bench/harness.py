@@ -1,4 +1,5 @@
-"""Run the measurements: the fp32 reference, every runtime/precision present, ``auto``, and the naive loop.
+"""Run the measurements: the fp32 reference, every runtime/precision present, the default path (``label`` without
+speed flags, the same as ``--runtime auto``), and the naive loop.
 
 All rows are measured side by side in one process, so their ratios hold even on a machine other jobs share.
 """
@@ -15,10 +16,11 @@ import numpy as np
 
 from cdul_rt.bench.report import Row, derive
 from cdul_rt.bench.stats import per_item, throughput
-from cdul_rt.engines.auto import PARITY_TOL, Candidate
+from cdul_rt.engines.auto import Candidate
 from cdul_rt.errors import CdulError
 from cdul_rt.presets import DEFAULT_MODEL
 
+PARITY_TOL = 1e-2  # max |S_final - S_final(fp32 torch)| a row may show and still be called parity-passing
 # (runtime, precision, device) in table order; fp32 torch first: it is the parity reference.
 # "torch.compile" is the torch runtime with --compile (inductor, frozen weights).
 TARGETS = (("torch", "fp32", "cpu"), ("torch", "bf16", "cpu"), ("torch.compile", "bf16", "cpu"),
@@ -41,7 +43,7 @@ class BenchConfig:
     grid: int = 3
     only: tuple[str, ...] = ()  # "runtime/precision" prefixes to measure (empty: all)
     naive: bool = True
-    auto: bool = True
+    auto: bool = True  # measure the default row (label without speed flags = --runtime auto)
     compile: bool = True  # measure the torch.compile row (compiling takes minutes on a big model)
     work_dir: Path = Path("bench-work")
     engine_dir: Path | None = None
@@ -63,7 +65,7 @@ class BenchResult:
     model: str
     flops_per_crop: int
     crops_per_image: int
-    matmul_flops: dict[str, float]
+    peaks: dict[str, tuple[float, str]]  # precision -> (best GEMM FLOP/s measured in the run, library)
     config: dict
 
     @property
@@ -89,6 +91,8 @@ def _label_config(cfg: BenchConfig, folder: Path, out: Path, runtime: str, preci
     from cdul_rt.pipeline import LabelConfig
 
     compiled = runtime == "torch.compile"
+    if runtime == "default":  # what `label` runs without speed flags: LabelConfig applies the rule
+        runtime, precision = "auto", "auto"
     return LabelConfig(input=folder, out=out, classes=cfg.classes, model=cfg.model, pretrained=cfg.pretrained,
                        weights=cfg.weights, grid=cfg.grid, batch_size=cfg.batch_size, workers=cfg.workers,
                        runtime="torch" if compiled else runtime, precision=precision, device=device,
@@ -184,9 +188,6 @@ class _Bench:
 
     def open(self, runtime: str, precision: str, device: str) -> _Target:
         """Open and warm up (one encoder call: compiles, fills oneDNN caches) a target, or say why not."""
-        from cdul_rt.engines.auto import _open_candidate
-        from cdul_rt.engines.auto import open_labeler as open_auto
-
         t = _Target(runtime, precision, device)
         t.status = unavailable(runtime, precision, device, self.caps) or "ok"
         if t.status != "ok":
@@ -196,14 +197,18 @@ class _Bench:
         self.cfg.log(f"opening {runtime}/{precision}/{device}")
         start = time.perf_counter()
         try:
-            if runtime == "auto":
-                t.session = open_auto(t.label_cfg, self.vocab)
-                t.precision, t.note = t.session.precision, f"chose {t.session.auto_choice['chosen']}"
+            if runtime == "default":  # LabelConfig resolved auto/auto with the rule label uses without flags
+                t.precision = t.label_cfg.precision
+                chosen = Candidate(t.label_cfg.runtime, t.label_cfg.precision, device)
+                t.note = f"label without speed flags (= --runtime auto): {chosen.key}"
+                t.session = self._session(chosen, t.label_cfg)
             elif (runtime, precision, device) == ("torch", "fp32", "cpu"):
                 t.session = self.reference
             else:
-                t.session = _open_candidate(Candidate(t.label_cfg.runtime, precision, device), t.label_cfg,
-                                            self.vocab, self.reference)
+                t.session = self._session(Candidate(t.label_cfg.runtime, precision, device), t.label_cfg)
+            opened = time.perf_counter() - start
+            if t.label_cfg.runtime == "onnxruntime" and not self.cfg.engine_dir:
+                t.note += f"{'; ' if t.note else ''}open {opened:.1f} s (exports to ONNX once when not cached)"
             with t.session.runner as runner:
                 encode_once(runner, self.crops, t.session.text_embeddings)
         except CdulError as exc:
@@ -212,6 +217,22 @@ class _Bench:
             t.note = f"compile + warm-up {time.perf_counter() - start:.0f} s, once per process"
         return t
 
+    def _session(self, cand: Candidate, label_cfg):
+        """A session for ``cand``; torch ones share the reference's loaded CLIP (the runner casts a copy)."""
+        from cdul_rt.engines import runtime_module
+        from cdul_rt.engines.session import LabelerSession
+        from cdul_rt.engines.torch.loader import torch_encoders
+        from cdul_rt.engines.torch.runner import TorchLabelerRunner
+
+        if cand.runtime != "torch":
+            return runtime_module(cand.runtime).open_labeler(label_cfg, self.vocab)
+        ref = self.reference
+        runner = TorchLabelerRunner(ref.runner.bundle, grid=label_cfg.grid, mode=label_cfg.mode, zeta=label_cfg.zeta,
+                                    lam=label_cfg.lam, precision=cand.precision, device=cand.device,
+                                    compile=label_cfg.compile)
+        return LabelerSession(runner, ref.text_embeddings, ref.preprocess, ref.model, ref.weights_hash,
+                              cand.precision, "torch", **torch_encoders(ref.runner.bundle, runner))
+
     def round(self, targets: list[_Target], index: int) -> None:
         cfg = self.cfg
         for t in targets:
@@ -219,7 +240,7 @@ class _Bench:
                 continue
             cfg.log(f"round {index + 1}/{cfg.repeats}: {t.runtime}/{t.precision}/{t.device}")
             try:
-                if t.runtime != "auto":
+                if t.runtime != "default":
                     with t.session.runner as runner:
                         sec, t.encode_scores = encode_once(runner, self.crops, t.session.text_embeddings)
                     t.encode_s.append(sec)
@@ -245,17 +266,19 @@ class _Bench:
         ref = targets[0]  # torch fp32
         rows = []
         for t in targets:
+            runtime = t.label_cfg.runtime if t.label_cfg is not None else t.runtime  # torch.compile, default: real
+            margin = Candidate(runtime, t.precision).within_margin
             if t.status != "ok" and not t.e2e_s:
-                scopes = ("e2e",) if t.runtime == "auto" else ("encode", "e2e")
-                rows += [Row(t.runtime, t.precision, s, t.device, status=t.status, note=t.note) for s in scopes]
+                scopes = ("e2e",) if t.runtime == "default" else ("encode", "e2e")
+                rows += [Row(t.runtime, t.precision, s, t.device, status=t.status, note=t.note, within_margin=margin)
+                         for s in scopes]
                 continue
-            if t.runtime != "auto":
+            if t.runtime != "default":
                 rows.append(Row(t.runtime, t.precision, "encode", t.device, status=t.status, note=t.note,
-                                parity=_max_diff(t.encode_scores, ref.encode_scores))
+                                parity=_max_diff(t.encode_scores, ref.encode_scores), within_margin=margin)
                             .measured(throughput(self.k, t.encode_s)))
             rows.append(Row(t.runtime, t.precision, "e2e", t.device, status=t.status,
-                            note=t.note if t.runtime == "auto" else "",
-                            parity=_max_diff(t.e2e_scores, ref.e2e_scores))
+                            note=t.note, parity=_max_diff(t.e2e_scores, ref.e2e_scores), within_margin=margin)
                         .measured(throughput(self.cfg.images, t.e2e_s)))
         if self.naive_s:
             diff = max(_max_diff(s, ref.e2e_scores[i]) for i, s in self.naive_scores)
@@ -265,9 +288,22 @@ class _Bench:
         return rows
 
 
+def _gemm_round(samples: dict[tuple[str, str], list[float]], n: int, onnxruntime: bool) -> None:
+    """One sample of every library's GEMM at every precision it has here (the roofline's candidates)."""
+    from cdul_rt.bench.roofline import MATMUL_PRECISIONS, ORT_PRECISIONS, measure_matmul_flops, measure_ort_gemm
+
+    for p in MATMUL_PRECISIONS:
+        samples.setdefault(("torch", p), []).append(measure_matmul_flops(p, n, repeats=3))
+    if onnxruntime:
+        for p in ORT_PRECISIONS:
+            try:
+                samples.setdefault(("onnxruntime", p), []).append(measure_ort_gemm(p, n, repeats=3))
+            except Exception:  # noqa: BLE001 - an onnxruntime build without this kernel: the others still count
+                samples.setdefault(("onnxruntime", p), [])
+
+
 def run_bench(cfg: BenchConfig) -> BenchResult:
-    from cdul_rt.bench.roofline import MATMUL_PRECISIONS, measure_matmul_flops, visual_flops_per_crop
-    from cdul_rt.engines.auto import record_measurements
+    from cdul_rt.bench.roofline import best_peaks, visual_flops_per_crop
 
     cfg.validate()
     cfg.work_dir.mkdir(parents=True, exist_ok=True)
@@ -278,26 +314,22 @@ def run_bench(cfg: BenchConfig) -> BenchResult:
     wanted = [t for t in TARGETS if t == ("torch", "fp32", "cpu")
               or (_wanted(cfg, *t) and (t[0] != "torch.compile" or cfg.compile))]
     if cfg.auto:
-        wanted.append(("auto", "auto", "cpu"))
+        wanted.append(("default", "auto", "cpu"))
     targets = [bench.open(*t) for t in wanted]
     if targets[0].status != "ok":
         raise CdulError(f"the fp32 torch reference could not run: {targets[0].status}")
-    samples: dict[str, list[float]] = {p: [] for p in MATMUL_PRECISIONS}
+    samples: dict[tuple[str, str], list[float]] = {}
     naive = cfg.naive and cfg.naive_images > 0 and cfg.images > 1
     for i in range(cfg.repeats):
-        for p in MATMUL_PRECISIONS:
-            samples[p].append(measure_matmul_flops(p, cfg.matmul_size))
+        _gemm_round(samples, cfg.matmul_size, bench.caps.onnxruntime)
         bench.round(targets, i)
         if naive:
             bench.naive_round(i, -(-cfg.naive_images // cfg.repeats))
     rows = bench.rows(targets)
-    machine["matmul_flops_samples"] = samples
-    matmul = {p: float(np.median(v)) for p, v in samples.items()}
+    machine["gemm_flops_samples"] = {f"{lib}/{p}": v for (lib, p), v in samples.items()}
+    peaks = best_peaks(samples)
     crops_per_image = 1 + cfg.grid**2
-    derive(rows, matmul, flops_per_crop * crops_per_image, PARITY_TOL)
-    passing = {f"{r.runtime}/{r.precision}/{r.device}": r.images_per_s for r in rows
-               if r.scope == "e2e" and r.status == "ok" and r.parity_ok and r.runtime not in ("auto", "naive")}
-    record_measurements(bench.caps, bench.reference.model, passing)
+    derive(rows, peaks, flops_per_crop * crops_per_image, PARITY_TOL)
     machine["load_avg_after"] = list(os.getloadavg())
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(cfg).items() if k != "log"}
-    return BenchResult(rows, machine, bench.reference.model, flops_per_crop, crops_per_image, matmul, config)
+    return BenchResult(rows, machine, bench.reference.model, flops_per_crop, crops_per_image, peaks, config)

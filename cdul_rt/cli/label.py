@@ -50,11 +50,13 @@ def _default_workers() -> int:
               help="Images per encoder call (x(1+g^2) crops). Default: 64 on CUDA, 8 on the CPU.")
 @click.option("--workers", "-j", default=_default_workers(), show_default=True,
               help="Decode worker processes (0 = decode in the main process).")
-@click.option("--runtime", default="torch", show_default=True,
-              help="torch, onnxruntime, tensorrt, or auto (the fastest that passes parity on this machine).")
+@click.option("--runtime", default="auto", show_default=True,
+              help="torch, onnxruntime, tensorrt, or auto: the fastest path whose labels stay within the quality "
+                   "margin (README 'Default runtime and precision'); on CPU onnxruntime fp32 when installed (the "
+                   "first run exports the model to ONNX into the cache), else torch fp32.")
 @click.option("--precision", default=None,
-              help="fp32, bf16 (torch, CPU with AMX/AVX512-BF16), fp16, int8. Default: fp32; with --runtime auto, "
-                   "chosen (give one to restrict auto to it).")
+              help="fp32, bf16 (torch, CPU with AMX/AVX512-BF16), fp16, int8. Default: fp32 on CPU; on CUDA fp16 "
+                   "for tensorrt/onnxruntime, fp32 for torch; with --engine-dir the folder's.")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
 @click.option("--engine-dir", type=click.Path(file_okay=False), default=None,
               help="Exported artifact folder for --runtime onnxruntime/tensorrt; the model, grid, mode, zeta, "
@@ -96,7 +98,8 @@ def command(images: str, out: Path | None, quiet: bool, cluster: str, ray_addres
     Re-running the same command resumes: images already in OUT are skipped. Unreadable files are listed in
     OUT.failures.jsonl and never stop the run.
     """
-    from cdul_rt.engines.artifacts import FOLDER_OPTIONS, label_options_from_folder
+    from cdul_rt.engines.artifacts import FOLDER_OPTIONS
+    from cdul_rt.engines.auto import label_options
     from cdul_rt.pipeline import LabelConfig, label_folder
 
     if server is not None:
@@ -108,13 +111,12 @@ def command(images: str, out: Path | None, quiet: bool, cluster: str, ray_addres
 
     out_url = out if out is not None and is_url(out) else None  # staged locally, uploaded (remote_out.py)
     out = Path(out) if out is not None else None
-    opts = label_options_from_folder(opts, given_options(click.get_current_context(), FOLDER_OPTIONS))
+    opts = label_options(opts, given_options(click.get_current_context(), FOLDER_OPTIONS))  # the default rule
     if opts.pop("ort_tensorrt"):
         from cdul_rt.engines.gpu import check_ort_tensorrt
 
         check_ort_tensorrt(opts["runtime"], opts["device"])
         opts["extra"] = {"ort_tensorrt": True}
-    opts["precision"] = opts["precision"] or ("auto" if opts["runtime"] == "auto" else "fp32")
     if cluster == "ray":
         if opts["decode"] == "gpu":
             raise click.UsageError("--decode gpu is not available with --cluster ray yet (its actors decode on the "

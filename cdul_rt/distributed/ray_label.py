@@ -154,10 +154,8 @@ def _validate(cfg: LabelConfig) -> None:
     # every option check of plain `label` except the two that differ here: --out is a directory (not a file with
     # a format suffix) and the input may be a URL (listed later)
     cfg.check_options()
-    if cfg.runtime == "auto" or cfg.precision == "auto":
-        # every actor would run its own selection, and nodes may choose differently
-        raise CdulError("--runtime/--precision auto is not available with --cluster ray; name the runtime and "
-                        "precision (`cdul-rt bench` on a worker node shows the fastest that passes parity)")
+    # runtime/precision "auto" never reach here: LabelConfig resolves them on the driver with the deterministic
+    # default rule (engines/auto.py), so every actor runs the same path
     if cfg.device.startswith("cuda:") and cfg.device != "cuda:0":
         raise CdulError(f"--device {cfg.device}: with --cluster ray each actor sees only the GPUs Ray gives it; "
                         "use --device cuda and --gpus-per-actor")

@@ -1,27 +1,45 @@
-"""``--runtime auto``: the fastest runtime and precision that passes parity on this machine.
+"""The default path: which runtime and precision ``cdul-rt label`` runs when no speed flag is given.
 
-Candidates come from the hardware (bf16 needs AMX or AVX512-BF16 in the CPU flags, int8 ONNX needs VNNI and is
-exported on first use, CUDA needs a GPU), ordered by what ``cdul-rt bench`` measured on this machine when it has
-been run (recorded in the cache), else by the order measured on such CPUs (BENCHMARKS.md). The first candidate
-whose ``S_final`` on a probe image stays within :data:`PARITY_TOL` of the fp32 torch reference is used; the
-others are skipped with their reason.
+One rule, used by the ``label`` command, :class:`cdul_rt.pipeline.LabelConfig` (so the Python API too),
+``--runtime auto`` and ``cdul-rt bench``'s default row. It depends only on the machine and the install (CPU
+flags, the device asked for, which runtimes are importable), never on a timing taken at run time, so two runs,
+or the CLI and the Python API, with the same flags take the same path.
+
+Precision (issue 18 item 4): exact (fp32) until a faster precision is shown to keep label quality within
+:data:`QUALITY_MARGIN` on ``cdul-rt bench --quality`` (the synthetic world with the shipped tiny CLIP, at its own
+logit scale and at real CLIP's 100; numbers in BENCHMARKS.md "Label quality by precision"):
+
+- torch bf16 and onnxruntime int8 keep the mAP of every mode within 0.2 points but change the label set (the
+  classes with S_final >= 0.5) of 6.0 % and 3.7 % of the images at logit scale 100: outside the margin. They stay
+  available with ``--precision bf16`` / ``int8``.
+- the fp16 ONNX graph (norms, softmax and the scoring head kept fp32) keeps every label set at scale 100 and 99.7 %
+  at 13.1: within the margin. On CPU it is slower than fp32 (no fp16 matrix units), so the CPU default stays fp32;
+  on CUDA the graph runtimes (TensorRT, onnxruntime-gpu) default to it. torch fp16 on CUDA casts everything,
+  norms included, and has not been measured (no GPU here): torch stays fp32 on CUDA until ``bench --quality``
+  shows ``torch/fp16/cuda`` within the margin.
+
+Runtime (item 6): among the paths the margin allows, the fastest measured one that is installed: on CPU
+onnxruntime fp32 (same scores as torch fp32 to ~1e-7; faster end to end in ``cdul-rt bench``, BENCHMARKS.md
+"Speed (CPU)"), on CUDA TensorRT, then onnxruntime-gpu, then torch. The onnxruntime path exports the model to ONNX on first use into the cache
+(``CDUL_RT_CACHE``/engines; once per model and options) and never imports torch afterwards.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
 
 from cdul_rt.errors import CdulError
 
-PARITY_TOL = 1e-2  # max |S_final - S_final(fp32 torch)| accepted (issue 6)
 BF16_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
 INT8_FLAGS = frozenset({"amx_int8", "avx512_vnni", "avx_vnni"})
+# what "label quality within the margin" means, against torch fp32, at both logit scales of `bench --quality`
+QUALITY_MARGIN = {"map_points": 0.5, "top1_agreement": 0.99, "labels_agreement": 0.99}
+# (runtime, precision) shown within QUALITY_MARGIN (fp32 is exact by definition); the rule picks only from these
+WITHIN_MARGIN = frozenset({("torch", "fp32"), ("onnxruntime", "fp32"), ("tensorrt", "fp32"),
+                           ("onnxruntime", "fp16"), ("tensorrt", "fp16")})
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 
 
 @dataclass(frozen=True)
@@ -31,6 +49,7 @@ class Capabilities:
     cuda: bool = False
     onnxruntime: bool = False  # the onnxruntime package and cdul-rt's onnxrt runtime both importable
     tensorrt: bool = False
+    onnxruntime_cuda: bool = False  # onnxruntime-gpu with its CUDAExecutionProvider
 
     @property
     def bf16(self) -> bool:
@@ -50,6 +69,10 @@ class Candidate:
     @property
     def key(self) -> str:
         return f"{self.runtime}/{self.precision}/{self.device}"
+
+    @property
+    def within_margin(self) -> bool:
+        return (self.runtime, self.precision) in WITHIN_MARGIN
 
 
 def parse_cpuinfo(text: str) -> tuple[frozenset[str], str]:
@@ -75,8 +98,18 @@ def _importable(module: str) -> bool:
         return False
 
 
-def detect() -> Capabilities:
-    """What this machine offers (CPU flags from /proc/cpuinfo, CUDA from torch, runtimes from their packages)."""
+def _ort_cuda() -> bool:
+    try:
+        import onnxruntime
+
+        return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+    except ImportError:
+        return False
+
+
+def detect(cuda: bool = True) -> Capabilities:
+    """What this machine offers (CPU flags from /proc/cpuinfo, runtimes from their packages; with ``cuda``, the
+    GPU from torch and onnxruntime's providers). ``cuda=False`` imports neither torch nor onnxruntime."""
     try:
         flags, name = parse_cpuinfo(Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace"))
     except OSError:  # not Linux: ask torch (it knows AVX512, not bf16 support)
@@ -86,141 +119,94 @@ def detect() -> Capabilities:
 
         if getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)():
             flags = frozenset({"avx512_bf16"})
-    import torch
-
     onnxrt = _importable("onnxruntime") and _importable("cdul_rt.engines.onnxrt.loader")
-    return Capabilities(flags, name, torch.cuda.is_available(), onnxrt, _importable("tensorrt"))
+    has_cuda = False
+    if cuda and _importable("torch"):
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    return Capabilities(flags, name, has_cuda, onnxrt, _importable("tensorrt"),
+                        onnxrt and has_cuda and _ort_cuda())
 
 
-def candidates(caps: Capabilities, precision: str = "auto") -> list[Candidate]:
-    """Fastest first, as measured on such machines (issue 6 table: torch bf16 > onnxruntime int8 > torch fp32).
+def default_precision(runtime: str, device: str) -> str:
+    """fp16 for the graph runtimes on CUDA (the fp16 graph is within the margin), else exact fp32."""
+    return "fp16" if device.startswith("cuda") and runtime in ("tensorrt", "onnxruntime") else "fp32"
 
-    onnxruntime fp32/fp16 come after torch fp32, which always passes parity: they are only tried first when
-    ``cdul-rt bench`` measured them faster here (:func:`rank`), since their first use exports the model.
+
+def _runtime_for(precision: str, device: str, caps: Capabilities) -> str:
+    """The runtime the rule gives for ``precision`` (``auto``: the fastest within the margin) on ``device``."""
+    cuda = device.startswith("cuda")
+    graph = ("tensorrt" if cuda and caps.tensorrt else
+             "onnxruntime" if (caps.onnxruntime_cuda if cuda else caps.onnxruntime) else None)
+    if precision in ("auto", "fp32"):
+        return graph or "torch"
+    if precision == "bf16":
+        return "torch"
+    if precision == "int8":
+        if not caps.onnxruntime:
+            raise CdulError("--precision int8 runs the onnxruntime graph; install it: pip install 'cdul-rt[onnx]'")
+        return "onnxruntime"
+    if precision == "fp16":
+        if cuda:
+            return graph or "torch"
+        if not caps.onnxruntime:
+            raise CdulError("--precision fp16 on the CPU runs the onnxruntime graph (torch has no fast CPU fp16); "
+                            "install it: pip install 'cdul-rt[onnx]', or use --precision fp32")
+        return "onnxruntime"
+    raise CdulError(f"--precision must be one of {', '.join(PRECISIONS)} or auto, got {precision!r}")
+
+
+def choose(runtime: str | None = "auto", precision: str | None = "auto", device: str = "cpu",
+           engine_dir: str | os.PathLike | None = None, caps: Capabilities | None = None) -> Candidate:
+    """The path ``label`` takes for these flags; ``None`` or ``"auto"`` = not given.
+
+    A given runtime and precision are kept as given (the runtime's loader checks them). A missing runtime is the
+    rule's for the precision (with ``engine_dir``: the graph runtime that runs the folder); a missing precision is
+    the folder's (``engine_dir`` with a graph runtime), else :func:`default_precision`.
     """
-    out: list[Candidate] = []
-    if caps.cuda:
-        if caps.tensorrt:
-            out.append(Candidate("tensorrt", "fp16", "cuda"))
-        out.append(Candidate("torch", "fp16", "cuda"))
-    if caps.bf16:
-        out.append(Candidate("torch", "bf16"))
-    if caps.onnxruntime and caps.int8:
-        out.append(Candidate("onnxruntime", "int8"))
-    out.append(Candidate("torch", "fp32"))
-    if caps.onnxruntime:
-        out += [Candidate("onnxruntime", "fp32"), Candidate("onnxruntime", "fp16")]
-    if precision != "auto":
-        out = [c for c in out if c.precision == precision]
-        if not out:
-            raise CdulError(f"--runtime auto found no runtime for --precision {precision} on this machine; "
-                            "use --precision auto or name a --runtime")
-    return out
+    runtime = runtime or "auto"
+    precision = precision or "auto"
+    if runtime == "auto" and engine_dir:  # a folder and no runtime named: run the folder (torch would ignore it)
+        caps = caps or detect(cuda=device.startswith("cuda"))
+        runtime = "tensorrt" if device.startswith("cuda") and caps.tensorrt else "onnxruntime"
+    elif runtime == "auto":
+        caps = caps or detect(cuda=device.startswith("cuda"))
+        runtime = _runtime_for(precision, device, caps)
+    if precision == "auto":
+        precision = _folder_precision(engine_dir, runtime) or default_precision(runtime, device)
+    return Candidate(runtime, precision, device)
 
 
-def rank(cands: list[Candidate], measured: dict[str, float]) -> list[Candidate]:
-    """Measured candidates first, fastest first; unmeasured ones keep their static order after them."""
-    known = sorted((c for c in cands if c.key in measured), key=lambda c: -measured[c.key])
-    return known + [c for c in cands if c.key not in measured]
+def label_options(opts: dict, given: set[str]) -> dict:
+    """``label``'s keyword options (``None`` = not given) completed as ``cdul-rt label`` and ``Labeler.open`` both
+    do: the rule's runtime, then the options an ``engine_dir`` supplies (``given``: the ones the user set), then
+    the rule's precision."""
+    from cdul_rt.engines.artifacts import label_options_from_folder
+
+    device = opts.get("device") or "cpu"
+    runtime = choose(opts.get("runtime"), opts.get("precision"), device, opts.get("engine_dir")).runtime
+    opts = label_options_from_folder({**opts, "runtime": runtime}, given)
+    return {**opts, "precision": choose(runtime, opts.get("precision"), device, opts.get("engine_dir")).precision}
 
 
-# -- measurements recorded by `cdul-rt bench` -------------------------------------------------------------------
-def hardware_key(caps: Capabilities) -> str:
-    from cdul_rt.cache import json_key
+def _folder_precision(engine_dir, runtime: str) -> str | None:
+    if not engine_dir or runtime not in ("onnxruntime", "tensorrt"):
+        return None
+    from cdul_rt.export.manifest import read_manifest
 
-    return json_key({"cpu": caps.cpu_name, "flags": sorted(caps.cpu_flags), "cores": os.cpu_count(),
-                     "cuda": caps.cuda})
-
-
-def _measure_file(caps: Capabilities) -> Path:
-    from cdul_rt.cache import cache_dir
-
-    return cache_dir("bench") / f"auto-{hardware_key(caps)}.json"
-
-
-def record_measurements(caps: Capabilities, model: str, images_per_s: dict[str, float]) -> Path:
-    """Store end-to-end images/s of parity-passing candidates (keys ``runtime/precision/device``) for ``model``."""
-    path = _measure_file(caps)
-    data = json.loads(path.read_text()) if path.is_file() else {}
-    data[model] = images_per_s
-    path.write_text(json.dumps(data, indent=2))
-    return path
-
-
-def measured(caps: Capabilities, model: str) -> dict[str, float]:
-    path = _measure_file(caps)
     try:
-        return dict(json.loads(path.read_text()).get(model, {}))
-    except (OSError, ValueError):
-        return {}
-
-
-# -- choosing at labeling time ----------------------------------------------------------------------------------
-def _probe_crops(cfg, preprocess) -> np.ndarray:
-    """Normalised crops of the first readable image of the input (a generated picture if none reads)."""
-    from cdul_rt.bench.images import photo_like
-    from cdul_rt.crops import image_crops
-    from cdul_rt.decode import load_crops
-    from cdul_rt.imageio import iter_images
-    from cdul_rt.preprocess import normalize_batch
-
-    for _, path in zip(range(3), iter_images(cfg.input)):
-        item = load_crops(path, cfg.grid, preprocess, cfg.max_pixels)
-        if item.crops is not None:
-            return normalize_batch(item.crops, preprocess)
-    img = photo_like(320, 240, np.random.default_rng(0))
-    return normalize_batch(image_crops(img, cfg.grid, preprocess), preprocess)
-
-
-def s_final(runner, crops: np.ndarray, text: np.ndarray) -> np.ndarray:
-    with runner:
-        return runner.infer({"crops": crops, "text_embeddings": text})["S_final"]
-
-
-def _open_candidate(cand: Candidate, cfg, vocab, reference):
-    from cdul_rt.engines import runtime_module
-    from cdul_rt.engines.session import LabelerSession
-    from cdul_rt.engines.torch.loader import torch_encoders
-    from cdul_rt.engines.torch.runner import TorchLabelerRunner
-
-    if cand.runtime == "torch":  # share the reference's loaded CLIP: the runner casts a copy of its weights
-        bundle = reference.runner.bundle
-        runner = TorchLabelerRunner(bundle, grid=cfg.grid, mode=cfg.mode, zeta=cfg.zeta, lam=cfg.lam,
-                                    precision=cand.precision, device=cand.device, compile=getattr(cfg, "compile", False))
-        return LabelerSession(runner, reference.text_embeddings, reference.preprocess, reference.model,
-                              reference.weights_hash, cand.precision, "torch", **torch_encoders(bundle, runner))
-    sub = replace(cfg, runtime=cand.runtime, precision=cand.precision, device=cand.device)
-    return runtime_module(cand.runtime).open_labeler(sub, vocab)
+        return read_manifest(Path(engine_dir)).precision
+    except CdulError:
+        return None  # the runtime's loader reports the damaged folder with its own message
 
 
 def open_labeler(cfg, vocab):
-    """Open the first candidate that passes parity; record the choice and the reasons for skipping others."""
-    from cdul_rt.engines.torch.loader import open_labeler as open_torch
+    """``--runtime auto``: the rule's runtime and precision (what ``label`` runs without speed flags)."""
+    from dataclasses import replace
 
-    caps = detect()
-    reference = open_torch(replace(cfg, runtime="torch", precision="fp32", device="cpu", compile=False), vocab)
-    cands = rank(candidates(caps, cfg.precision), measured(caps, reference.model))
-    probe = _probe_crops(cfg, reference.preprocess)
-    ref_scores = None
-    skipped: list[str] = []
-    for cand in cands:
-        if cand == Candidate("torch", "fp32"):
-            session, diff = reference, 0.0
-        else:
-            try:
-                session = _open_candidate(cand, cfg, vocab, reference)
-                if ref_scores is None:
-                    ref_scores = s_final(reference.runner, probe, reference.text_embeddings)
-                diff = float(np.abs(s_final(session.runner, probe, session.text_embeddings) - ref_scores).max())
-            except CdulError as exc:
-                skipped.append(f"{cand.key}: {exc}")
-                continue
-            if diff > PARITY_TOL:
-                skipped.append(f"{cand.key}: S_final differs by {diff:.2g} > {PARITY_TOL:g} from fp32")
-                continue
-        session.auto_choice = {"chosen": cand.key, "parity": diff, "skipped": skipped}
-        if cfg.progress:
-            print(f"runtime auto: {cand.key} (S_final within {diff:.1e} of fp32 on a probe image)"
-                  + "".join(f"; skipped {s}" for s in skipped), file=sys.stderr)
-        return session
-    raise CdulError("runtime auto: no runtime passed parity: " + "; ".join(skipped))  # fp32 always passes
+    from cdul_rt.engines import runtime_module
+
+    cand = choose(cfg.runtime, cfg.precision, cfg.device, cfg.engine_dir)
+    return runtime_module(cand.runtime).open_labeler(replace(cfg, runtime=cand.runtime, precision=cand.precision),
+                                                      vocab)
