@@ -20,7 +20,8 @@ from cdul_rt.serve.server import DEFAULT_MAX_REQUEST_BYTES
               help="torch, onnxruntime, tensorrt or auto. Default: label's rule (onnxruntime on CPU when "
                    "installed, else torch; the graph runtime with --engine-dir).")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
-@click.option("--precision", default=None, help="fp32, bf16, fp16, int8 (default: label's rule, fp32 on CPU; the folder's with --engine-dir).")
+@click.option("--precision", default=None,
+              help="fp32, bf16, fp16, int8 (default: label's rule, fp32 on CPU; the folder's with --engine-dir).")
 @click.option("--grid", "-g", type=int, default=None, help="Snippet grid size g (default 3, or the folder's).")
 @click.option("--mode", type=click.Choice(MODES), default=None, help="Aggregation (default cdul, or the folder's).")
 @click.option("--zeta", type=float, default=None, help="Snippet threshold (default 0.3, or the folder's).")
