@@ -288,7 +288,6 @@ def test_docstring_examples_run(module):
 
 def test_resolved_options_without_a_folder():
     from cdul_rt.api.labeler import label_config
-
     from cdul_rt.engines.auto import choose
 
     cfg = label_config({"runtime": "auto"})
