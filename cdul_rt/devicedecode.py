@@ -293,11 +293,16 @@ def device_batches(paths: Iterable[Path], grid: int, cfg: PreprocessConfig, devi
             if chunk:
                 pending.append(assembler.submit(build, [readers.submit(load, p, max_pixels) for p in chunk]))
 
-        for _ in range(prefetch + 1):
-            submit()
-        while pending:
-            yield pending.popleft().result()
-            submit()  # after the batch is consumed: (prefetch + 1) batches at most, this one included
+        try:
+            for _ in range(prefetch + 1):
+                submit()
+            while pending:
+                yield pending.popleft().result()
+                submit()  # after the batch is consumed: (prefetch + 1) batches at most, this one included
+        finally:  # the caller stopped early (an error, Ctrl-C): drop the read-ahead instead of finishing it
+            for future in pending:
+                future.cancel()
+            readers.shutdown(wait=False, cancel_futures=True)
 
 
 def infer_crops(runner, crops, text_embeddings: np.ndarray) -> dict[str, np.ndarray]:

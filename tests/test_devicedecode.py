@@ -208,3 +208,26 @@ def test_auto_decodes_on_the_gpu_with_cuda():
     assert resolve_decode("auto", "cpu", CFG) is None
     with pytest.raises(Exception, match="--device cuda"):
         resolve_decode("gpu", "cpu", CFG)
+
+
+def test_stopping_early_drops_the_read_ahead(tmp_path, monkeypatch):
+    """A caller that stops after the first batch (an error while writing, Ctrl-C) does not wait for the files read
+    ahead to be read, decoded and cropped: the queued reads and assemblies are cancelled."""
+    import threading
+
+    paths = [save(photo(40, 30, seed=i), tmp_path / f"{i:02d}.jpg", "JPEG") for i in range(12)]
+    loads, gate = [], threading.Event()
+    real = devicedecode.load
+
+    def slow_load(path, max_pixels):
+        if path not in paths[:4]:
+            gate.wait(10)  # the reads after the first batch wait until the caller has stopped
+        loads.append(path)
+        return real(path, max_pixels)
+
+    monkeypatch.setattr(devicedecode, "load", slow_load)
+    batches = device_batches(iter(paths), GRID, CFG, "cpu", batch_size=4, prefetch=2, threads=1)
+    assert next(batches).paths == paths[:4]
+    threading.Timer(0.5, gate.set).start()  # the read in progress finishes after the caller has stopped
+    batches.close()
+    assert len(loads) <= 5  # 12 were queued (prefetch + 1 batches): only the one already started ran
