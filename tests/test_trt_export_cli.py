@@ -61,3 +61,7 @@ def test_trt_options_reach_the_build(native, tmp_path, tiny_config):  # noqa: F8
     bad = CliRunner().invoke(main, ["export", "--model", str(tiny_config), "--engine", "tensorrt",
                                     "--trt-opt-images", "64", "--out", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "--trt-opt-images and --trt-max-images" in bad.output
+    for workspace in ("0", "-1"):  # TensorRT would be asked for a zero or negative memory pool after the export
+        bad = CliRunner().invoke(main, ["export", "--model", str(tiny_config), "--engine", "tensorrt",
+                                        "--trt-workspace", workspace, "--out", str(tmp_path / "x")])
+        assert bad.exit_code == 2 and "--trt-workspace" in bad.output and not (tmp_path / "x").exists()

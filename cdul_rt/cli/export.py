@@ -86,7 +86,8 @@ def _triton_options(trt_cfg):
               help="TensorRT profile: the images per run the engine is tuned for (label's --batch-size).")
 @click.option("--trt-max-classes", default=1024, show_default=True,
               help="TensorRT profile: the largest vocabulary the labeler and text engines accept.")
-@click.option("--trt-workspace", default=4.0, show_default=True, help="TensorRT builder workspace limit in GiB.")
+@click.option("--trt-workspace", type=click.FloatRange(0, min_open=True), default=4.0, show_default=True,
+              help="TensorRT builder workspace limit in GiB.")
 @click.option("--trt-typing", type=click.Choice(["flag", "strong"]), default=None,
               help="TensorRT fp16 path: flag (TRT 10, fp32 graph + BuilderFlag.FP16) or strong (the fp16 graph, "
                    "strongly typed; the only path on TRT 11). Default: flag on TRT 10, strong on TRT 11.")
