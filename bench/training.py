@@ -33,27 +33,48 @@ SCENE_SEED = 2026
 
 
 def run_seed(root: Path, seed: int, args: argparse.Namespace) -> dict:
-    from cdul_rt.train.synth_world import make_world, run_train, train_args
+    from cdul_rt.train.synth_world import World, make_world, run_train, train_args
 
     started = time.perf_counter()
-    world = make_world(root / f"seed{seed}", args.scenes, args.val_scenes, SCENE_SEED + 2 * seed)
+    folder = root / f"seed{seed}"
+    world = World(folder / "train", folder / "val", folder / "pseudo_labels.jsonl",
+                  folder / "val_pseudo_labels.jsonl")
+    if not _world_done(world, args):  # a re-run (or another process on other seeds) reuses finished work
+        world = make_world(folder, args.scenes, args.val_scenes, SCENE_SEED + 2 * seed)
     out = {"seed": seed, "label_seconds": round(time.perf_counter() - started, 1), "variants": {}}
     for name in args.variants:
-        t0 = time.perf_counter()
+        run_dir = folder / name
+        if (run_dir / "model.pt").is_file():
+            rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+            if rows[-1].get("epoch") == args.epochs:
+                out["variants"][name] = _numbers(rows)
+                continue
+            raise SystemExit(f"{run_dir} holds a finished run of other settings; use another --work")
         extra = [*VARIANTS[name], "--seed", str(seed), "--eval-every", str(args.epochs), *args.extra]
-        cmd = train_args(world, root / f"seed{seed}" / name, args.epochs, *extra, threads=args.threads)
+        cmd = train_args(world, run_dir, args.epochs, *extra, threads=args.threads)
         log = io.StringIO()  # per-epoch log lines and the run's summary; metrics.jsonl keeps them
         with contextlib.redirect_stderr(log), contextlib.redirect_stdout(log):
             rows = run_train(cmd)
-        first, last = rows[0], rows[-1]
-        out["variants"][name] = {
-            "labels_initial": first["map_pseudo"], "labels_final": last["map_pseudo"],
-            "pseudo_val": first["map_pseudo_val"], "pred_val": last["map_pred_val"],
-            "pred_train": last["map_pred_train"], "seconds": round(time.perf_counter() - t0, 1),
-        }
+        out["variants"][name] = _numbers(rows)
         print(f"seed {seed} {name}: " + ", ".join(f"{k} {v:.4f}" for k, v in out["variants"][name].items()),
               file=sys.stderr, flush=True)
     return out
+
+
+def _world_done(world, args: argparse.Namespace) -> bool:
+    def rows(path: Path) -> int:
+        return sum(1 for line in path.read_text().splitlines() if line.strip()) if path.is_file() else -1
+
+    return rows(world.labels) == args.scenes and rows(world.val_labels) == args.val_scenes
+
+
+def _numbers(rows: list[dict]) -> dict:
+    """What the tables need from one run's metrics.jsonl (seconds: the run's epochs, evaluation included)."""
+    first, last = rows[0], rows[-1]
+    seconds = round(sum(r.get("seconds", 0.0) for r in rows), 1)
+    return {"labels_initial": first["map_pseudo"], "labels_final": last["map_pseudo"],
+            "pseudo_val": first["map_pseudo_val"], "pred_val": last["map_pred_val"],
+            "pred_train": last["map_pred_train"], "seconds": seconds}
 
 
 def mean_sd(values: list[float]) -> tuple[float, float]:

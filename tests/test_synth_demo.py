@@ -33,3 +33,24 @@ def test_demo_rejects_too_few_scenes(tmp_path):
 
     result = CliRunner().invoke(main, ["demo", str(tmp_path / "d"), "--scenes", "3", "--no-train"])
     assert result.exit_code != 0 and "at least 8 scenes" in result.output
+
+
+@pytest.mark.slow
+def test_demo_trains_from_random_weights_when_asked_and_can_skip_the_comparison(tmp_path):
+    from click.testing import CliRunner
+
+    from cdul_rt.cli import main
+
+    out = tmp_path / "d"
+    result = CliRunner().invoke(main, ["demo", str(out), "--scenes", "8", "--val-scenes", "8", "--epochs", "2",
+                                       "--weights", "none", "--no-compare", "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "run" / "config.json").read_text())["weights"] == "none"
+    assert not (out / "run-no-alignment").exists() and "without alignment (" not in result.output
+    rows = [json.loads(x) for x in (out / "run" / "metrics.jsonl").read_text().splitlines()]
+    table = re.findall(r"^\s+(\d)\s+(initial|warmup|align)\s+([\d.]+)", result.output, re.M)
+    assert [(int(e), p) for e, p, _ in table] == [(0, "initial"), (1, "warmup"), (2, "align")]
+    assert [float(m) for _, _, m in table] == [round(100 * r["map_pseudo"], 1) for r in rows]
+    assert re.search(r"^held-out scenes: classifier [\d.]+ mAP vs its initial pseudo labels [\d.]+", result.output,
+                     re.M)
+    assert (out / "curves.png").is_file() and (out / "val_pseudo_labels.jsonl").is_file()

@@ -94,17 +94,18 @@ def _print_mode_table(scene_dir: Path, label_file: Path) -> None:
 
 def _train(world, out_dir: Path, epochs: int, weights: str, seed: int, threads: int, compare: bool) -> None:
     try:
-        from cdul_rt.train.synth_world import run_train, train_args
+        from cdul_rt.train.synth_world import RECIPE, run_train, train_args
     except ImportError:
         click.echo("\n(training is not available in this install; skipped)")
         return
-    extra = ["--weights", weights, "--seed", str(seed)]
-    args = train_args(world, out_dir / "run", epochs, *extra, threads=threads)
+    recipe = {**RECIPE, "weights": weights, "seed": str(seed)}
+    args = train_args(world, out_dir / "run", epochs, recipe=recipe, threads=threads)
     click.echo(f"\ntraining with gradient alignment: cdul-rt train {' '.join(args)}")
     rows = run_train(args)
     baseline = None
     if compare:
-        base_args = train_args(world, out_dir / NO_ALIGNMENT_DIR, epochs, *extra, "--no-alignment", threads=threads)
+        base_args = train_args(world, out_dir / NO_ALIGNMENT_DIR, epochs, "--no-alignment", recipe=recipe,
+                               threads=threads)
         click.echo(f"\nthe same without alignment (labels fixed): cdul-rt train {' '.join(base_args[:4])} ... "
                    "--no-alignment")
         baseline = run_train(base_args)
