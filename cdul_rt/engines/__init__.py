@@ -14,7 +14,7 @@ RUNTIMES = {
     "torch": "cdul_rt.engines.torch",
     "onnxruntime": "cdul_rt.engines.onnxrt",
     "tensorrt": "cdul_rt.engines.trt",
-    "auto": "cdul_rt.engines.auto",  # picks one of the above: fastest that passes parity here
+    "auto": "cdul_rt.engines.auto",  # one of the above by the default rule (engines/auto.choose)
 }
 
 
