@@ -75,8 +75,10 @@ def check_decode(choice: str, device: str, jpeg_draft: bool = False) -> None:
         raise CdulError(f"--decode must be one of {', '.join(DECODE_CHOICES)}, got {choice!r}")
     if choice != "gpu":
         return
-    import torch
-
+    torch = _torch()
+    if torch is None:
+        raise CdulError("--decode gpu decodes JPEGs with torchvision's nvJPEG, but torch is not installed here; "
+                        "install torch and torchvision (CUDA builds), or use --decode cpu")
     if not torch.cuda.is_available():
         raise CdulError("--decode gpu decodes JPEGs on a CUDA GPU (nvJPEG), but torch sees no CUDA device here; "
                         "use --decode cpu (or --decode auto, which picks cpu without CUDA)")
@@ -105,15 +107,23 @@ def resolve_decode(choice: str, device: str, preprocess: PreprocessConfig, jpeg_
     if choice == "auto":
         if not device.startswith("cuda") or jpeg_draft or preprocess.interpolation not in ("bicubic", "bilinear"):
             return None
-        import torch
-
-        return device if torch.cuda.is_available() and nvjpeg_error(device) is None else None
+        torch = _torch()  # None in a torch-free install (onnxruntime / TensorRT on a GPU): the CPU path
+        return device if torch is not None and torch.cuda.is_available() and nvjpeg_error(device) is None else None
     check_interpolation(preprocess)
     why = nvjpeg_error(device)
     if why is not None:
         raise CdulError(f"--decode gpu: torchvision's nvJPEG decoder does not work on {device} ({why}); "
                         "use --decode cpu")
     return device
+
+
+def _torch():
+    """torch, or ``None`` where it is not installed."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
 
 
 @lru_cache(maxsize=None)

@@ -120,3 +120,25 @@ def test_resolve_without_cuda():
     assert resolve_decode("cpu", "cuda", pp) is None and resolve_decode(ON_CPU_TENSORS, "cpu", pp) == "cpu"
     with pytest.raises(CdulError, match="CUDA"):
         resolve_decode("gpu", "cuda", pp)
+
+
+def test_decode_choices_without_torch():
+    """A torch-free install (onnxruntime or TensorRT on a GPU server): `auto` is the CPU path, `gpu` a clear error."""
+    import subprocess
+    import sys
+
+    script = """
+import sys
+sys.modules["torch"] = None
+from cdul_rt.devicedecode import check_decode, resolve_decode
+from cdul_rt.errors import CdulError
+from cdul_rt.preprocess import PreprocessConfig
+assert resolve_decode("auto", "cuda:0", PreprocessConfig()) is None
+try:
+    check_decode("gpu", "cuda:0")
+except CdulError as exc:
+    print(exc)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "torch is not installed" in proc.stdout and "--decode cpu" in proc.stdout
