@@ -166,3 +166,25 @@ def test_one_classifier_shared_by_threads_equals_serial(trained):
         assert len(got[i]) == 3  # 3 calls, each [3, C]
         for scores in got[i]:
             np.testing.assert_array_equal(scores, serial[i])
+
+
+def test_classifier_checks_its_options_and_says_when_closed(trained, tmp_path):
+    """threshold / top_k checked as label checks them (a NaN threshold silently listed no class), for the API and
+    `cdul-rt predict`; use after close says closed (not "runner ... not active; call activate()"); one image where
+    a list is expected is refused."""
+    folder, run, engine = trained
+    for bad, message in ((float("nan"), "--threshold must be in"), (1.5, "--threshold must be in")):
+        with pytest.raises(CdulError, match=message):
+            Classifier.open(engine, threshold=bad)
+        r = CliRunner().invoke(main, ["predict", str(folder), "--engine", str(engine), "--out",
+                                      str(tmp_path / "p.jsonl"), "-q", "--threshold", str(bad)])
+        assert r.exit_code != 0 and message in r.output, r.output
+    with pytest.raises(CdulError, match="--top-k must be >= 1"):
+        Classifier.open(engine, top_k=0)
+    clf = Classifier.open(engine)
+    with pytest.raises(CdulError, match="must be a list of images"):
+        clf.predict(sorted(folder.glob("*.jpg"))[0])
+    clf.close()
+    clf.close()  # twice is harmless
+    with pytest.raises(CdulError, match="this Classifier is closed"):
+        clf.predict(sorted(folder.glob("*.jpg"))[:1])

@@ -6,6 +6,7 @@ The object ``cdul-rt predict`` runs: its folder loop decodes with :func:`classif
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Iterable
 from pathlib import Path
@@ -46,12 +47,15 @@ class Classifier:
     def __init__(self, runner: Any, threshold: float = 0.5, top_k: int | None = None,
                  batch_size: int = 32) -> None:
         """Use :meth:`open`; this wraps an inactive :class:`~cdul_rt.train.engines.ClassifierRunner`."""
+        if not (math.isfinite(threshold) and 0.0 <= threshold <= 1.0):  # NaN passes every `<` test
+            raise CdulError(f"--threshold must be in [0, 1] (scores are probabilities), got {threshold}")
         if top_k is not None and top_k < 1:
             raise CdulError(f"--top-k must be >= 1, got {top_k}")
         if batch_size < 1:
             raise CdulError(f"--batch-size must be >= 1, got {batch_size}")
         self.threshold, self.top_k, self.batch_size = threshold, top_k, batch_size
         self._lock = threading.Lock()
+        self._closed = False
         self.runner = runner.activate()
 
     @classmethod
@@ -95,7 +99,12 @@ class Classifier:
     def score_images(self, images: np.ndarray) -> np.ndarray:
         """float32 ``[n, 3, S, S]`` (:func:`classifier_input` stacked) -> probabilities float32 ``[n, C]``."""
         with self._lock:
+            self._check_open()
             return self.runner.infer({"images": images})["probs"]
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise CdulError("this Classifier is closed; open a new one with Classifier.open(...)")
 
     def predict(self, images: Iterable[ImageInput], *, errors: str = "raise") -> Prediction:
         """Probabilities and labels for paths, bytes, PIL images or HxWx3 uint8 arrays (batched inside).
@@ -105,6 +114,7 @@ class Classifier:
         """
         from cdul_rt.labelfile import select_labels
 
+        self._check_open()
         if errors not in ("raise", "collect"):
             raise CdulError(f"errors must be 'raise' or 'collect', got {errors!r}")
         items = image_list(images)
@@ -129,6 +139,7 @@ class Classifier:
     def close(self) -> None:
         """Free the runtime session; the classifier cannot be used afterwards."""
         with self._lock:
+            self._closed = True
             self.runner.deactivate()
 
     def __enter__(self) -> "Classifier":

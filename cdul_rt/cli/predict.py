@@ -37,7 +37,7 @@ def command(images: Path, run_dir: Path | None, engine: Path | None, precision: 
     from cdul_rt.api.classifier import Classifier
 
     clf = Classifier.open(run_dir or engine, runtime="torch" if run_dir else "onnxruntime", precision=precision,
-                          threads=threads)
+                          threshold=threshold, top_k=top_k, batch_size=batch_size, threads=threads)  # checks them
     summary = predict_folder(clf, images, out, threshold, top_k, batch_size, workers, overwrite,
                              progress=not quiet, meta={"precision": clf.runner.precision})
     click.echo(f"predicted {summary.predicted} images in {summary.seconds:.1f}s"
