@@ -337,3 +337,17 @@ def test_embed_views_after_close_says_closed(tiny_config):
     lab.close()  # twice is harmless
     with pytest.raises(CdulError, match="this Labeler is closed"):
         lab.embed_views(np.zeros((1, 32, 32, 3), np.uint8))
+
+
+def test_classes_may_be_a_list_of_names(tiny_config, folder):
+    """A Python list of class names is the comma list (it was an AttributeError from `.strip()`)."""
+    img = [sorted(folder.glob("img_*"))[0]]
+    kw = {k: v for k, v in OPTS.items() if k != "classes"}
+    with Labeler.open(str(tiny_config), classes=["cat", "hot dog"], **kw) as lab:
+        assert lab.classes == ["cat", "hot dog"]
+        as_list = lab.label(img).scores
+    with Labeler.open(str(tiny_config), classes="cat,hot dog", **kw) as lab:
+        np.testing.assert_array_equal(lab.label(img).scores, as_list)
+    for bad in ([], ["a,b", "c"], ["ok", 3], {"cat"}):
+        with pytest.raises(CdulError, match="classes must be"):
+            Labeler.open(str(tiny_config), classes=bad, **kw)

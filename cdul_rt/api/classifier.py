@@ -10,7 +10,7 @@ import math
 import threading
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -76,6 +76,7 @@ class Classifier:
             raise CdulError(f"Classifier runtime must be torch or onnxruntime, got {runtime!r}")
         if runtime == "torch" and export:
             raise CdulError(f"{path} is an exported classifier; it runs with runtime='onnxruntime'")
+        runner: Any
         if runtime == "onnxruntime":  # load_engine says what to do when path is not an export
             from cdul_rt.train.engines import load_engine
 
@@ -106,7 +107,7 @@ class Classifier:
         if self._closed:
             raise CdulError("this Classifier is closed; open a new one with Classifier.open(...)")
 
-    def predict(self, images: Iterable[ImageInput], *, errors: str = "raise") -> Prediction:
+    def predict(self, images: Iterable[ImageInput], *, errors: Literal["raise", "collect"] = "raise") -> Prediction:
         """Probabilities and labels for paths, bytes, PIL images or HxWx3 uint8 arrays (batched inside).
 
         ``errors``: ``"raise"`` (a :class:`CdulError` naming the bad image) or ``"collect"`` (its reason in

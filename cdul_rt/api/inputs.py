@@ -7,9 +7,9 @@ pixel limit, EXIF orientation, any mode to RGB. Pure PIL + numpy.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 
@@ -18,6 +18,8 @@ from cdul_rt.imageio import DEFAULT_MAX_PIXELS, BadImage, decode_bytes, describe
 
 if TYPE_CHECKING:
     from PIL import Image
+
+    from cdul_rt.preprocess import PreprocessConfig
 
 ImageInput = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, "Image.Image", np.ndarray]
 """One image for :class:`cdul_rt.Labeler` / :class:`cdul_rt.Classifier`: a file path, the bytes of an encoded
@@ -66,7 +68,7 @@ def to_rgb(item: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS,
             raise BadImage("no such file" if not path.exists() else "not a file")
         return open_rgb(path, max_pixels, draft)
     if isinstance(item, (bytes, bytearray, memoryview)):
-        return decode_bytes(item, max_pixels, draft)
+        return decode_bytes(item, max_pixels, draft)  # type: ignore[arg-type]  # any bytes-like (tested)
     if isinstance(item, Image.Image):
         return rgb_image(item, max_pixels)
     if isinstance(item, np.ndarray):
@@ -97,7 +99,7 @@ def item_error(index: int, item: object, why: str) -> CdulError:
     return CdulError(f"image {index} ({describe(item)}): {why}")
 
 
-def crops_of(item: ImageInput, grid: int, preprocess, max_pixels: int = DEFAULT_MAX_PIXELS,
+def crops_of(item: ImageInput, grid: int, preprocess: "PreprocessConfig", max_pixels: int = DEFAULT_MAX_PIXELS,
              jpeg_draft: bool = False) -> np.ndarray:
     """uint8 ``[1+g^2, S, S, 3]``: the global view and the g x g tiles, exactly as ``cdul-rt label`` makes them
     (paths go through the label pipeline's own :func:`cdul_rt.decode.load_crops`). Raises on unreadable input."""
@@ -113,7 +115,8 @@ def crops_of(item: ImageInput, grid: int, preprocess, max_pixels: int = DEFAULT_
     return image_crops(to_rgb(item, max_pixels, draft), grid, preprocess)
 
 
-def prepare_crops(images: "list[ImageInput]", grid: int, preprocess, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def prepare_crops(images: Iterable[ImageInput], grid: int, preprocess: "PreprocessConfig | Mapping[str, Any]",
+                  max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """float32 ``[n, 1+g^2, 3, S, S]``, normalised: what a labeler (e.g. the Triton ``labeler`` model) takes.
 
     ``preprocess``: a :class:`~cdul_rt.preprocess.PreprocessConfig` or its dict (as ``cdul_rt.json`` and

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -43,6 +43,7 @@ def label_config(options: dict[str, Any]) -> "Any":
     from cdul_rt.engines.auto import label_options
     from cdul_rt.pipeline import LabelConfig
 
+    options = {**options, "classes": classes_option(options.get("classes", "coco"))}
     given = {k for k in FOLDER_OPTIONS if options.get(k) is not None}
     opts = {**label_defaults(), "precision": None, **{k: v for k, v in options.items() if v is not None}}
     opts = label_options(opts, given)  # the same rule as `cdul-rt label` (engines/auto.py)
@@ -51,6 +52,17 @@ def label_config(options: dict[str, Any]) -> "Any":
     cfg = LabelConfig(input=Path("<python-api: no input folder>"), out=Path("python-api.jsonl"), **opts)
     cfg.check_options()
     return cfg
+
+
+def classes_option(classes: str | Sequence[str]) -> str:
+    """``classes`` as ``label --classes`` takes it: a list of class names becomes the comma list."""
+    if isinstance(classes, str):
+        return classes
+    names = list(classes) if isinstance(classes, (list, tuple)) else None
+    if not names or not all(isinstance(c, str) and c.strip() and "," not in c for c in names):
+        raise CdulError(f"classes must be a vocabulary name, a text file, 'a,b,c' or a non-empty list of class names "
+                        f"without commas, got {classes!r}")
+    return ",".join(names)
 
 
 class Labeler:
@@ -81,22 +93,24 @@ class Labeler:
     # -- opening and closing ----------------------------------------------------------------------------------------
     @classmethod
     def open(cls, model: str | None = None, *, weights: str | None = None, pretrained: str | None = None,
-             classes: str = "coco", template: str | None = None, engine_dir: str | Path | None = None,
-             runtime: str | None = None, device: str | None = None, precision: str | None = None,
-             grid: int | None = None, mode: str | None = None, zeta: float | None = None,
+             classes: str | Sequence[str] = "coco", template: str | None = None,
+             engine_dir: str | Path | None = None, runtime: str | None = None, device: str | None = None,
+             precision: str | None = None, grid: int | None = None, mode: str | None = None, zeta: float | None = None,
              lam: float | None = None, threshold: float | None = None, top_k: int | None = None,
              batch_size: int | None = None, max_pixels: int | None = None, compile: bool = False,
              jpeg_draft: bool = False, save_parts: bool = False, progress: bool = False,
-             extra: dict | None = None) -> "Labeler":
+             extra: dict[str, Any] | None = None) -> "Labeler":
         """Load a labeler with the options of ``cdul-rt label`` (same names, defaults, checks and errors).
 
         Args:
             model: open_clip architecture, ``ARCH.TAG``, an open_clip config JSON, or ``cdul-tiny``
                 (default ``ViT-B-32``; with ``engine_dir``, the folder's).
             weights: a local CLIP checkpoint file. pretrained: an open_clip tag (``none`` = random weights).
-            classes: ``coco``, ``voc``, ``nuswide``, ``synth``, a text file or ``"a,b,c"``.
+            classes: ``coco``, ``voc``, ``nuswide``, ``synth``, a text file, ``"a,b,c"`` or a list of names
+                (not taken from ``engine_dir``: as with ``label``, the default is ``coco``).
             template: prompt template with one ``{}`` (default ``"a photo of the {}"``).
-            engine_dir: an exported artifact folder; the options not given come from its manifest.
+            engine_dir: an exported artifact folder; model, grid, mode, zeta, lam and precision not given come
+                from its manifest (given ones are checked against it).
             runtime: ``torch``, ``onnxruntime``, ``tensorrt`` or ``auto``. Default: ``label``'s rule
                 (``cdul_rt.engines.auto.choose``: onnxruntime on CPU when installed, else torch; the graph
                 runtime when ``engine_dir`` is given). device: ``cpu`` or ``cuda[:N]``.
@@ -234,7 +248,8 @@ class Labeler:
         return LabelResult(self.classes, parts["S_final"], parts["S_global"], parts["S_ag"], result_emb, labels,
                            errs)
 
-    def _batches(self, items: Sequence[ImageInput], errors: Errors, errs: list[str | None]):
+    def _batches(self, items: Sequence[ImageInput], errors: Errors,
+                 errs: list[str | None]) -> Iterator[tuple[list[int], dict[str, np.ndarray]]]:
         """(item indices, runner outputs) per full batch of readable images, in order."""
         idx: list[int] = []
         crops: list[np.ndarray] = []
@@ -333,7 +348,7 @@ class Labeler:
         return int(self._session.text_embeddings.shape[1])
 
 
-def _rgb(item: ImageInput, cfg: Any, size: int):
+def _rgb(item: ImageInput, cfg: Any, size: int) -> Any:
     """The decoded image ``label`` crops its global view from (same ``--jpeg-draft`` decode)."""
     from cdul_rt.api.inputs import to_rgb
 
@@ -345,7 +360,7 @@ def _check_errors(errors: str) -> None:
         raise CdulError(f"errors must be 'raise' or 'collect', got {errors!r}")
 
 
-def _bar(total: int, show: bool):
+def _bar(total: int, show: bool) -> Any:
     from tqdm import tqdm
 
     return tqdm(total=total, desc="labeling", unit="img", disable=not show, dynamic_ncols=True)
