@@ -154,3 +154,27 @@ def test_a_label_on_an_ignored_object_is_neither_a_false_positive_nor_a_miss():
     targets = np.array([[IGNORE, 0, IGNORE, 1]])  # labels cat (ignored) and dog (wrong); car missed, person ignored
     (rec,) = image_records(ReportData(table, [[0, 1]], targets=targets), [None])
     assert rec[5] == [CLASSES.index("dog")] and rec[6] == [CLASSES.index("car")]
+
+
+def test_a_changed_image_gets_a_new_thumbnail(labeled, tmp_path):
+    """`--thumbs folder` reuses the thumbnails of a previous report, but not those of images that changed since."""
+    import os
+    from urllib.parse import unquote
+
+    from PIL import Image
+
+    labels, _, paths, _, _ = labeled
+    out = tmp_path / "r.html"
+    run(labels, "--out", out, "--thumbs", "folder")
+    before = {rec[0]: rec[1] for rec in page_data(out.read_text(encoding="utf-8"))["images"]}
+    image = tmp_path / "images" / paths[0]
+    with Image.open(image) as im:
+        size, fmt = im.size, im.format
+    Image.new("RGB", size, (255, 0, 0)).save(image, fmt)
+    os.utime(image, ns=(1, 1))  # a different mtime even on filesystems with coarse timestamps
+    run(labels, "--out", out, "--thumbs", "folder")
+    after = {rec[0]: rec[1] for rec in page_data(out.read_text(encoding="utf-8"))["images"]}
+    assert after[paths[0]] != before[paths[0]] and all(after[p] == before[p] for p in paths[1:])
+    with Image.open(out.parent / unquote(after[paths[0]])) as thumb:
+        assert thumb.convert("RGB").getpixel((0, 0))[0] > 200  # the new, red image
+    assert not list((out.parent / "r_files").glob(".*partial"))
