@@ -20,6 +20,7 @@ import argparse
 import importlib
 import json
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -288,7 +289,10 @@ def e2e_section(report: Report, args) -> None:
                     batch_size=args.e2e_batch or (8 if cpu else 64), workers=args.e2e_workers or (2 if cpu else 14),
                     naive_images=8 if cpu else 100, image_size=(320, 240) if cpu else (640, 480),
                     work_dir=Path(tempfile.mkdtemp(prefix="cdul-e2e-")), budget_s=max(30.0, report.left() - 15))
-    result = run_e2e(cfg, log=lambda m: print(f"e2e: {m}", flush=True))
+    try:
+        result = run_e2e(cfg, log=lambda m: print(f"e2e: {m}", flush=True))
+    finally:  # 2000 generated JPEGs and the label outputs (hundreds of MB): not left in the temp folder
+        shutil.rmtree(cfg.work_dir, ignore_errors=True)
     from dataclasses import asdict
 
     report.data["e2e"] = {"config": result.config, "machine": result.machine,

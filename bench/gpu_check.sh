@@ -14,7 +14,11 @@ cd "$here"
 py="${PYTHON:-python3}"
 out="${1:-$here/gpu_check.json}"
 export PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}"
-export CDUL_RT_CACHE="${CDUL_RT_CACHE:-$(mktemp -d)}"  # exports and engines of this check stay out of ~/.cache
+if [ -z "${CDUL_RT_CACHE:-}" ]; then  # exports and engines of this check stay out of ~/.cache, and are removed
+    CDUL_RT_CACHE="$(mktemp -d)"
+    trap 'rm -rf "$CDUL_RT_CACHE"' EXIT
+fi
+export CDUL_RT_CACHE
 export PYTHONUNBUFFERED=1
 
 if ! "$py" -c "import torch" 2>/dev/null; then
