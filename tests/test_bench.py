@@ -7,8 +7,8 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from cdul_rt.bench.floors import Floor, check_floors, parse_floor
-from cdul_rt.bench.report import Row, default_ratio, derive, format_table
+from cdul_rt.bench.floors import Floor, check_floors, default_share, parse_floor
+from cdul_rt.bench.report import Row, default_ratio, derive, format_table, rows_json
 from cdul_rt.bench.roofline import best_peaks, roofline_fraction, roofline_images_per_s, speedup
 from cdul_rt.bench.stats import Throughput, per_item, throughput
 from cdul_rt.cli import main
@@ -76,6 +76,11 @@ def test_default_share_is_against_the_fastest_row_within_the_margin():
     default, best = default_ratio(rows)
     assert default.runtime == "default" and (best.runtime, best.precision) == ("onnxruntime", "fp32")
     assert default_ratio(rows[:3]) is None
+    as_json = rows_json(rows)
+    assert default_share(as_json) == pytest.approx(3.40 / 3.48)  # not 3.40 / 6.85: bf16 is outside the margin
+    assert check_floors([parse_floor("default_share=0.75")], as_json) == []
+    assert "default_share >= 0.99" in check_floors([parse_floor("default_share=0.99")], as_json)[0]
+    assert check_floors([parse_floor("default_share=0.1")], as_json[:3])  # no default row: a failure, not a pass
 
 
 def _rows():

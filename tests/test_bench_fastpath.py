@@ -48,6 +48,7 @@ def test_default_rule_is_the_fastest_path_within_the_quality_margin():
     assert key(device="cuda", caps=GPU_ALL) == "tensorrt/fp16/cuda"
     assert key(device="cuda", caps=GPU_ORT) == "onnxruntime/fp16/cuda"
     assert key(device="cuda:1", caps=GPU_TORCH) == "torch/fp32/cuda:1"
+    assert key(device="GPU", caps=GPU_ORT) == "onnxruntime/fp16/cuda"  # the runtimes' gpu alias is CUDA here too
     for runtime, precision in (("onnxruntime", "fp32"), ("tensorrt", "fp16"), ("torch", "fp32")):
         assert auto.Candidate(runtime, precision).within_margin
     for runtime, precision in (("torch", "bf16"), ("onnxruntime", "int8"), ("torch", "fp16")):

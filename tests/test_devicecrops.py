@@ -132,7 +132,7 @@ def tiny_session():
     from cdul_rt.pipeline import LabelConfig, open_session
     from cdul_rt.vocab import load_vocabulary
 
-    cfg = LabelConfig(input=".", out="x.jsonl", model="cdul-tiny", classes="coco")
+    cfg = LabelConfig(input=".", out="x.jsonl", model="cdul-tiny", classes="coco", runtime="torch")  # device path
     return open_session(cfg, load_vocabulary("coco"))
 
 

@@ -1,4 +1,5 @@
-"""``--floor``: minimum figures a CI run must reach, e.g. ``speedup=3`` or ``torch/bf16/e2e:images_per_s=5``."""
+"""``--floor``: minimum figures a CI run must reach, e.g. ``speedup=3``, ``torch/bf16/e2e:images_per_s=5`` or
+``default_share=0.75`` (the default row's img/s over the fastest end-to-end row within the quality margin)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from dataclasses import dataclass
 
 from cdul_rt.errors import CdulError, did_you_mean
 
-METRICS = ("speedup", "images_per_s", "roofline")
+METRICS = ("speedup", "images_per_s", "roofline", "default_share")
 
 
 @dataclass(frozen=True)
@@ -48,10 +49,25 @@ def _target(floor: Floor, rows: list[dict]) -> dict | None:
     return next((r for r in ok if row_key(r) == floor.row), None)
 
 
+def default_share(rows: list[dict]) -> float | None:
+    """img/s of the default row (``label`` without speed flags) over the fastest measured end-to-end row whose
+    runtime/precision is within the quality margin; None when either is missing."""
+    e2e = [r for r in rows if r["scope"] == "e2e" and r.get("status") == "ok" and r.get("images_per_s")]
+    default = next((r for r in e2e if r["runtime"] == "default"), None)
+    best = max((r["images_per_s"] for r in e2e if r.get("within_margin") and r["runtime"] not in ("default", "naive")),
+               default=None)
+    return default["images_per_s"] / best if default and best else None
+
+
 def check_floors(floors: list[Floor], rows: list[dict]) -> list[str]:
     """Failure messages, one per floor not met (empty: all met). A floor whose row is missing fails too."""
     failures = []
     for floor in floors:
+        if floor.metric == "default_share":
+            share = default_share(rows)
+            if share is None or share < floor.minimum:
+                failures.append(f"{floor.describe()}: measured {share if share is None else round(share, 4)}")
+            continue
         row = _target(floor, rows)
         if row is None:
             failures.append(f"{floor.describe()}: no such measured row")

@@ -94,8 +94,9 @@ def _cuda_e2e(ctx, model, images, image_size, batch_size, workers, naive_images,
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write every figure (with the raw samples) to this JSON file.")
 @click.option("--floor", "floors", multiple=True,
-              help="[ROW:]METRIC=MIN; exit 1 when not met. METRIC: speedup, images_per_s, roofline (fraction); "
-                   "ROW: runtime/precision/scope (default: best end-to-end row), e.g. --floor speedup=3.")
+              help="[ROW:]METRIC=MIN; exit 1 when not met. METRIC: speedup, images_per_s, roofline (fraction), "
+                   "default_share (default row / fastest end-to-end row within the quality margin); ROW: "
+                   "runtime/precision/scope (default: best end-to-end row), e.g. --floor speedup=3.")
 @click.option("--quality", is_flag=True,
               help="Measure label quality by runtime and precision instead of speed: mAP of every mode, top-1 and "
                    "label-set agreement and S_final differences against torch fp32, on the synthetic world with the "

@@ -167,6 +167,7 @@ def choose(runtime: str | None = "auto", precision: str | None = "auto", device:
     """
     runtime = runtime or "auto"
     precision = precision or "auto"
+    device = _cuda_spelling(device)
     if runtime == "auto" and engine_dir:  # a folder and no runtime named: run the folder (torch would ignore it)
         caps = caps or detect(cuda=device.startswith("cuda"))
         runtime = "tensorrt" if device.startswith("cuda") and caps.tensorrt else "onnxruntime"
@@ -176,6 +177,12 @@ def choose(runtime: str | None = "auto", precision: str | None = "auto", device:
     if precision == "auto":
         precision = _folder_precision(engine_dir, runtime) or default_precision(runtime, device)
     return Candidate(runtime, precision, device)
+
+
+def _cuda_spelling(device: str) -> str:
+    """``gpu[:N]`` (an alias the runtimes accept) read as ``cuda[:N]`` for the rule; other spellings unchanged."""
+    kind, sep, index = (device or "cpu").strip().partition(":")
+    return f"cuda{sep}{index}" if kind.lower() in ("gpu", "cuda") else device
 
 
 def label_options(opts: dict, given: set[str]) -> dict:
