@@ -70,8 +70,8 @@ def _default_workers() -> int:
               help="torch runtime: torch.compile the visual encoder (inductor, frozen weights). Compiling takes "
                    "minutes once per process; worth it for large folders (see BENCHMARKS.md).")
 @click.option("--jpeg-draft", is_flag=True,
-              help="Decode large JPEGs downscaled (DCT domain, 2-8x faster) as far as every tile stays >= the "
-                   "model input size; scores change slightly (see BENCHMARKS.md).")
+              help="Decode large JPEGs downscaled (DCT domain; 2.8-4.4x faster decode measured) as far as every "
+                   "tile stays >= the model input size; scores change slightly (see BENCHMARKS.md).")
 @click.option("--decode", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True,
               help="gpu: JPEGs decoded in batches on the GPU (nvJPEG), crops resized and normalised there; needs "
                    "--device cuda. cpu: worker processes with PIL. auto: gpu with --device cuda when nvJPEG works, "
