@@ -1,7 +1,9 @@
 """Decoding and cropping in worker processes into a bounded shared-memory ring, overlapped with encoding.
 
-Workers (spawned, torch-free: PIL + numpy, :mod:`cdul_rt.decode_worker`) write each image's uint8 crops
-``[1+g^2, S, S, 3]`` straight into a slot of a :class:`~cdul_rt.shmring.SlotRing`; only ``(seq, slot, path)`` and
+Workers (spawned, torch-free: PIL + numpy, :mod:`cdul_rt.decode_worker`) run a *job* per image and write its
+uint8 array straight into a slot of a :class:`~cdul_rt.shmring.SlotRing`: :class:`CropJob` (``label``: the crops
+``[1+g^2, S, S, 3]``) or :class:`cdul_rt.api.classifier.ClassifierJob` (``predict``: the whole image resized to the
+classifier's input, ``[S, S, 3]``). Only ``(seq, slot, path)`` and
 ``(seq, error)`` travel through pipes. The ring has ``slots`` slots, which bounds decoded images in flight (at
 workers, waiting to be yielded, or held by the consumer) whatever the folder size. Items come back in submission
 order; the consumer calls :meth:`Decoded.release` once it has used the crops (after the runner consumed them), which
@@ -26,6 +28,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from multiprocessing.connection import wait as mp_wait
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -76,6 +79,36 @@ def crop_shape(grid: int, cfg: PreprocessConfig) -> tuple[int, int, int, int]:
     return (crops_per_image(grid), cfg.size, cfg.size, 3)
 
 
+class DecodeJob(Protocol):
+    """The per-image work a :class:`DecodePool` worker runs: picklable (it is sent to spawned workers) and torch-free.
+
+    ``shape``: the uint8 array every image becomes (a ring slot's shape). Calling it decodes ``path`` into ``out`` (a
+    ring slot) or a new array when ``out`` is None; an unreadable image is a ``Decoded`` with its reason, never a
+    raise."""
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+    def __call__(self, path: Path, out: np.ndarray | None = None) -> Decoded: ...
+
+
+@dataclass(frozen=True)
+class CropJob:
+    """``label``'s job: :func:`load_crops`, the global view and the g x g tiles."""
+
+    grid: int
+    cfg: PreprocessConfig
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    jpeg_draft: bool = False
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return crop_shape(self.grid, self.cfg)
+
+    def __call__(self, path: Path, out: np.ndarray | None = None) -> Decoded:
+        return load_crops(path, self.grid, self.cfg, self.max_pixels, self.jpeg_draft, out=out)
+
+
 @dataclass
 class PoolStats:
     """What happened in a pool; ``peak_in_flight`` counts slots in use (never above ``slots``)."""
@@ -115,19 +148,17 @@ def _exit_reason(code: int | None) -> str:
 
 
 class DecodePool:
-    """``workers`` spawned decode processes writing into a ring of ``slots`` crop slots; see the module doc.
+    """``workers`` spawned decode processes running ``job`` into a ring of ``slots`` slots; see the module doc.
 
     ``slots`` must exceed the number of items the consumer holds at once (e.g. one batch) or nothing could be
     decoded ahead; holding all of them is reported as an error instead of a hang.
     """
 
-    def __init__(self, grid: int, cfg: PreprocessConfig, workers: int = 2, slots: int = 32,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, jpeg_draft: bool = False) -> None:
+    def __init__(self, job: DecodeJob, workers: int = 2, slots: int = 32) -> None:
         if workers < 1:
             raise CdulError(f"a decode pool needs at least one worker, got {workers}")
-        self.grid, self.cfg, self.n_workers, self.slots = grid, cfg, workers, slots
-        self.max_pixels, self.jpeg_draft = max_pixels, jpeg_draft
-        self.shape = crop_shape(grid, cfg)
+        self.job, self.n_workers, self.slots = job, workers, slots
+        self.shape = tuple(job.shape)
         self.stats = PoolStats(slots=slots)
         self._cv = threading.Condition()
         self._ring = None
@@ -249,8 +280,7 @@ class DecodePool:
         ctx = mp.get_context("spawn")  # workers start clean: no copy of a torch runtime and its threads
         here, there = ctx.Pipe(duplex=True)
         proc = ctx.Process(target=worker_main, name="cdul-decode", daemon=True,
-                           args=(there, os.getpid(), self._ring.name, self.slots, self.shape, self.grid, self.cfg,
-                                 self.max_pixels, self.jpeg_draft))
+                           args=(there, os.getpid(), self._ring.name, self.slots, self.job))
         proc.start()
         there.close()  # only the worker holds its end now, so its death reads as EOF here
         return _Worker(proc, here)
@@ -353,14 +383,18 @@ class DecodePool:
 def decode_stream(paths: Iterable[Path], grid: int, cfg: PreprocessConfig, workers: int = 2,
                   max_pixels: int = DEFAULT_MAX_PIXELS, prefetch: int = 16, jpeg_draft: bool = False,
                   hold: int = 0) -> Iterator[Decoded]:
-    """Yield :class:`Decoded` for each path, in order. ``workers=0`` decodes in this process.
+    """``label``'s crops (:class:`CropJob`) for each path, in order; see :func:`decode_items`."""
+    return decode_items(paths, CropJob(grid, cfg, max_pixels, jpeg_draft), workers, prefetch, hold)
+
+
+def decode_items(paths: Iterable[Path], job: DecodeJob, workers: int = 2, prefetch: int = 16,
+                 hold: int = 0) -> Iterator[Decoded]:
+    """Yield ``job``'s :class:`Decoded` for each path, in order. ``workers=0`` decodes in this process.
 
     With workers, at most ``hold + prefetch`` images are decoded and not yet released: ``hold`` is how many items
     the consumer keeps before releasing them (a batch), ``prefetch`` how many are decoded ahead of that.
     """
     if workers <= 0:
-        for p in paths:
-            yield load_crops(p, grid, cfg, max_pixels, jpeg_draft)
+        yield from map(job, paths)
         return
-    pool = DecodePool(grid, cfg, workers, slots=hold + max(1, prefetch), max_pixels=max_pixels, jpeg_draft=jpeg_draft)
-    yield from pool.imap(paths)
+    yield from DecodePool(job, workers, slots=hold + max(1, prefetch)).imap(paths)

@@ -1,6 +1,7 @@
 """The decode worker process: read a task from its pipe, decode + crop into a ring slot, answer; die with its parent.
 
-Torch-free (PIL + numpy): a worker is spawned, imports only this and what :func:`cdul_rt.decode.load_crops` needs.
+Torch-free (PIL + numpy): a worker is spawned, imports only this and what its job (:class:`cdul_rt.decode.DecodeJob`,
+e.g. :class:`cdul_rt.decode.CropJob`) needs.
 
 Protocol on the worker's own duplex pipe, main -> worker: ``(seq, slot, path)`` or ``None`` (exit); worker -> main:
 ``("ready", pid)`` once attached, then ``(seq, error)`` per task, ``error`` None when the crops are in the slot.
@@ -61,15 +62,14 @@ def _test_kill(name: str) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def worker_main(conn, parent_pid: int, ring_name: str, slots: int, shape: tuple[int, ...], grid: int, cfg,
-                max_pixels: int, jpeg_draft: bool) -> None:
-    """Entry point of a spawned decode worker (``multiprocessing.Process(target=worker_main, ...)``)."""
+def worker_main(conn, parent_pid: int, ring_name: str, slots: int, job) -> None:
+    """Entry point of a spawned decode worker (``multiprocessing.Process(target=worker_main, ...)``); ``job`` is
+    the pool's :class:`cdul_rt.decode.DecodeJob`, its ``shape`` the ring's slot shape."""
     die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the main process stops us
-    from cdul_rt.decode import load_crops
     from cdul_rt.shmring import SlotRing
 
-    ring = SlotRing.attach(ring_name, slots, shape)
+    ring = SlotRing.attach(ring_name, slots, tuple(job.shape))
     kill_on = os.environ.get(KILL_ENV) or None
     conn.send(("ready", os.getpid()))
     try:
@@ -83,7 +83,7 @@ def worker_main(conn, parent_pid: int, ring_name: str, slots: int, shape: tuple[
             seq, slot, path = task
             if kill_on is not None and kill_on in Path(path).name:
                 _test_kill(Path(path).name)
-            item = load_crops(Path(path), grid, cfg, max_pixels, jpeg_draft, out=ring.slot(slot))
+            item = job(Path(path), out=ring.slot(slot))
             conn.send((seq, item.error if item.crops is None else None))
     except (BrokenPipeError, ConnectionResetError):
         pass

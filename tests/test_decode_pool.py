@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cdul_rt.decode import CRASH_REASON, DecodePool, decode_stream, load_crops
+from cdul_rt.decode import CRASH_REASON, CropJob, DecodePool, decode_stream, load_crops
 from cdul_rt.decode_worker import KILL_ENV, KILL_ONCE_ENV, die_with_parent
 from cdul_rt.errors import CdulError
 from cdul_rt.preprocess import PreprocessConfig
@@ -61,7 +61,7 @@ def test_ring_crops_equal_in_process_crops_in_submission_order(tmp_path):
 
 def test_in_flight_images_stay_bounded_whatever_the_folder_size(tmp_path):
     paths = Counting(_folder(tmp_path, 60))
-    pool = DecodePool(2, CFG, workers=2, slots=5)
+    pool = DecodePool(CropJob(2, CFG), workers=2, slots=5)
     released, worst = 0, 0
     for item in pool.imap(paths):
         time.sleep(0.005)  # a slow consumer: workers could run far ahead if nothing held them back
@@ -73,7 +73,7 @@ def test_in_flight_images_stay_bounded_whatever_the_folder_size(tmp_path):
 
 
 def test_a_consumer_holding_every_slot_gets_an_error_not_a_hang(tmp_path):
-    pool = DecodePool(1, CFG, workers=1, slots=3)
+    pool = DecodePool(CropJob(1, CFG), workers=1, slots=3)
     with pytest.raises(CdulError, match="all 3 decode slots are held"):
         _ = [item for item in pool.imap(_folder(tmp_path, 6))]  # never released
 
@@ -81,7 +81,7 @@ def test_a_consumer_holding_every_slot_gets_an_error_not_a_hang(tmp_path):
 def test_killed_worker_is_replaced_and_its_innocent_images_retried(tmp_path):
     """A worker SIGKILLed from outside mid-run: every image still decodes, in order, and every slot comes back."""
     paths = _folder(tmp_path, 40)
-    pool = DecodePool(3, CFG, workers=2, slots=6)
+    pool = DecodePool(CropJob(3, CFG), workers=2, slots=6)
     it = pool.imap(paths)
     first = next(it)
     first.release()
@@ -128,7 +128,7 @@ def test_image_whose_first_decode_crashes_is_retried_in_a_fresh_worker(tmp_path,
     paths, bad = _with_crasher(tmp_path, monkeypatch)
     (tmp_path / "once").mkdir()
     monkeypatch.setenv(KILL_ONCE_ENV, str(tmp_path / "once"))  # only the first attempt dies
-    pool = DecodePool(3, CFG, workers=2, slots=8)
+    pool = DecodePool(CropJob(3, CFG), workers=2, slots=8)
     items = _run_checked(pool, paths)
     assert all(e is None for _, e in items)
     assert pool.stats.worker_deaths == 1 and pool.stats.retried >= 1 and pool.stats.crashed == 0
@@ -136,7 +136,7 @@ def test_image_whose_first_decode_crashes_is_retried_in_a_fresh_worker(tmp_path,
 
 def test_image_that_kills_its_worker_twice_becomes_a_decoder_crashed_failure(tmp_path, monkeypatch):
     paths, bad = _with_crasher(tmp_path, monkeypatch)
-    pool = DecodePool(3, CFG, workers=2, slots=8)
+    pool = DecodePool(CropJob(3, CFG), workers=2, slots=8)
     items = _run_checked(pool, paths)
     errors = {p.name: e for p, e in items if e is not None}
     assert list(errors) == [bad.name] and errors[bad.name].startswith(CRASH_REASON)
@@ -236,22 +236,18 @@ def test_a_busy_worker_dies_with_its_parent(tmp_path):
             os.kill(child, signal.SIGKILL)
 
 
-@linux_only
-@pytest.mark.slow
-def test_sigkill_of_label_leaves_no_worker_tracker_or_ring(tmp_path, tiny_config):
-    make_images(tmp_path / "many", 300)
-    cmd = [sys.executable, "-m", "cdul_rt", "label", str(tmp_path / "many"), "--model", str(tiny_config),
-           "--pretrained", "none", "--classes", "voc", "--out", str(tmp_path / "o.jsonl"), "-q", "--workers", "2"]
+def sigkill_leaves_nothing(cmd: list[str], out: Path, what: str) -> None:
+    """Run ``cmd`` (a ``cdul-rt`` command with ``--workers 2``), SIGKILL it mid-run, once its two decode workers,
+    multiprocessing's resource tracker and its ring exist and ``out`` was created, and check all of them go."""
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
             family = _descendants(proc.pid)
-            # two decode workers and multiprocessing's resource tracker, and labeling under way
-            if len(family) >= 3 and _rings_of(proc.pid) and (tmp_path / "o.jsonl").exists():
+            if len(family) >= 3 and _rings_of(proc.pid) and out.exists():  # workers, tracker, run under way
                 break
             time.sleep(0.1)
-        assert proc.poll() is None, "label ended before it could be killed: " + proc.stderr.read().decode()[-2000:]
+        assert proc.poll() is None, f"{what} ended before it could be killed: " + proc.stderr.read().decode()[-2000:]
         family = _descendants(proc.pid)
         assert len(family) >= 3 and _rings_of(proc.pid)
         proc.kill()
@@ -259,9 +255,18 @@ def test_sigkill_of_label_leaves_no_worker_tracker_or_ring(tmp_path, tiny_config
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and (any(map(_alive, family)) or _rings_of(proc.pid)):
             time.sleep(0.1)
-        assert not [p for p in family if _alive(p)], "processes left behind after SIGKILL of label"
+        assert not [p for p in family if _alive(p)], f"processes left behind after SIGKILL of {what}"
         assert not _rings_of(proc.pid), "shared-memory ring left in /dev/shm"
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@linux_only
+@pytest.mark.slow
+def test_sigkill_of_label_leaves_no_worker_tracker_or_ring(tmp_path, tiny_config):
+    make_images(tmp_path / "many", 300)
+    cmd = [sys.executable, "-m", "cdul_rt", "label", str(tmp_path / "many"), "--model", str(tiny_config),
+           "--pretrained", "none", "--classes", "voc", "--out", str(tmp_path / "o.jsonl"), "-q", "--workers", "2"]
+    sigkill_leaves_nothing(cmd, tmp_path / "o.jsonl", "label")

@@ -1,6 +1,7 @@
 """``cdul_rt.Classifier``: a trained multi-label classifier (``cdul-rt train`` run or exported ONNX) from Python.
 
-The object ``cdul-rt predict`` runs: its folder loop decodes with :func:`classifier_input` and scores with
+The object ``cdul-rt predict`` runs: its folder loop decodes with :class:`ClassifierJob` (in the shared-memory decode
+pool's workers, or in-process), normalises with :func:`~cdul_rt.train.data.normalize_pixels` and scores with
 :meth:`Classifier.score_images`. An exported folder runs with onnxruntime and never imports torch.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,9 +24,40 @@ from cdul_rt.errors import CdulError
 def classifier_input(item: ImageInput, info: Any) -> np.ndarray:
     """float32 ``[3, S, S]``: the whole image resized and normalised as the classifier was trained
     (``info``: :class:`~cdul_rt.train.engines.ClassifierInfo`). Raises on unreadable input."""
-    from cdul_rt.train.data import preprocess
+    from cdul_rt.train.data import normalize_pixels
 
-    return preprocess(to_rgb(item), info.image_size, info.mean, info.std)
+    return normalize_pixels(classifier_pixels(item, info.image_size), info.mean, info.std)
+
+
+def classifier_pixels(item: ImageInput, image_size: int) -> np.ndarray:
+    """uint8 ``[S, S, 3]``: :func:`classifier_input` before normalisation. Raises on unreadable input."""
+    from cdul_rt.train.data import resize_pixels
+
+    return resize_pixels(to_rgb(item), image_size)
+
+
+@dataclass(frozen=True)
+class ClassifierJob:
+    """``predict``'s :class:`~cdul_rt.decode.DecodeJob`: :func:`classifier_pixels` of a path, into ``out`` (a decode
+    ring slot) when given; an unreadable image is a ``Decoded`` with its reason (as ``label``'s failures file)."""
+
+    image_size: int
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.image_size, self.image_size, 3)
+
+    def __call__(self, path: Path, out: np.ndarray | None = None):
+        from cdul_rt.decode import Decoded
+
+        try:
+            pixels = classifier_pixels(path, self.image_size)
+        except Exception as exc:  # noqa: BLE001 - any decoder failure is data, not a crash
+            return Decoded(path, None, reason(exc))
+        if out is None:
+            return Decoded(path, pixels)
+        out[...] = pixels
+        return Decoded(path, out)
 
 
 def _is_export(path: Path) -> bool:

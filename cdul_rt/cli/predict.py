@@ -22,7 +22,8 @@ import click
               help="Classes with probability at or above this are listed under 'labels'.")
 @click.option("--top-k", type=int, default=None, help="List the k most probable classes instead.")
 @click.option("--batch-size", "-b", type=int, default=32, show_default=True)
-@click.option("--workers", "-j", type=int, default=0, show_default=True, help="Decode worker processes.")
+@click.option("--workers", "-j", type=int, default=0, show_default=True,
+              help="Decode worker processes (label's shared-memory decode pool); 0: decode in this process.")
 @click.option("--threads", type=int, default=0, help="CPU threads of the runtime (0: its default).")
 @click.option("--overwrite", is_flag=True, help="Discard an existing output (default: resume it).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")

@@ -26,10 +26,19 @@ def _open_rgb(path: Path) -> "Image.Image":
 
 def preprocess(image: "Image.Image", image_size: int, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     """RGB PIL image -> float32 [3, S, S]: bilinear resize of the whole image (antialiased), /255, mean/std."""
+    return normalize_pixels(resize_pixels(image, image_size), mean, std)
+
+
+def resize_pixels(image: "Image.Image", image_size: int) -> np.ndarray:
+    """The first half of :func:`preprocess`: uint8 ``[S, S, 3]`` (what ``predict``'s decode workers make)."""
     from PIL import Image
 
-    resized = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
-    array = np.asarray(resized, dtype=np.float32) / 255.0
+    return np.asarray(image.resize((image_size, image_size), Image.Resampling.BILINEAR))
+
+
+def normalize_pixels(pixels: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """The second half of :func:`preprocess`: uint8 ``[S, S, 3]`` -> float32 ``[3, S, S]``, /255, mean/std."""
+    array = np.asarray(pixels, dtype=np.float32) / 255.0
     array = (array - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     return np.ascontiguousarray(array.transpose(2, 0, 1))
 

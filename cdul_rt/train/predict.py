@@ -1,15 +1,18 @@
 """Predict labels for a folder with a trained classifier (torch run folder or exported ONNX), streaming to a label
 file. Re-running resumes (images already in the output are skipped); unreadable images go to
 ``<out>.failures.jsonl``. Torch-free when the runner is onnxruntime.
+
+``--workers N`` decodes through ``label``'s shared-memory decode pool (:func:`cdul_rt.decode.decode_items` with
+:class:`~cdul_rt.api.classifier.ClassifierJob`): images in flight bounded by the ring, a dead worker replaced and its
+images retried once (then a "decoder crashed" failures row), workers gone when predict is killed.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from concurrent.futures import ProcessPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass
-from functools import partial
 from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Iterator
@@ -17,7 +20,6 @@ from typing import TYPE_CHECKING, Iterable, Iterator
 import numpy as np
 
 from cdul_rt.errors import CdulError
-from cdul_rt.train.engines import ClassifierInfo
 
 if TYPE_CHECKING:
     from cdul_rt.api.classifier import Classifier
@@ -29,25 +31,6 @@ class PredictSummary:
     skipped: int
     failures: list[tuple[str, str]]
     seconds: float
-
-
-def _decode(path: Path, info: ClassifierInfo) -> tuple[np.ndarray | None, str]:
-    from cdul_rt.api.classifier import classifier_input
-    from cdul_rt.api.inputs import reason
-
-    try:
-        return classifier_input(path, info), ""
-    except Exception as exc:  # any unreadable file becomes a failures row, never a stopped run
-        return None, reason(exc)
-
-
-def _decoded(files: list[Path], info: ClassifierInfo, workers: int) -> Iterator[tuple[np.ndarray | None, str]]:
-    fn = partial(_decode, info=info)
-    if workers <= 0:
-        yield from map(fn, files)
-        return
-    with ProcessPoolExecutor(workers) as pool:
-        yield from pool.map(fn, files, chunksize=4)
 
 
 def _batches(items: Iterable, size: int) -> Iterator[list]:
@@ -62,8 +45,11 @@ def predict_folder(classifier: "Classifier", images: Path, out: Path, threshold:
     """Stream predictions for every image under ``images`` into ``out`` (any label-file format)."""
     from tqdm import tqdm
 
+    from cdul_rt.api.classifier import ClassifierJob
+    from cdul_rt.decode import decode_items
     from cdul_rt.imageio import discover_images, relative_name
     from cdul_rt.labelfile import LabelWriter, read_meta, sidecar
+    from cdul_rt.train.data import normalize_pixels
 
     started = time.perf_counter()
     files = discover_images(images)
@@ -83,13 +69,18 @@ def predict_folder(classifier: "Classifier", images: Path, out: Path, threshold:
     failures: list[tuple[str, str]] = []
     writer.open()
     bar = tqdm(total=len(todo), desc="predict", unit="img", disable=not progress)
-    with classifier, open(sidecar(out, "failures"), "a", encoding="utf-8") as failed:
-        decoded = _decoded([f for f, _ in todo], info, workers)
+    decoded = decode_items([f for f, _ in todo], ClassifierJob(info.image_size), workers,
+                           prefetch=max(16, 4 * workers, batch_size), hold=batch_size)
+    # closing: the pool's workers and ring go when the loop ends, also on an error or Ctrl-C
+    with classifier, closing(decoded), open(sidecar(out, "failures"), "a", encoding="utf-8") as failed:
         for chunk in _batches(zip(todo, decoded), batch_size):
-            ok = [(rel, arr) for (_, rel), (arr, _) in chunk if arr is not None]
-            bad = [(rel, reason) for (_, rel), (arr, reason) in chunk if arr is None]
+            ok = [(rel, item) for (_, rel), item in chunk if item.crops is not None]
+            bad = [(rel, item.error or "unknown") for (_, rel), item in chunk if item.crops is None]
             if ok:
-                probs = classifier.score_images(np.stack([a for _, a in ok]))
+                images = np.stack([normalize_pixels(item.crops, info.mean, info.std) for _, item in ok])
+                for _, item in ok:  # copied out of the decode ring: its slots take the next images
+                    item.release()
+                probs = classifier.score_images(images)
                 bad += writer.write_batch([rel for rel, _ in ok], probs)  # non-finite rows come back refused
             for rel, reason in bad:
                 failures.append((rel, reason))
