@@ -5,18 +5,20 @@ Per batch of ``k`` images:
 1. Threads read each file and parse its header with PIL (no pixel decoding): a plain JPEG (RGB or grayscale, within
    ``--max-pixels`` and the aspect-ratio bound, ending in its EOI marker) keeps its bytes and EXIF orientation for
    the device decoder. Anything else (PNG, WebP, GIF, TIFF, BMP, CMYK JPEGs, truncated or unreadable files) goes
-   through the CPU path's own :func:`cdul_rt.imageio.open_rgb` in the thread, so it decodes exactly as with
-   ``--decode cpu`` or fails with the very same reason.
+   through the CPU path's own decode and crops (:func:`cdul_rt.decode.load_crops`) in the thread, so it gets
+   exactly the crops of ``--decode cpu`` or fails with the very same reason; only its crops wait for the batch,
+   never the decoded image. A file that does not start like a JPEG is not read into memory first.
 2. The JPEGs of the batch are decoded in one ``torchvision.io.decode_jpeg(list, device=...)`` call (nvJPEG on
    CUDA, libjpeg-turbo on CPU tensors). When that call fails, each JPEG is retried alone; one that still fails is
    handed to the CPU path, which either decodes it or gives the CPU path's failure reason. No other image of the
    batch is lost.
-3. EXIF orientation is applied to the tensor (flips / transposes, as ``ImageOps.exif_transpose``), CPU-decoded
-   images join the batch, and :func:`cdul_rt.devicecrops.device_crops` builds the normalised crops on the device.
+3. EXIF orientation is applied to the tensor (flips / transposes, as ``ImageOps.exif_transpose``),
+   :func:`cdul_rt.devicecrops.crops_uint8` builds the crops on the device, the CPU path's crops join them in input
+   order, and the batch is normalised there.
 
 Decoding and cropping the next batches (one assembler thread) overlaps encoding the current one. Memory in flight
-is bounded: at most ``prefetch + 1`` batches (files on the host, decoded images and crops on the device), whatever
-the folder size.
+is bounded: at most ``prefetch + 1`` batches (JPEG files and other images' crops on the host, decoded images and
+crops on the device), whatever the folder size.
 
 The same code runs on CPU tensors (``device="cpu"``): that is how the tests check it on machines without a GPU.
 The user-facing ``--decode gpu`` still refuses to run without CUDA; :data:`ON_CPU_TENSORS` is the internal choice
@@ -38,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from cdul_rt.errors import CdulError
-from cdul_rt.imageio import DEFAULT_MAX_PIXELS, MAX_ASPECT, describe_error, open_rgb
+from cdul_rt.imageio import DEFAULT_MAX_PIXELS, MAX_ASPECT
 from cdul_rt.preprocess import PreprocessConfig
 
 DECODE_CHOICES = ("auto", "cpu", "gpu")
@@ -54,7 +56,7 @@ class Loaded:
     path: Path
     jpeg: bytearray | None = None
     orientation: int = 1
-    image: np.ndarray | None = None  # uint8 [H, W, 3], already EXIF-oriented (the CPU path's open_rgb)
+    crops: np.ndarray | None = None  # uint8 [1+g^2, S, S, 3]: the CPU path's own crops (not the whole image)
     error: str | None = None
 
 
@@ -142,9 +144,12 @@ def nvjpeg_error(device: str) -> str | None:
 
 # -- reading (threads) ----------------------------------------------------------------------------------------------
 
-def read_file(path: Path) -> bytearray:
-    """The whole file in a writable buffer (torch takes it without a copy or a warning)."""
+def read_file(path: Path) -> bytearray | None:
+    """The whole file in a writable buffer (torch takes it without a copy or a warning); ``None`` when it does not
+    start like a JPEG (it is left to the CPU path unread: a large TIFF is not held in memory twice)."""
     with open(path, "rb") as f:
+        if f.read(3) != b"\xff\xd8\xff":
+            return None
         size = f.seek(0, 2)
         f.seek(0)
         buf = bytearray(size)
@@ -177,25 +182,24 @@ def jpeg_header(data: bytes | bytearray, max_pixels: int) -> int | None:
     return orientation if orientation in range(1, 9) else 1
 
 
-def load_cpu(path: Path, max_pixels: int) -> Loaded:
-    """The CPU path's decode (:func:`open_rgb`): the same pixels, or the same failure reason, as ``--decode cpu``."""
-    try:
-        return Loaded(path, image=np.array(open_rgb(path, max_pixels)))  # writable: torch takes it as is
-    except CdulError as exc:
-        return Loaded(path, error=str(exc))
-    except Exception as exc:  # noqa: BLE001 - any decoder failure is data, not a crash
-        return Loaded(path, error=describe_error(exc))
+def load_cpu(path: Path, max_pixels: int, grid: int, cfg: PreprocessConfig) -> Loaded:
+    """The CPU path's decode and crops (:func:`cdul_rt.decode.load_crops`): the same crops, or the same failure
+    reason, as ``--decode cpu``. Only the crops wait for the batch, never the decoded image (bounded memory)."""
+    from cdul_rt.decode import load_crops
+
+    item = load_crops(path, grid, cfg, max_pixels)
+    return Loaded(path, crops=item.crops, error=item.error)
 
 
-def load(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loaded:
-    """Run in a reader thread: JPEG bytes + orientation for the device, else the CPU path's result."""
+def load(path: Path, max_pixels: int, grid: int, cfg: PreprocessConfig) -> Loaded:
+    """Run in a reader thread: JPEG bytes + orientation for the device, else the CPU path's crops or reason."""
     try:
         data = read_file(path)
     except OSError:
-        return load_cpu(path, max_pixels)  # the CPU path words the reason
+        data = None  # the CPU path words the reason
     orientation = jpeg_header(data, max_pixels) if data else None
     if orientation is None:
-        return load_cpu(path, max_pixels)
+        return load_cpu(path, max_pixels, grid, cfg)
     return Loaded(path, jpeg=data, orientation=orientation)
 
 
@@ -233,7 +237,8 @@ def orient(image, orientation: int):
     return image
 
 
-def _decode_all(items: list[Loaded], device: str, max_pixels: int) -> dict[int, object]:
+def _decode_all(items: list[Loaded], device: str, max_pixels: int, grid: int,
+                cfg: PreprocessConfig) -> dict[int, object]:
     """Index -> decoded tensor for the JPEG items; items that fail alone are replaced by the CPU path's result."""
     index = [i for i, it in enumerate(items) if it.jpeg is not None]
     if not index:
@@ -247,36 +252,46 @@ def _decode_all(items: list[Loaded], device: str, max_pixels: int) -> dict[int, 
         try:
             (out[i],) = decode_jpegs([items[i].jpeg], device)
         except Exception:  # noqa: BLE001
-            items[i] = load_cpu(items[i].path, max_pixels)
+            items[i] = load_cpu(items[i].path, max_pixels, grid, cfg)
     return out
 
 
 def assemble(items: list[Loaded], grid: int, cfg: PreprocessConfig, device: str,
              max_pixels: int = DEFAULT_MAX_PIXELS, dtype=None) -> DeviceBatch:
-    """Decode the JPEGs of one batch on ``device``, join the CPU-decoded images, build the crops."""
+    """Decode the JPEGs of one batch on ``device``, build their crops there, join the CPU path's crops of the
+    other images (in input order)."""
     import torch
 
     from cdul_rt.devicecrops import crops_uint8, normalize, view_plan
 
-    decoded = _decode_all(items, device, max_pixels)
+    decoded = _decode_all(items, device, max_pixels, grid, cfg)
     images, plans, paths, failures = [], [], [], []
+    sources = []  # per kept image: ("device", index into images) or ("cpu", its uint8 crops)
     for i, it in enumerate(items):
         if i in decoded:
             image = orient(decoded[i], it.orientation)
-        elif it.image is not None:
-            image = torch.from_numpy(it.image).permute(2, 0, 1).to(device, non_blocking=True)
+            try:
+                plans.append(view_plan(int(image.shape[-1]), int(image.shape[-2]), grid, cfg))
+            except CdulError as exc:  # e.g. too small for the grid: the CPU path's words
+                failures.append((it.path, str(exc)))
+                continue
+            sources.append(("device", len(images)))
+            images.append(image)
+        elif it.crops is not None:
+            sources.append(("cpu", it.crops))
         else:
             failures.append((it.path, it.error or "unknown error"))
             continue
-        try:
-            plans.append(view_plan(int(image.shape[-1]), int(image.shape[-2]), grid, cfg))
-        except CdulError as exc:  # e.g. too small for the grid: the CPU path's words
-            failures.append((it.path, str(exc)))
-            continue
-        images.append(image)
         paths.append(it.path)
-    crops = normalize(crops_uint8(images, plans, cfg), cfg, dtype) if images else None
-    return DeviceBatch(paths, crops, failures)
+    if not paths:
+        return DeviceBatch(paths, None, failures)
+    on_device = crops_uint8(images, plans, cfg) if images else None
+    if len(images) == len(paths):  # all decoded on the device: no reassembly
+        return DeviceBatch(paths, normalize(on_device, cfg, dtype), failures)
+    per = 1 + grid * grid
+    parts = [on_device[value * per:(value + 1) * per] if kind == "device"
+             else torch.from_numpy(value).permute(0, 3, 1, 2).to(device, non_blocking=True) for kind, value in sources]
+    return DeviceBatch(paths, normalize(torch.cat(parts), cfg, dtype), failures)
 
 
 def device_batches(paths: Iterable[Path], grid: int, cfg: PreprocessConfig, device: str, batch_size: int = 64,
@@ -301,7 +316,8 @@ def device_batches(paths: Iterable[Path], grid: int, cfg: PreprocessConfig, devi
         def submit() -> None:
             chunk = list(islice(it, batch_size))
             if chunk:
-                pending.append(assembler.submit(build, [readers.submit(load, p, max_pixels) for p in chunk]))
+                pending.append(assembler.submit(build, [readers.submit(load, p, max_pixels, grid, cfg)
+                                                        for p in chunk]))
 
         try:
             for _ in range(prefetch + 1):

@@ -12,7 +12,7 @@ from PIL import Image
 
 from cdul_rt.bench.images import photo_like
 from cdul_rt.decode import load_crops
-from cdul_rt.imageio import open_rgb
+from cdul_rt.imageio import DEFAULT_MAX_PIXELS, open_rgb
 from cdul_rt.preprocess import PreprocessConfig, normalize_batch
 
 torch = pytest.importorskip("torch")
@@ -60,7 +60,7 @@ def test_exif_orientation_as_pil(tmp_path, orientation):
     exif = Image.Exif()
     exif[devicedecode.EXIF_ORIENTATION] = orientation
     path = save(photo(40, 24, seed=orientation), tmp_path / "o.jpg", "JPEG", exif=exif.tobytes())
-    item = load(path)
+    item = load(path, DEFAULT_MAX_PIXELS, GRID, CFG)
     assert item.jpeg is not None and item.orientation == orientation  # read from the header, decoded on device
     (t,) = decode_jpegs([item.jpeg], "cpu")
     got = orient(t, item.orientation).permute(1, 2, 0).numpy()
@@ -105,11 +105,11 @@ MAX_PIXELS = 100_000  # the 640x480 file is over it
 def test_every_format_and_failure_like_the_cpu_path(tmp_path):
     routes = folder_of_everything(tmp_path)
     paths = sorted(tmp_path.iterdir())
-    loaded = {p.name: load(p, MAX_PIXELS) for p in paths}
+    loaded = {p.name: load(p, MAX_PIXELS, GRID, CFG) for p in paths}
     for name, route in routes.items():  # the reader thread's routing: over --max-pixels and truncated files
         item = loaded[name]                 # never reach the device decoder (nvJPEG might pad a truncated file)
         assert (item.jpeg is not None) == route.startswith("device"), name
-        assert (item.image is not None) == (route == "cpu"), name
+        assert (item.crops is not None) == (route == "cpu"), name
         assert (item.error is not None) == (route == "refused"), name
     batches = list(device_batches(paths, GRID, CFG, "cpu", batch_size=len(paths), max_pixels=MAX_PIXELS))
     assert len(batches) == 1
@@ -154,10 +154,10 @@ def test_batches_are_bounded_and_in_order(tmp_path, monkeypatch):
     peak, live = [0], [0]
     real = devicedecode.load
 
-    def counting_load(path, max_pixels):
+    def counting_load(path, *args):
         live[0] += 1
         peak[0] = max(peak[0], live[0])
-        return real(path, max_pixels)
+        return real(path, *args)
 
     monkeypatch.setattr(devicedecode, "load", counting_load)
     seen = []
@@ -219,11 +219,11 @@ def test_stopping_early_drops_the_read_ahead(tmp_path, monkeypatch):
     loads, gate = [], threading.Event()
     real = devicedecode.load
 
-    def slow_load(path, max_pixels):
+    def slow_load(path, *args):
         if path not in paths[:4]:
             gate.wait(10)  # the reads after the first batch wait until the caller has stopped
         loads.append(path)
-        return real(path, max_pixels)
+        return real(path, *args)
 
     monkeypatch.setattr(devicedecode, "load", slow_load)
     batches = device_batches(iter(paths), GRID, CFG, "cpu", batch_size=4, prefetch=2, threads=1)
@@ -231,3 +231,13 @@ def test_stopping_early_drops_the_read_ahead(tmp_path, monkeypatch):
     threading.Timer(0.5, gate.set).start()  # the read in progress finishes after the caller has stopped
     batches.close()
     assert len(loads) <= 5  # 12 were queued (prefetch + 1 batches): only the one already started ran
+
+
+def test_other_formats_wait_for_the_batch_as_crops_not_images(tmp_path):
+    """A PNG (or TIFF, WebP...) is cropped by the CPU path in the reader thread: only its 1+g^2 crops wait for the
+    batch (bounded host memory whatever the image size), and its file is never read whole to sniff the format."""
+    png = save(photo(400, 300, seed=30), tmp_path / "big.png", "PNG")
+    assert devicedecode.read_file(png) is None
+    item = load(png, DEFAULT_MAX_PIXELS, GRID, CFG)
+    assert item.jpeg is None and item.crops.shape == (1 + GRID * GRID, CFG.size, CFG.size, 3)
+    np.testing.assert_array_equal(item.crops, load_crops(png, GRID, CFG).crops)  # exactly --decode cpu's crops
