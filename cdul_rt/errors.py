@@ -37,6 +37,19 @@ def require(module: str, extra: str):
         ) from exc
 
 
+TORCH_PACKAGES = ("torch", "torchvision", "open_clip")
+
+
+def torch_missing(exc: ModuleNotFoundError) -> CdulError | None:
+    """The error for a torch-free install asked to do what needs torch (``None``: another module is missing)."""
+    if (exc.name or "").split(".")[0] not in TORCH_PACKAGES:
+        return None
+    return CdulError(f"this needs {exc.name}, which is not installed here (a torch-free install runs exported "
+                     "folders: `label --runtime onnxruntime --engine-dir DIR`, `predict --engine DIR`, "
+                     "Labeler.open(engine_dir=DIR), Classifier.open(DIR)); install torch and open_clip_torch for the "
+                     "torch runtime, training and export")
+
+
 def write_error(out, exc: OSError, option: str = "--out") -> CdulError:
     """An OSError met while writing ``out`` (a report, an export) as a message that says what to do."""
     where = exc.filename or out

@@ -188,3 +188,34 @@ def test_classifier_checks_its_options_and_says_when_closed(trained, tmp_path):
     clf.close()  # twice is harmless
     with pytest.raises(CdulError, match="this Classifier is closed"):
         clf.predict(sorted(folder.glob("*.jpg"))[:1])
+
+
+NEEDS_TORCH = """
+import sys
+sys.modules["torch"] = None
+from cdul_rt import Classifier, Labeler
+from cdul_rt.cli import main
+from cdul_rt.errors import CdulError
+for name, call in (("labeler", lambda: Labeler.open({model!r}, pretrained="none", runtime="torch")),
+                   ("classifier", lambda: Classifier.open({run!r}))):
+    try:
+        call()
+    except CdulError as exc:
+        assert str(exc).startswith("this needs torch, which is not installed here"), exc
+        print(name, "refused")
+sys.argv = ["cdul-rt", "label", {images!r}, "--out", {out!r}, "--runtime", "torch", "--model", {model!r},
+            "--pretrained", "none"]
+main()
+"""
+
+
+def test_torch_free_install_asked_for_torch_gets_a_message(tmp_path, trained, tiny_config):
+    """A torch-free install (README: runs exported folders) asked for the torch runtime or a run folder: one
+    message saying what runs without torch, not `ModuleNotFoundError` from deep inside open_clip."""
+    folder, run, _ = trained
+    script = tmp_path / "needs_torch.py"
+    script.write_text(NEEDS_TORCH.format(model=str(tiny_config), run=str(run), images=str(folder),
+                                         out=str(tmp_path / "x.jsonl")))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert proc.stdout.split() == ["labeler", "refused", "classifier", "refused"], proc.stderr[-2000:]
+    assert proc.returncode == 2 and "Error: this needs torch" in proc.stderr and "Traceback" not in proc.stderr

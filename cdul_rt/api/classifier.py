@@ -18,7 +18,7 @@ import numpy as np
 
 from cdul_rt.api.inputs import ImageInput, image_list, item_error, reason, to_rgb
 from cdul_rt.api.results import Prediction
-from cdul_rt.errors import CdulError
+from cdul_rt.errors import CdulError, torch_missing
 
 
 def classifier_input(item: ImageInput, info: Any) -> np.ndarray:
@@ -117,9 +117,15 @@ class Classifier:
         else:
             from cdul_rt.train.engines import TorchClassifierRunner
 
-            runner = TorchClassifierRunner(path, threads=threads)
+            try:
+                runner = TorchClassifierRunner(path, threads=threads)
+            except ModuleNotFoundError as exc:  # a torch-free install given a run folder
+                raise (torch_missing(exc) or exc) from exc
             runner.precision = "fp32"
-        return cls(runner, threshold, top_k, batch_size)
+        try:
+            return cls(runner, threshold, top_k, batch_size)
+        except ModuleNotFoundError as exc:  # activation imports torch
+            raise (torch_missing(exc) or exc) from exc
 
     @property
     def classes(self) -> list[str]:

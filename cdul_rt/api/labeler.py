@@ -17,7 +17,7 @@ import numpy as np
 from cdul_rt.api.inputs import ImageInput, crops_of, image_list, item_error, reason
 from cdul_rt.api.results import LabelResult
 from cdul_rt.engines.base import EMBEDDING_OUTPUT, LABELER_OUTPUTS
-from cdul_rt.errors import CdulError
+from cdul_rt.errors import CdulError, torch_missing
 
 Errors = Literal["raise", "collect"]
 _NOT_SET = ("input", "out", "precision", "overwrite", "workers")  # LabelConfig fields open() does not take
@@ -130,7 +130,11 @@ class Labeler:
         options = {k: v for k, v in locals().items() if k not in ("cls", "open_session", "load_vocabulary")}
         cfg = label_config(options)
         vocab = load_vocabulary(cfg.classes)
-        return cls(open_session(cfg, vocab), cfg, vocab, owns_session=True)
+        try:
+            session = open_session(cfg, vocab)
+        except ModuleNotFoundError as exc:  # a torch-free install asked for the torch runtime or an export
+            raise (torch_missing(exc) or exc) from exc
+        return cls(session, cfg, vocab, owns_session=True)
 
     def close(self) -> None:
         """Free the runtime's sessions, model and device memory; the labeler cannot be used afterwards."""

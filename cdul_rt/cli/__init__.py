@@ -9,7 +9,7 @@ import importlib.util
 import click
 
 from cdul_rt import __version__
-from cdul_rt.errors import CdulError
+from cdul_rt.errors import CdulError, torch_missing
 
 # command name -> (module, one-line help shown by --help without importing the module)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -66,8 +66,11 @@ class LazyGroup(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except CdulError as exc:
-            click.secho(f"Error: {exc}", fg="red", err=True)
+        except (CdulError, ModuleNotFoundError) as exc:
+            error = exc if isinstance(exc, CdulError) else torch_missing(exc)
+            if error is None:
+                raise
+            click.secho(f"Error: {error}", fg="red", err=True)
             ctx.exit(2)
 
 
