@@ -8,14 +8,15 @@
 
 Runs in the serve venv (PyTriton). Examples:
 
-    PYTHONPATH=. /work/venv-serve/bin/python bench/serve_load.py --model cdul-tiny            # seconds
-    PYTHONPATH=. /work/venv-serve/bin/python bench/serve_load.py --model ViT-B-32 --seconds 30 --images 48
+    PYTHONPATH=. /work/venv-serve/bin/python bench/serve_load.py --model cdul-tiny --threads 1 --images 256
+    PYTHONPATH=. /work/venv-serve/bin/python bench/serve_load.py --model ViT-B-32 --threads 1 --images 32 --seconds 20
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import re
 import shutil
@@ -51,17 +52,26 @@ def make_jpegs(folder: Path, n: int, size: tuple[int, int] = (480, 640)) -> list
     return out
 
 
-def run_label(folder: Path, model_args: list[str], out: Path) -> float:
+def child_env(threads: int | None) -> dict:
+    """Both sides get the same torch intra-op threads (OMP_NUM_THREADS): on a shared, oversubscribed machine two
+    OpenMP threads can be many times slower than one, which would decide the comparison by itself."""
+    env = dict(os.environ)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    return env
+
+
+def run_label(folder: Path, model_args: list[str], out: Path, env: dict) -> float:
     r = subprocess.run([sys.executable, "-m", "cdul_rt", "label", str(folder), *model_args, "--out", str(out), "-q"],
-                       capture_output=True, text=True, check=True)
+                       capture_output=True, text=True, check=True, env=env)
     return float(re.search(r"\(([0-9.]+) img/s\)", r.stdout).group(1))
 
 
-def start_server(model_args: list[str], extra: list[str]):
+def start_server(model_args: list[str], extra: list[str], env: dict):
     http_port, grpc_port, metrics_port = free_ports(3)
     proc = subprocess.Popen([sys.executable, "-m", "cdul_rt", "serve", *model_args, "--http-port", str(http_port),
                              "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port), *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     for line in proc.stdout:
         if "cdul-rt serve: ready" in line:
             threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
@@ -122,6 +132,7 @@ def main() -> None:
     ap.add_argument("--clients", default="1,4,16,64")
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--max-queue-delay-us", default="2000")
+    ap.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for label and serve alike")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
 
@@ -131,10 +142,11 @@ def main() -> None:
     try:
         paths = make_jpegs(tmp / "images", args.images)
         payloads = [p.read_bytes() for p in paths]
-        local = run_label(tmp / "images", model_args, tmp / "local.jsonl")
+        env = child_env(args.threads)
+        local = run_label(tmp / "images", model_args, tmp / "local.jsonl", env)
         print(f"in-process label: {local:.2f} img/s ({args.images} JPEGs 640x480, {args.model}, {args.runtime} "
               f"{args.precision})", flush=True)
-        proc, http_port, metrics_port = start_server(model_args, ["--max-queue-delay-us", args.max_queue_delay_us])
+        proc, http_port, metrics_port = start_server(model_args, ["--max-queue-delay-us", args.max_queue_delay_us], env)
         rows = []
         try:
             load(http_port, metrics_port, payloads[:4], 2, 2.0)  # warm-up

@@ -40,9 +40,10 @@ READY_TIMEOUT_S = 240
 class Server:
     """`cdul-rt serve` as a user starts it, in its own process."""
 
-    def __init__(self, model: Path, *extra: str) -> None:
+    def __init__(self, model: Path | None, *extra: str) -> None:
         self.http, self.grpc, self.metrics = free_ports(3)
-        cmd = [sys.executable, "-m", "cdul_rt", "serve", "--model", str(model), *MODEL_ARGS,
+        model_args = ["--model", str(model), *MODEL_ARGS] if model is not None else []
+        cmd = [sys.executable, "-m", "cdul_rt", "serve", *model_args,
                "--http-port", str(self.http), "--grpc-port", str(self.grpc), "--metrics-port", str(self.metrics),
                *extra]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -227,6 +228,40 @@ def test_metadata_and_embeddings(server, folder):
     res = client.infer("image_embedding", [inp])
     assert res.as_numpy("error")[0, 0] == b"" and np.isclose(np.linalg.norm(res.as_numpy("embedding")[0]), 1,
                                                                 atol=1e-4)
+
+
+def test_serve_an_exported_folder_by_its_manifest(tiny_config, folder, tmp_path):
+    """--engine-dir alone (self-describing): onnxruntime, the folder's grid/zeta/lambda, text.onnx for texts."""
+    import hashlib
+
+    from click.testing import CliRunner
+
+    from cdul_rt.cli import main
+    from cdul_rt.export.clip import ExportOptions, export_clip
+    from cdul_rt.serve.client import ServerClient
+
+    art = tmp_path / "art"
+    export_clip(ExportOptions(out=art, model=str(tiny_config), pretrained="none", classes="voc", grid=2, zeta=0.2,
+                              lam=0.5), log=lambda m: None)
+    srv = Server(None, "--engine-dir", str(art), "--classes", "voc")
+    try:
+        info = ServerClient(srv.url).metadata()
+        assert info["manifest_sha256"] == hashlib.sha256((art / "manifest.json").read_bytes()).hexdigest()
+        assert (info["config"]["runtime"], info["config"]["grid"], info["config"]["zeta"],
+                info["config"]["lambda"]) == ("onnxruntime", 2, 0.2, 0.5)
+        assert "text_embedding" in info["models"]
+        local, remote = tmp_path / "local.jsonl", tmp_path / "remote.jsonl"
+        r = CliRunner().invoke(main, ["label", str(folder), "--runtime", "onnxruntime", "--engine-dir", str(art),
+                                      "--classes", "voc", "--out", str(local), "-q",
+                                      "--workers", "0"])
+        assert r.exit_code == 0, r.output
+        r = CliRunner().invoke(main, ["label", str(folder), "--server", srv.url, "--out", str(remote), "-q"])
+        assert r.exit_code == 0, r.output
+        a, b = read_label_file(local), read_label_file(remote)
+        order = [b.paths.index(p) for p in a.paths]
+        assert np.abs(a.scores - b.scores[order]).max() < 1e-5
+    finally:
+        assert srv.stop() == 0
 
 
 def test_readme_client_runs(server, folder, tmp_path):
