@@ -5,11 +5,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
-import os
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import quote
+
+from cdul_rt.cache import atomic_write
 
 THUMB_SIDE = 160
 EMBED_LIMIT = 500  # up to this many images, `--thumbs auto` embeds them (the page stays one file, ~1.5 MB)
@@ -20,18 +20,6 @@ def thumb_name(rel_path: str, stamp: str = "") -> str:
     thumbnails it already made, and an image that changed gets a new one."""
     key = rel_path.encode("utf-8", "surrogatepass") + b"\0" + stamp.encode()
     return hashlib.sha1(key).hexdigest()[:20] + ".jpg"
-
-
-def _write_new(target: Path, data: bytes) -> None:
-    """Write through a unique temporary renamed into place: a crash never leaves a partial thumbnail to reuse."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _thumbnail_bytes(path: Path, side: int) -> bytes:
@@ -63,7 +51,7 @@ def make_thumbnails(rel_paths: list[str], root: Path, mode: str, folder: Path, p
                 st = (root / rel).stat()
                 target = folder / thumb_name(rel, f"{st.st_size}-{st.st_mtime_ns}")
                 if not target.is_file():
-                    _write_new(target, _thumbnail_bytes(root / rel, THUMB_SIDE))
+                    atomic_write(target, _thumbnail_bytes(root / rel, THUMB_SIDE), sync=False)
             except Exception:  # noqa: BLE001 - any unreadable image just gets no thumbnail
                 return None
             return quote(target.relative_to(page_dir).as_posix()) if target.is_relative_to(page_dir) else target.as_uri()
