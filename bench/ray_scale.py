@@ -3,6 +3,8 @@
     PYTHONPATH=. python bench/ray_scale.py listing --paths 1000000     # driver memory per listed path
     PYTHONPATH=. python bench/ray_scale.py actor --model cdul-tiny --images 64   # images/s of one engine actor
     PYTHONPATH=. python bench/ray_scale.py cluster --images 48         # head + 2 workers (ray.cluster_utils)
+    PYTHONPATH=. python bench/ray_scale.py writer --rows 200000        # the driver's shard writer, rows/s
+    PYTHONPATH=. python bench/ray_scale.py decode --images 64          # one decode task's images/s
 
 ``listing``: the driver's memory for N listed paths three ways, each in a fresh process: the old list of
 ``(path, uri)`` tuples, the streamed Arrow blocks put in Ray's object store (what ``label --cluster ray`` does now:
@@ -40,8 +42,11 @@ def _names(n: int):
 def _listing_child(kind: str, n: int) -> dict:
     import gc
 
+    import tracemalloc
+
     gc.collect()
     before = _rss()
+    tracemalloc.start()
     if kind == "tuples":
         held = list(_names(n))
         extra = {}
@@ -50,8 +55,12 @@ def _listing_child(kind: str, n: int) -> dict:
 
         from cdul_rt.distributed.ray_label import listing_blocks
 
-        ray.init(address="local", num_cpus=1, include_dashboard=False, object_store_memory=max(300 << 20, n * 400))
+        ray.init(address="local", num_cpus=1, include_dashboard=False, object_store_memory=max(300 << 20, n * 150))
+        ray.get(listing_blocks(_names(100), set(), 32, ray.put)[0])  # warm-up: imports are not per path
+        gc.collect()
         before = _rss()
+        tracemalloc.stop()
+        tracemalloc.start()
         held, rows = listing_blocks(_names(n), set(), 32, ray.put)
         used = ray.available_resources().get("object_store_memory")
         total = ray.cluster_resources().get("object_store_memory")
@@ -70,12 +79,15 @@ def _listing_child(kind: str, n: int) -> dict:
 
         _gc.collect()
         before = _rss()
+        tracemalloc.stop()
+        tracemalloc.start()
         held = _paths_of([tmp])
         extra = {"shard_bytes": tmp.stat().st_size}
     gc.collect()
     after = _rss()
+    python_bytes = tracemalloc.get_traced_memory()[0]  # Python objects still alive
     out = {"kind": kind, "paths": n, "driver_bytes": after - before, "bytes_per_path": round((after - before) / n, 1),
-           **extra}
+           "python_object_bytes_per_path": round(python_bytes / n, 1), **extra}
     if kind == "blocks":
         import ray
 
@@ -94,9 +106,12 @@ def listing(args) -> None:
         rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
     for row in rows:
         print(json.dumps(row))
-    print(f"per million listed paths: tuples {rows[0]['bytes_per_path']:.0f} MB, Arrow blocks in the object store "
-          f"{rows[1]['bytes_per_path']:.0f} MB in the driver (+{(rows[1]['object_store_bytes'] or 0) / 1e6:.0f} MB "
-          f"in the object store), resume set {rows[2]['bytes_per_path']:.0f} MB")
+    m = args.paths / 1e6
+    print(f"driver memory per million listed paths (heap growth, of which Python objects): list of tuples "
+          f"{rows[0]['driver_bytes'] / 1e6 / m:.0f} MB ({rows[0]['python_object_bytes_per_path']:.0f}); streamed "
+          f"Arrow blocks {rows[1]['driver_bytes'] / 1e6 / m:.0f} MB ({rows[1]['python_object_bytes_per_path']:.0f}) "
+          f"+ {(rows[1]['object_store_bytes'] or 0) / 1e6 / m:.0f} MB in the object store; resume set "
+          f"{rows[2]['driver_bytes'] / 1e6 / m:.0f} MB ({rows[2]['python_object_bytes_per_path']:.0f})")
 
 
 def actor(args) -> None:
@@ -126,6 +141,66 @@ def actor(args) -> None:
     print(json.dumps({"model": args.model, "precision": args.precision, "batch": args.batch_size, "images": n,
                       "seconds": round(dt, 2), "images_per_s_per_actor": round(n / dt, 2),
                       "load_avg": os.getloadavg()[0]}))
+
+
+def writer(args) -> None:
+    """The driver's writer: result rows per second it turns into shards, and bytes per row on disk (80 classes)."""
+    import tempfile
+
+    import numpy as np
+
+    from cdul_rt.distributed.shards import ShardWriter, label_shards, prepare_output
+    from cdul_rt.vocab import load_vocabulary
+
+    classes = list(load_vocabulary("coco").classes)
+    out = Path(tempfile.mkdtemp()) / "labels.ray"
+    prepare_output(out, False)
+    w = ShardWriter(out, classes, shard_rows=args.shard_rows, flush_seconds=1e9)
+    rng = np.random.default_rng(0)
+    # sigmoid-like scores, a fresh batch each time (repeated rows would compress unrealistically well)
+    pool = (1 / (1 + np.exp(-rng.normal(-3, 2, (min(args.rows, 100_000), len(classes)))))).astype(np.float32)
+    t0 = time.perf_counter()
+    for b in range(args.rows // args.batch):
+        i0 = (b * args.batch) % (len(pool) - args.batch + 1)
+        w.add([f"{b:07d}/{i:05d}.jpg" for i in range(args.batch)], pool[i0:i0 + args.batch])
+    w.flush()
+    dt = time.perf_counter() - t0
+    size = sum(p.stat().st_size for p in label_shards(out))
+    print(json.dumps({"rows": w.written, "classes": len(classes), "seconds": round(dt, 2),
+                      "rows_per_s": round(w.written / dt), "shard_bytes_per_row": round(size / w.written, 1),
+                      "load_avg": os.getloadavg()[0]}))
+
+
+def decode(args) -> None:
+    """One decode task's images/s (1 CPU): 640x480 JPEGs -> 1 + 3x3 crops of 224 px, as the Ray decode stage."""
+    import tempfile
+
+    import numpy as np
+    from PIL import Image
+
+    from cdul_rt.distributed.ray_label import decode_batch
+    from cdul_rt.preprocess import PreprocessConfig
+
+    tmp = Path(tempfile.mkdtemp())
+    rng = np.random.default_rng(0)
+    uris = []
+    for i in range(8):  # smooth photo-like content (noise would be an unrealistically large JPEG)
+        y, x = np.mgrid[0:480, 0:640]
+        img = np.stack([(x * (i + 1) + y) % 256, (y * 2 + i * 30) % 256, (x + y * (i + 2)) % 256], -1)
+        img = (img + rng.integers(0, 16, img.shape)).clip(0, 255).astype(np.uint8)
+        Image.fromarray(img).save(tmp / f"{i}.jpg", quality=90)
+        uris.append(str(tmp / f"{i}.jpg"))
+    batch = {"path": np.asarray(uris, dtype=object), "uri": np.asarray(uris, dtype=object)}
+    pre = PreprocessConfig(size=224)
+    decode_batch(batch, 3, pre, 10**9)
+    n, t0 = 0, time.perf_counter()
+    while n < args.images:
+        decode_batch(batch, 3, pre, 10**9)
+        n += len(uris)
+    dt = time.perf_counter() - t0
+    print(json.dumps({"images": n, "seconds": round(dt, 2), "images_per_s_per_cpu": round(n / dt, 1),
+                      "jpeg_bytes": int(np.mean([Path(u).stat().st_size for u in uris])),
+                      "crop_bytes_per_image": 10 * 224 * 224 * 3, "load_avg": os.getloadavg()[0]}))
 
 
 def cluster(args) -> None:
@@ -183,8 +258,14 @@ def main() -> None:
         p.add_argument("--precision", default="fp32")
         p.add_argument("--batch-size", type=int, default=8)
         p.add_argument("--images", type=int, default=48)
+    p = sub.add_parser("writer")
+    p.add_argument("--rows", type=int, default=200_000)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--shard-rows", type=int, default=50_000)
+    p = sub.add_parser("decode")
+    p.add_argument("--images", type=int, default=64)
     args = ap.parse_args()
-    {"listing": listing, "actor": actor, "cluster": cluster}[args.cmd](args)
+    {"listing": listing, "actor": actor, "cluster": cluster, "writer": writer, "decode": decode}[args.cmd](args)
 
 
 if __name__ == "__main__":

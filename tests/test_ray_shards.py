@@ -85,3 +85,19 @@ def test_url_and_path_listings_name_images_alike_and_decode_the_same(tmp_path):
     assert missing.crops is None and "nope.jpg" in missing.error
     with pytest.raises(CdulError, match="does not exist"):
         list_images(tmp_path / "nowhere")
+
+
+def test_listing_blocks_keep_every_row_once_and_grow_with_the_listing():
+    pytest.importorskip("pyarrow")
+    from cdul_rt.distributed.ray_label import MAX_LISTING_BLOCK, listing_blocks
+
+    n = 300_000
+    listing = ((f"{i // 1000:03d}/{i:07d}.jpg", f"s3://b/{i:07d}.jpg") for i in range(n))
+    skip = {f"{i // 1000:03d}/{i:07d}.jpg" for i in range(0, n, 7)}
+    blocks, rows = listing_blocks(listing, skip, 32, lambda table: table)  # put: keep the table itself
+    paths = [p for b in blocks for p in b.column("path").to_pylist()]
+    assert rows == len(paths) == n - len(skip) and not skip & set(paths)
+    assert paths == sorted(paths) and blocks[0].num_rows == 32
+    sizes = [b.num_rows for b in blocks[:-1]]
+    assert sizes == sorted(sizes) and 900 <= max(sizes) <= MAX_LISTING_BLOCK  # rows so far / 256: few refs
+    assert len(blocks) < n / 100
