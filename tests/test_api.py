@@ -351,3 +351,11 @@ def test_classes_may_be_a_list_of_names(tiny_config, folder):
     for bad in ([], ["a,b", "c"], ["ok", 3], {"cat"}):
         with pytest.raises(CdulError, match="classes must be"):
             Labeler.open(str(tiny_config), classes=bad, **kw)
+
+
+def test_results_print_as_one_line(labeler):
+    """A notebook shows a result by its repr: one line, not every label list and score row."""
+    res = labeler.label([np.zeros((40, 40, 3), np.uint8)] * 30 + [b"junk"], errors="collect")
+    text = repr(res)
+    assert text.startswith("LabelResult(31 images, 20 classes, 1 unreadable, labels[0]=")
+    assert "\n" not in text and len(text) < 300

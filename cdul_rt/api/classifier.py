@@ -47,7 +47,7 @@ class ClassifierJob:
     def shape(self) -> tuple[int, ...]:
         return (self.image_size, self.image_size, 3)
 
-    def __call__(self, path: Path, out: np.ndarray | None = None):
+    def __call__(self, path: Path, out: np.ndarray | None = None) -> Any:  # a decode.Decoded
         from cdul_rt.decode import Decoded
 
         try:

@@ -10,6 +10,7 @@ import numpy as np
 class _PerImage:
     """Rows in input order; ``errors[i]`` is ``None`` where image ``i`` was read."""
 
+    classes: list[str]
     labels: list[list[str]]
     errors: list[str | None]
 
@@ -21,8 +22,14 @@ class _PerImage:
         """bool ``[n]``: which images were read (and scored)."""
         return np.array([e is None for e in self.errors], dtype=bool)
 
+    def __repr__(self) -> str:
+        """One line (a notebook cell showing a result of 100,000 images must not print every label list)."""
+        n, bad = len(self), sum(e is not None for e in self.errors)
+        first = f", labels[0]={self.labels[0]!r}" if n else ""
+        return f"{type(self).__name__}({n} images, {len(self.classes)} classes, {bad} unreadable{first})"
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, repr=False)
 class LabelResult(_PerImage):
     """Pseudo labels of ``n`` images, in input order.
 
@@ -47,7 +54,7 @@ class LabelResult(_PerImage):
     errors: list[str | None]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Prediction(_PerImage):
     """Classifier outputs for ``n`` images, in input order (see :class:`LabelResult` for ``errors``).
 
