@@ -38,4 +38,6 @@ def test_e2e_dry_run_on_cpu(tmp_path):
     assert rows["cdul-rt label --decode cpu"].images == 6 and rows["cdul-rt label --decode cpu"].wall_s > 0
     meta = json.loads((tmp_path / "label-gpu.jsonl.meta.json").read_text())
     assert meta["config"]["decode"] == "gpu"  # the device path ran (on CPU tensors)
+    for decode in ("cpu", "gpu"):  # the label rows run the torch encoder the other rows time, not the default rule's
+        assert json.loads((tmp_path / f"label-{decode}.jsonl.meta.json").read_text())["config"]["runtime"] == "torch"
     assert "| contender |" in format_rows(result.rows, markdown=True)

@@ -202,8 +202,9 @@ def label_cli(cfg: E2EConfig, folder: Path, decode: str, out: Path) -> tuple[E2E
     """``cdul-rt label`` in a fresh process: wall time with start-up; images/s as recorded in the meta."""
     from cdul_rt.labelfile import read_label_file
 
+    # --runtime torch: the same encoder as every other row (the default rule would pick TensorRT/onnxruntime)
     cmd = [sys.executable, "-m", "cdul_rt", "label", str(folder), "--model", cfg.model, "--pretrained", "none",
-           "--classes", cfg.classes, "--device", cfg.device, "--precision", cfg.precision, "--workers",
+           "--runtime", "torch", "--classes", cfg.classes, "--device", cfg.device, "--precision", cfg.precision, "--workers",
            str(cfg.workers), "--batch-size", str(cfg.batch_size), "--decode", decode, "--grid", str(cfg.grid),
            "--out", str(out), "--overwrite", "-q"]
     t = time.perf_counter()
@@ -225,7 +226,7 @@ def label_inprocess(cfg: E2EConfig, folder: Path, out: Path):
 
     t = time.perf_counter()
     label_folder(LabelConfig(input=folder, out=out, model=cfg.model, pretrained="none", classes=cfg.classes,
-                             device=cfg.device, precision=cfg.precision, workers=cfg.workers, grid=cfg.grid,
+                             runtime="torch", device=cfg.device, precision=cfg.precision, workers=cfg.workers, grid=cfg.grid,
                              batch_size=cfg.batch_size, decode=ON_CPU_TENSORS, overwrite=True, progress=False))
     row = _label_row("cdul-rt label --decode gpu", out, time.perf_counter() - t,
                      "dry run: the device path on CPU tensors, in-process (no start-up)")
