@@ -18,7 +18,8 @@ from cdul_rt.cli import COMMANDS, main
 
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
 # flags of other programs that messages tell the user to run
-FOREIGN = {"--num-cpus": "ray start", "--no-deps": "pip install", "--model-repository": "tritonserver"}
+FOREIGN = {"--num-cpus": "ray start", "--no-deps": "pip install", "--model-repository": "tritonserver",
+           "--shm-size": "docker run"}
 
 
 def cli_options() -> set[str]:
