@@ -82,7 +82,7 @@ def score_row(model: str, data: list[bytes], grid: int, device: str) -> dict:
     from cdul_rt.vocab import load_vocabulary
 
     cfg = LabelConfig(input=Path("."), out=Path("x.jsonl"), model=model, pretrained="none" if model != "cdul-tiny"
-                      else None, classes="coco", device=device, grid=grid)
+                      else None, classes="coco", device=device, grid=grid, runtime="torch")  # infer_tensor
     session = open_session(cfg, load_vocabulary("coco"))
     pp = session.preprocess
     ref, got = crop_sets(data, grid, pp, device)

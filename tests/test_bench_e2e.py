@@ -41,3 +41,19 @@ def test_e2e_dry_run_on_cpu(tmp_path):
     for decode in ("cpu", "gpu"):  # the label rows run the torch encoder the other rows time, not the default rule's
         assert json.loads((tmp_path / f"label-{decode}.jsonl.meta.json").read_text())["config"]["runtime"] == "torch"
     assert "| contender |" in format_rows(result.rows, markdown=True)
+
+
+@pytest.mark.slow
+def test_device_parity_script_runs(tmp_path):
+    """bench/device_parity.py, the reproduce command of BENCHMARKS.md's crop and score parity tables, still runs."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, str(root / "bench" / "device_parity.py"), "--images", "2",
+                           "--score-images", "2", "--models", "cdul-tiny"], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(root)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| cdul-tiny" in proc.stdout and "1.000 |" in proc.stdout
