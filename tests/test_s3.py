@@ -224,6 +224,19 @@ def test_ray_job_from_s3_to_s3_killed_and_resumed_is_exact(tmp_path, tiny_config
     _no_secret_in(meta, caplog.text)
 
 
+def test_a_ray_output_prefix_holding_other_objects_is_refused(s3):
+    from cdul_rt.distributed.remote_out import RemoteOutput
+    from cdul_rt.errors import CdulError
+
+    s3.pipe_file("cdul/mixed/labels.ray/notes.txt", b"mine")
+    with pytest.raises(CdulError, match=r"not cdul-rt shards \(notes\.txt"):
+        RemoteOutput("s3://cdul/mixed/labels.ray").pull_meta(overwrite=True)
+    assert s3.cat_file("cdul/mixed/labels.ray/notes.txt") == b"mine"  # nothing deleted
+    s3.pipe_file("cdul/mixed/one.ray", b"x")
+    with pytest.raises(CdulError, match="is an object"):
+        RemoteOutput("s3://cdul/mixed/one.ray").pull_meta(overwrite=False)
+
+
 def test_urls_with_credentials_are_redacted():
     assert redact("s3://AKIA:se+cr=et@bucket/x.tar") == "s3://bucket/x.tar"
     assert redact("s3://bucket/x") == "s3://bucket/x" and redact("/data/a@b.jpg") == "/data/a@b.jpg"

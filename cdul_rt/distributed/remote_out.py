@@ -23,6 +23,7 @@ import shutil
 from pathlib import Path, PurePosixPath
 
 from cdul_rt.distributed.sources import _filesystem
+from cdul_rt.errors import CdulError
 from cdul_rt.labelfile import sidecar
 
 _USERINFO = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@]*@")
@@ -73,6 +74,7 @@ class RemoteOutput:
         from cdul_rt.distributed.shards import FAILURES_DIR
 
         self._fresh()
+        self._refuse_foreign(FAILURES_DIR)
         if overwrite:
             for p in self.shard_objects(""), self.shard_objects(FAILURES_DIR):
                 for obj in p:
@@ -83,6 +85,20 @@ class RemoteOutput:
         else:
             self._pull_file(sidecar(self.local, "meta"))
         return self.local
+
+    def _refuse_foreign(self, failures_dir: str) -> None:
+        """As for a local --out: an object at the URL itself, or objects under it that are not our shards."""
+        if self.fs.isfile(self.root):
+            raise CdulError(f"--out {redact(self.url)} is an object; with --cluster ray the output is a prefix of "
+                            "Parquet shards (e.g. --out s3://bucket/labels.ray)")
+        if not self.fs.isdir(self.root):
+            return
+        foreign = [PurePosixPath(p).name for p in self.fs.ls(self.root, detail=False)
+                   if PurePosixPath(p).name != failures_dir
+                   and not (PurePosixPath(p).name.startswith("part-") and p.endswith(".parquet"))]
+        if foreign:
+            raise CdulError(f"--out {redact(self.url)} holds objects that are not cdul-rt shards "
+                            f"({', '.join(sorted(foreign)[:3])}...); choose an empty or new prefix")
 
     def shard_objects(self, sub: str) -> list[str]:
         base = f"{self.root}/{sub}".rstrip("/")
