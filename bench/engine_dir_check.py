@@ -39,9 +39,9 @@ def main() -> None:
                       "--out", str(tmp / "ort.npz"), *common]
         (tmp / "run.py").write_text(BLOCK_TORCH.format(args=folder_run))
         subprocess.run([sys.executable, str(tmp / "run.py")], check=True)
-        subprocess.run([sys.executable, "-m", "cdul_rt", "label", str(images), "--model", str(config), "--pretrained",
-                        "none", "--grid", "2", "--zeta", "0.3", "--lam", "0.5", "--out", str(tmp / "torch.npz"),
-                        *common], check=True)
+        subprocess.run([sys.executable, "-m", "cdul_rt", "label", str(images), "--runtime", "torch", "--model",
+                        str(config), "--pretrained", "none", "--grid", "2", "--zeta", "0.3", "--lam", "0.5", "--out",
+                        str(tmp / "torch.npz"), *common], check=True)
         a, b = read_label_file(tmp / "torch.npz"), read_label_file(tmp / "ort.npz")
         assert a.paths == b.paths
         print(f"images {len(a.paths)}, classes {len(a.classes)}; torch S_final from {a.scores.min():.4f} to "

@@ -26,7 +26,8 @@ from conftest import BLOCK_TORCH, make_images  # noqa: E402
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory, tiny_config) -> Path:
-    """Exported with non-default grid, zeta (default 0.3) and lambda (default 1), so a run that ignored the manifest would differ."""
+    """Exported with non-default grid, zeta (default 0.3) and lambda (default 1), so a run that ignored the
+    manifest would differ."""
     out = tmp_path_factory.mktemp("selfdesc") / "g2"
     export_clip(ExportOptions(out=out, model=str(tiny_config), pretrained="none", classes="voc", grid=2,
                               zeta=0.15, lam=0.5), log=lambda m: None)
@@ -47,10 +48,13 @@ def test_engine_dir_alone_labels_without_torch_like_the_torch_runtime(tmp_path, 
     script.write_text(BLOCK_TORCH.format(args=args))
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    r = CliRunner().invoke(main, ["label", str(images), "--model", str(tiny_config), "--pretrained", "none",
-                                  "--classes", "voc", "--grid", "2", "--zeta", "0.15", "--lam", "0.5", "--save-parts",
-                                  "--out", str(tmp_path / "torch.npz"), "-q", "-j", "0"], catch_exceptions=False)
+    r = CliRunner().invoke(main, ["label", str(images), "--runtime", "torch", "--model", str(tiny_config),
+                                  "--pretrained", "none", "--classes", "voc", "--grid", "2", "--zeta", "0.15",
+                                  "--lam", "0.5", "--save-parts", "--out", str(tmp_path / "torch.npz"), "-q", "-j",
+                                  "0"], catch_exceptions=False)
     assert r.exit_code == 0, r.output
+    # the reference is torch (issue 14: "equal to torch"), not the default rule's onnxruntime
+    assert json.loads((tmp_path / "torch.npz.meta.json").read_text())["config"]["runtime"] == "torch"
     a, b = read_label_file(tmp_path / "torch.npz"), read_label_file(tmp_path / "ort.npz")
     assert a.paths == b.paths and len(a.paths) == 5
     spread = float(a.scores.max() - a.scores.min())
