@@ -42,7 +42,7 @@ def images(tmp_path_factory) -> Path:
 
 
 def test_engine_dir_alone_labels_without_torch_like_the_torch_runtime(tmp_path, folder, images, tiny_config):
-    args = ["label", str(images), "--runtime", "onnxruntime", "--engine-dir", str(folder), "--classes", "voc",
+    args = ["label", str(images), "--runtime", "onnxruntime", "--engine-dir", str(folder),  # no --classes either
             "--save-parts", "--out", str(tmp_path / "ort.npz"), "-q", "-j", "0"]
     script = tmp_path / "run.py"
     script.write_text(BLOCK_TORCH.format(args=args))
@@ -64,6 +64,7 @@ def test_engine_dir_alone_labels_without_torch_like_the_torch_runtime(tmp_path, 
         assert np.abs(a.parts[part] - b.parts[part]).max() <= 1e-4
     config = json.loads((tmp_path / "ort.npz.meta.json").read_text())["config"]  # the folder's options, recorded
     assert (config["grid"], config["zeta"], config["lambda"], config["runtime"]) == (2, 0.15, 0.5, "onnxruntime")
+    assert config["classes"] == a.classes and len(a.classes) == 20  # the exported vocabulary (voc), not coco
 
 
 @pytest.mark.parametrize("option, value, message", [
@@ -89,9 +90,25 @@ def test_folder_options_fill_only_what_was_not_given(folder):
     m = read_manifest(folder)
     got = folder_options(m, given=set())
     assert got == {"model": "tiny-test-clip", "pretrained": None, "weights": None, "grid": 2, "mode": "cdul",
-                   "zeta": 0.15, "lam": 0.5, "precision": "fp32"}
-    assert folder_options(m, given={"grid", "model", "weights"}) == {
+                   "zeta": 0.15, "lam": 0.5, "precision": "fp32", "classes": "voc", "template": "a photo of the {}"}
+    assert folder_options(m, given={"grid", "model", "weights", "classes", "template"}) == {
         "pretrained": None, "mode": "cdul", "zeta": 0.15, "lam": 0.5, "precision": "fp32"}
+
+
+@pytest.mark.parametrize("vocabulary, expected", [
+    ({"name": "voc", "classes": ["x"], "prompts": ["x"]}, "x,"),  # named voc but not voc's classes: listed
+    ({"name": "custom", "classes": ["cat", "dog"], "prompts": ["cat", "small dog"]}, "cat,dog=small dog"),
+    ({"name": "custom", "classes": ["a,b", "c"], "prompts": ["a,b", "c"]}, None),  # a comma cannot be listed
+])
+def test_the_folder_vocabulary_becomes_a_classes_option_that_loads_it(vocabulary, expected):
+    from cdul_rt.engines.artifacts import vocabulary_option
+    from cdul_rt.vocab import load_vocabulary
+
+    spec = vocabulary_option(vocabulary)
+    assert spec == expected
+    if spec is not None:
+        vocab = load_vocabulary(spec)
+        assert list(vocab.classes) == vocabulary["classes"] and list(vocab.prompt_names) == vocabulary["prompts"]
 
 
 @pytest.mark.parametrize("runtime, filled", [("onnxruntime", True), ("tensorrt", True), ("torch", False)])
@@ -108,7 +125,7 @@ def test_export_prints_the_short_label_command(tmp_path, tiny_config):
                                   "--grid", "2", "--out", str(out)], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     line = next(ln.strip() for ln in r.output.splitlines() if ln.strip().startswith("cdul-rt label"))
-    assert line == f"cdul-rt label IMAGES --runtime onnxruntime --engine-dir {out} --classes voc"
+    assert line == f"cdul-rt label IMAGES --runtime onnxruntime --engine-dir {out}"
 
 
 def test_tensorrt_runtime_takes_the_folder_options_too(tmp_path, folder, images, monkeypatch):
@@ -133,7 +150,8 @@ def test_tensorrt_runtime_takes_the_folder_options_too(tmp_path, folder, images,
     monkeypatch.setattr(cuda, "set_device", lambda i: None)
     opts = label_options_from_folder({"engine_dir": str(art), "runtime": "tensorrt", "device": "cuda",
                                       "precision": None}, given={"device"})
-    cfg = LabelConfig(input=images, out=tmp_path / "o.jsonl", classes="voc", **opts)
+    assert opts["classes"] == "voc"  # the exported vocabulary
+    cfg = LabelConfig(input=images, out=tmp_path / "o.jsonl", **opts)
     session = open_labeler(cfg, load_vocabulary("voc"))
     assert [name for name, _ in builds] == ["labeler.onnx"] and builds[0][1]["crops"][0][0] == 5
     runner = session.runner

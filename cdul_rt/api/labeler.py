@@ -43,8 +43,9 @@ def label_config(options: dict[str, Any]) -> "Any":
     from cdul_rt.engines.auto import label_options
     from cdul_rt.pipeline import LabelConfig
 
-    options = {**options, "classes": classes_option(options.get("classes", "coco"))}
     given = {k for k in FOLDER_OPTIONS if options.get(k) is not None}
+    if options.get("classes") is not None:
+        options = {**options, "classes": classes_option(options["classes"])}
     opts = {**label_defaults(), "precision": None, **{k: v for k, v in options.items() if v is not None}}
     opts = label_options(opts, given)  # the same rule as `cdul-rt label` (engines/auto.py)
     opts["engine_dir"] = str(opts["engine_dir"]) if opts.get("engine_dir") else None
@@ -93,7 +94,7 @@ class Labeler:
     # -- opening and closing ----------------------------------------------------------------------------------------
     @classmethod
     def open(cls, model: str | None = None, *, weights: str | None = None, pretrained: str | None = None,
-             classes: str | Sequence[str] = "coco", template: str | None = None,
+             classes: str | Sequence[str] | None = None, template: str | None = None,
              engine_dir: str | Path | None = None, runtime: str | None = None, device: str | None = None,
              precision: str | None = None, grid: int | None = None, mode: str | None = None, zeta: float | None = None,
              lam: float | None = None, threshold: float | None = None, top_k: int | None = None,
@@ -107,10 +108,10 @@ class Labeler:
                 (default ``ViT-B-32``; with ``engine_dir``, the folder's).
             weights: a local CLIP checkpoint file. pretrained: an open_clip tag (``none`` = random weights).
             classes: ``coco``, ``voc``, ``nuswide``, ``synth``, a text file, ``"a,b,c"`` or a list of names
-                (not taken from ``engine_dir``: as with ``label``, the default is ``coco``).
+                (default ``coco``; with ``engine_dir``, the vocabulary it was exported with).
             template: prompt template with one ``{}`` (default ``"a photo of the {}"``).
-            engine_dir: an exported artifact folder; model, grid, mode, zeta, lam and precision not given come
-                from its manifest (given ones are checked against it).
+            engine_dir: an exported artifact folder; model, grid, mode, zeta, lam, precision, classes and template
+                not given come from its manifest (given ones are checked against it; any vocabulary may be given).
             runtime: ``torch``, ``onnxruntime``, ``tensorrt`` or ``auto``. Default: ``label``'s rule
                 (``cdul_rt.engines.auto.choose``: onnxruntime on CPU when installed, else torch; the graph
                 runtime when ``engine_dir`` is given). device: ``cpu`` or ``cuda[:N]``.

@@ -22,13 +22,10 @@ def default_out(model: str, pretrained: str | None, precision: str, grid: int, m
 
 def label_command(out: Path, opts: dict, runtime: str = "onnxruntime", device: str | None = None) -> str:
     """The ``cdul-rt label`` line that uses this folder. The folder is self-describing (model, weights, grid, mode,
-    zeta, lambda and precision come from its manifest), so only the vocabulary is named when it is not the default."""
+    zeta, lambda, precision, vocabulary and template come from its manifest), so no option names them."""
     args = ["cdul-rt", "label", "IMAGES", "--runtime", runtime, "--engine-dir", str(out)]
     if device:
         args += ["--device", device]
-    for flag, key, default in (("--classes", "classes", "coco"), ("--template", "template", DEFAULT_TEMPLATE)):
-        if opts[key] != default:
-            args += [flag, str(opts[key])]
     return " ".join(shlex.quote(a) if a != "IMAGES" else a for a in args)
 
 

@@ -60,7 +60,7 @@ def _default_workers() -> int:
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
 @click.option("--engine-dir", type=click.Path(file_okay=False), default=None,
               help="Exported artifact folder for --runtime onnxruntime/tensorrt; the model, grid, mode, zeta, "
-                   "lambda and precision not given here come from its manifest.")
+                   "lambda, precision, classes and template not given here come from its manifest.")
 @click.option("--ort-tensorrt", is_flag=True,
               help="--runtime onnxruntime --device cuda: run the labeler on onnxruntime's TensorRT execution provider "
                    "(fp16 per --precision, engine and timing caches in the cdul-rt cache, profile sized in images).")
