@@ -86,7 +86,8 @@ def failures(out: Path) -> dict[str, str]:
 def test_device_path_end_to_end_matches_cpu_path(tmp_path, folder):
     root, broken = folder
     cpu_out, dev_out = tmp_path / "cpu.jsonl", tmp_path / "dev.jsonl"
-    cpu, dev = run(root, cpu_out, "cpu"), run(root, dev_out, ON_CPU_TENSORS)
+    # the torch runtime: what --decode gpu feeds on CUDA (crops stay on the device, runner.infer_tensor)
+    cpu, dev = run(root, cpu_out, "cpu", runtime="torch"), run(root, dev_out, ON_CPU_TENSORS, runtime="torch")
     assert dev.labeled == cpu.labeled == 14 and dev.failed == cpu.failed == len(broken)
     assert failures(dev_out) == failures(cpu_out) and set(failures(dev_out)) == set(broken)
     tc, td = read_label_file(cpu_out), read_label_file(dev_out)
@@ -94,7 +95,8 @@ def test_device_path_end_to_end_matches_cpu_path(tmp_path, folder):
     diff = np.abs(td.scores - tc.scores).max()
     assert (td.scores.argmax(1) == tc.scores.argmax(1)).all()
     assert diff <= 5e-3 * np.ptp(tc.scores)  # measured ~1e-3 of the spread: crops <= 1-2 grey levels apart
-    assert json.loads(Path(f"{dev_out}.meta.json").read_text())["config"]["decode"] == "gpu"
+    config = json.loads(Path(f"{dev_out}.meta.json").read_text())["config"]
+    assert config["decode"] == "gpu" and config["runtime"] == "torch"
 
 
 def test_a_resume_never_mixes_decode_paths(tmp_path, folder):
