@@ -240,3 +240,62 @@ def test_a_ray_output_prefix_holding_other_objects_is_refused(s3):
 def test_urls_with_credentials_are_redacted():
     assert redact("s3://AKIA:se+cr=et@bucket/x.tar") == "s3://bucket/x.tar"
     assert redact("s3://bucket/x") == "s3://bucket/x" and redact("/data/a@b.jpg") == "/data/a@b.jpg"
+
+
+_SLOW_PLAIN = """
+import sys, time
+from cdul_rt.api.labeler import Labeler
+score = Labeler.score_crops
+
+
+def slow(self, crops):  # slow enough that the kill lands mid-run
+    time.sleep(0.5)
+    return score(self, crops)
+
+
+Labeler.score_crops = slow
+from cdul_rt.cli import main
+sys.argv = ["cdul-rt", "label"] + sys.argv[1:]
+main()
+"""
+
+
+@pytest.mark.parametrize("suffix", ["jsonl", "parquet"])
+def test_plain_label_to_s3_killed_mid_run_resumes_from_its_last_upload(tmp_path, tiny_config, s3, suffix):
+    folder = tmp_path / "images"
+    n = 24
+    make_images(folder, n)
+    _upload(s3, folder, f"cdul/kill-{suffix}/images")
+    out_url = f"s3://cdul/kill-{suffix}/labels.{suffix}"
+    args = [f"s3://cdul/kill-{suffix}/images", "--out", out_url, "--model", str(tiny_config), "--pretrained",
+            "none", "--classes", "voc", "-q", "--batch-size", "2"]
+    script = tmp_path / "slow.py"
+    script.write_text(_SLOW_PLAIN)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "CDUL_RT_UPLOAD_SECONDS": "0.3"}
+    proc = subprocess.Popen([sys.executable, str(script), *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env=env)
+    journal = f"cdul/kill-{suffix}/labels.{suffix}" + (".journal.jsonl" if suffix == "parquet" else "")
+    deadline = time.monotonic() + 240
+
+    def uploaded_rows() -> int:
+        s3.invalidate_cache()
+        return s3.cat_file(journal).count(b"\n") if s3.isfile(journal) else 0
+
+    while uploaded_rows() < 4 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.kill()
+    _, err = proc.communicate()
+    assert proc.returncode == -signal.SIGKILL, err.decode()[-2000:]
+    before = uploaded_rows()
+    assert 0 < before < n
+    r = _cli(*args)
+    assert r.exit_code == 0 and "already done" in r.output, r.output
+    s3.invalidate_cache()
+    got = tmp_path / f"got.{suffix}"
+    s3.get_file(out_url.removeprefix("s3://"), str(got))
+    (tmp_path / f"got.{suffix}.meta.json").write_bytes(s3.cat_file(out_url.removeprefix("s3://") + ".meta.json"))
+    rows = read_label_file(got)
+    assert sorted(rows.paths) == sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.*"))
+    assert len(rows.paths) == n == len(set(rows.paths))
+    if suffix == "parquet":
+        assert not s3.isfile(journal)  # folded into the Parquet file, removed from the store

@@ -7,8 +7,8 @@ finish to the store, where one PUT is atomic (an object is there whole or not at
   after every update. A resume reads the ``path`` column of the shards already in the store (Parquet column
   projection: byte ranges of that column only) and pulls only the meta. A job killed before an upload loses that
   shard's rows only; the rerun labels them again, so never twice.
-- plain ``label`` (one label file): the file, its meta and failures are downloaded before the run (the resume
-  state) and uploaded when the run ends.
+- plain ``label`` (one label file): the file, its journal, meta and failures are downloaded before the run (the
+  resume state), uploaded every minute and when the run ends.
 
 Credentials are never handled here: fsspec and the store's SDK read them from the environment / config files
 (``AWS_ACCESS_KEY_ID``, ``AWS_PROFILE``, ``AWS_ENDPOINT_URL``, ``FSSPEC_S3_*``), and only the URL (with any
@@ -18,6 +18,8 @@ Credentials are never handled here: fsspec and the store's SDK read them from th
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
 import re
 import shutil
 from pathlib import Path, PurePosixPath
@@ -26,6 +28,7 @@ from cdul_rt.distributed.sources import _filesystem
 from cdul_rt.errors import CdulError
 from cdul_rt.labelfile import sidecar
 
+log = logging.getLogger(__name__)
 _USERINFO = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@]*@")
 
 
@@ -123,28 +126,55 @@ class RemoteOutput:
         return paths(self.shard_objects("")), paths(self.shard_objects(FAILURES_DIR))
 
     # -- one label file (plain label) ----------------------------------------------------------------------------
+    def _file_set(self) -> tuple[Path, ...]:
+        return (self.local, sidecar(self.local, "journal"), sidecar(self.local, "failures"),
+                sidecar(self.local, "meta"))  # meta last: it names what the rows are
+
     def pull_file(self) -> Path:
-        """A fresh staging copy of the label file, its meta and failures (whatever the store has)."""
+        """A fresh staging copy of the label file, its journal, meta and failures (whatever the store has)."""
         self._fresh()
-        for f in (self.local, sidecar(self.local, "meta"), sidecar(self.local, "failures")):
+        for f in self._file_set():
             self._pull_file(f)
         return self.local
 
     def push_file(self) -> None:
-        for f in (self.local, sidecar(self.local, "failures"), sidecar(self.local, "meta")):  # meta last
-            if f.is_file():
+        journal = sidecar(self.local, "journal")
+        for f in self._file_set():
+            try:
                 self.push(f)
+            except FileNotFoundError:  # not made (yet), or a journal just folded into its Parquet file
+                if f == journal and self.local.is_file() and self.fs.isfile(self._remote(f)):
+                    self.fs.rm_file(self._remote(f))  # its rows are in the uploaded file now
 
 
-def label_to_url(url: str, cfg, run):
-    """Plain ``label`` into ``url``: ``run(cfg)`` writes the staged copy, which is uploaded when it ends (also after
-    an error, so the rows of a failed run are kept for the resume)."""
+UPLOAD_SECONDS = float(os.environ.get("CDUL_RT_UPLOAD_SECONDS", "60"))
+
+
+def label_to_url(url: str, cfg, run, every: float | None = None):
+    """Plain ``label`` into ``url``: ``run(cfg)`` writes the staged copy, which is uploaded every ``every`` seconds
+    (default 60, ``$CDUL_RT_UPLOAD_SECONDS``) and when the run ends (also after an error). A run killed mid-way
+    keeps what reached the store; a row cut in half by an upload during a write is repaired on resume, as after a
+    crash (``labelfile.repair_tail``)."""
     import dataclasses
+    import threading
 
     stage = RemoteOutput(url)
     local = stage.pull_file()
+    stop = threading.Event()
+
+    def upload_periodically() -> None:
+        while not stop.wait(UPLOAD_SECONDS if every is None else every):
+            try:
+                stage.push_file()
+            except Exception as exc:  # noqa: BLE001 - a failed interim upload is retried at the next one
+                log.warning("uploading %s failed (%s); retrying later", redact(url), type(exc).__name__)
+
+    uploader = threading.Thread(target=upload_periodically, name="cdul-upload", daemon=True)
+    uploader.start()
     try:
         return run(dataclasses.replace(cfg, out=local))
     finally:
+        stop.set()
+        uploader.join()
         if local.exists() or sidecar(local, "meta").exists():
             stage.push_file()
