@@ -67,7 +67,7 @@ def tiny_clip():
 @pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet", "npz"])
 def test_saved_embeddings_are_the_encoders_in_every_format(fmt, scenes, tiny_clip, tmp_path):
     out = tmp_path / f"labels.{fmt}"
-    label(scenes, out, "--save-embeddings")
+    label(scenes, out, "--save-embeddings", "--runtime", "torch")  # onnxruntime (the CPU default): the next test
     paths, saved = read_embeddings(out)
     assert paths == read_label_file(out).paths  # row order = the label file's
     check_parity(np.asarray(saved), encoder_reference(tiny_clip, scenes, paths))
