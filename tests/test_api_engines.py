@@ -65,7 +65,8 @@ def test_onnxruntime_labeler_opens_and_runs_with_torch_blocked(tmp_path, artifac
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "torch-free open" in proc.stdout
     got = np.load(tmp_path / "ort.npz")
-    with Labeler.open(str(tiny_config), pretrained="none", classes=CLASSES, grid=2) as lab:
+    with Labeler.open(str(tiny_config), pretrained="none", classes=CLASSES, grid=2, runtime="torch") as lab:
+        assert lab.runner.name == "torch"  # the reference is torch, not the default rule's onnxruntime
         want = lab.label(images)
         emb, text = lab.embed_images(images), lab.embed_texts(["a dog", "a photo of the cat"])
     assert np.abs(got["scores"] - want.scores).max() <= 1e-5
