@@ -93,7 +93,8 @@ def _cli(*args: str):
     return CliRunner().invoke(main, ["label", *args], catch_exceptions=False)
 
 
-def test_plain_label_reads_and_writes_s3_and_resumes(tmp_path, tiny_config, s3):
+def test_plain_label_reads_and_writes_s3_and_resumes(tmp_path, tiny_config, s3, monkeypatch):
+    monkeypatch.chdir(Path.cwd())  # restored after the test's chdir
     folder = tmp_path / "images"
     make_images(folder, 10)
     make_broken(folder)
@@ -116,12 +117,17 @@ def test_plain_label_reads_and_writes_s3_and_resumes(tmp_path, tiny_config, s3):
     assert sorted(fails) == ["broken_empty.png", "broken_text.jpg", "broken_truncated.jpg"]
     meta = (got / "labels.jsonl.meta.json").read_text()
     _no_secret_in(meta, (got / "labels.jsonl").read_text(), r.output)
-    # two new images in the bucket: the rerun labels those only
+    assert json.loads(meta)["source"] == "s3://cdul/plain/images"
+    # two new images in the bucket: the rerun (from another working directory) labels those only
     more = tmp_path / "more"
     make_images(more, 2, seed=5)
     _upload(s3, more, "cdul/plain/images/more")
+    os.chdir(tmp_path)
     r = _cli("s3://cdul/plain/images", "--out", "s3://cdul/plain/out/labels.jsonl", *model)
     assert "labeled 2 images" in r.output and "10 already done" in r.output, r.output
+    r = CliRunner().invoke(main, ["label", "s3://cdul/plain/images/more", "--out", "s3://cdul/plain/out/labels.jsonl",
+                                  *model])
+    assert r.exit_code != 0 and "holds labels of s3://cdul/plain/images, not s3://cdul/plain/images/more" in r.output
     s3.invalidate_cache()
     assert len(read_label_file(_fetch(s3, tmp_path)).paths) == 12
 

@@ -8,12 +8,15 @@ file, its meta, lock, failures file and resume rules are plain ``label``'s (:mod
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 
 from cdul_rt.errors import CdulError
+from cdul_rt.labelfile import read_meta
 from cdul_rt.pipeline import LabelConfig, LabelSummary, _meta_extra, _progress, _recorded_config, _write_meta
 
 
@@ -40,6 +43,15 @@ def decoded_items(source: str, skip: set[str], grid: int, preprocess, max_pixels
         if path not in skip:
             d = decode_uri(uri, grid, preprocess, max_pixels, jpeg_draft)
             yield path, d.crops, d.error
+
+
+def source_name(source: str) -> str:
+    """What the meta records as ``source`` and a resume compares: the URL without credentials, or the absolute
+    local path / shard pattern (so the same command from another folder resumes)."""
+    from cdul_rt.distributed.remote_out import redact
+    from cdul_rt.distributed.sources import is_url
+
+    return redact(source) if is_url(source) else os.path.abspath(source)
 
 
 def label_source(cfg: LabelConfig, source: str) -> LabelSummary:
@@ -72,10 +84,17 @@ def _label_locked(cfg: LabelConfig, source: str) -> LabelSummary:
     vocab = load_vocabulary(cfg.classes)
     session = open_session(cfg, vocab)
     config = _recorded_config(cfg, vocab, session)
+    src = source_name(source)
     if not cfg.overwrite:
-        check_resume(cfg.out, cfg.input, config)
+        recorded = read_meta(cfg.out).get("source")
+        if recorded is not None and recorded != src:
+            raise CdulError(f"{cfg.out} holds labels of {recorded}, not {src}: resuming would mix the two; choose "
+                            "another --out, or --overwrite to relabel from scratch")
+        # a URL is no folder: runmeta's check compares resolved folder paths, which the recorded source replaces
+        check_resume(cfg.out, Path(read_meta(cfg.out).get("input_resolved") or cfg.input) if recorded else cfg.input,
+                     config)
     writer = LabelWriter(cfg.out, list(vocab.classes), cfg.threshold, cfg.top_k, cfg.save_parts)
-    files = RunFiles(cfg.out, cfg.input, config, cfg.overwrite, _meta_extra(cfg))
+    files = RunFiles(cfg.out, cfg.input, config, cfg.overwrite, {**_meta_extra(cfg), "source": src})
     writer.before_open = files.commit
     skip = set() if cfg.overwrite else writer.existing()  # failures are not in it: they are retried
     summary = LabelSummary(cfg.out, skipped=len(skip))
