@@ -70,7 +70,7 @@ def test_labeling_from_artifacts_never_imports_torch(tmp_path, artifacts, images
     script.write_text(BLOCK_TORCH.format(args=args))
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    r = _label(images, tmp_path / "torch.npz", tiny_config, "--classes", classes)
+    r = _label(images, tmp_path / "torch.npz", tiny_config, "--classes", classes, "--runtime", "torch")
     assert r.exit_code == 0, r.output
     a, b = read_label_file(tmp_path / "torch.npz"), read_label_file(tmp_path / "ort.npz")
     assert a.classes == b.classes == classes.split(",")
