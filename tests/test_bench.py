@@ -130,7 +130,9 @@ def test_bench_cli_end_to_end_tiny(tmp_path, tiny_config):
     default = next(row for row in doc["rows"] if row["runtime"] == "default")
     assert default["note"].startswith("label without speed flags (= --runtime auto): onnxruntime/fp32/cpu")
     assert default["parity"] < 1e-4 and default["within_margin"] and default["precision"] == "fp32"
-    assert all(r["roofline"] is None or r["roofline"] < 1 for r in doc["rows"])
+    # roofline fractions come from timings, so only their presence is asserted here (tests never assert wall-clock
+    # results); that no row can pass 100% by construction is test_roofline_is_the_best_library_per_precision
+    assert all(r["roofline"] is None or r["roofline"] > 0 for r in doc["rows"])
     ref = rows[("torch", "fp32", "e2e")]
     assert ref["parity"] == 0.0 and ref["status"] == "ok" and ref["images_per_s"] > 0
     assert ref["ms_per_image"] == pytest.approx(1000 / ref["images_per_s"])
@@ -138,7 +140,7 @@ def test_bench_cli_end_to_end_tiny(tmp_path, tiny_config):
     assert naive["speedup"] == pytest.approx(1.0) and naive["parity"] < 1e-4  # same crops, same model
     assert rows[("torch", "bf16", "e2e")]["parity"] < 5e-2
     assert ref["speedup"] == pytest.approx(ref["images_per_s"] / naive["images_per_s"])
-    assert 0 < ref["roofline"] < 1
+    assert ref["roofline"] > 0
     assert doc["floors"] == [{"spec": "speedup=0.001", "met": True}]
     assert "x naive" in r.output and "roofline" in r.output and "default label (onnxruntime/fp32/cpu)" in r.output
     # the same numbers cannot reach an absurd floor: exit 1, saying which
