@@ -61,8 +61,8 @@ def plot_curves(history: list[dict[str, Any]], path: Path, title: str = "",
         if span:
             ax.axvspan(*span, color="0.85", zorder=0, label="_warm-up")
     if span:
-        map_ax.text(sum(span) / 2, 0.02, "warm-up\n(labels fixed)", transform=map_ax.get_xaxis_transform(),
-                    ha="center", va="bottom", fontsize=8, color="0.35")
+        map_ax.text(sum(span) / 2, 0.98, "warm-up\n(labels fixed)", transform=map_ax.get_xaxis_transform(),
+                    ha="center", va="top", fontsize=8, color="0.35")
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
