@@ -123,7 +123,7 @@ def markdown(result: dict) -> str:
     lines = [
         f"{len(a['seeds'])} seeds ({', '.join(map(str, a['seeds']))}); per seed {a['scenes']} training + "
         f"{a['val_scenes']} held-out scenes, {a['epochs']} epochs; mAP in %, mean ± sample standard deviation over "
-        f"seeds; {result['seconds'] / 60:.0f} min on this machine.",
+        f"seeds; {_run_minutes(result):.0f} min of training and evaluation in all (the runs' own epoch times).",
         "",
         "```",
         result["command"],
@@ -145,6 +145,10 @@ def markdown(result: dict) -> str:
         lines.append(f"| {key} | {v['mean']:+.1f} ± {v['sd']:.1f} | "
                      + ", ".join(f"{x:+.1f}" for x in v["per_seed"]) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _run_minutes(result: dict) -> float:
+    return sum(v["seconds"] for s in result["per_seed"] for v in s["variants"].values()) / 60
 
 
 def main() -> None:
