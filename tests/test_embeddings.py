@@ -271,3 +271,23 @@ def test_similar_queries_embeddings_made_with_an_artifact_folder(scenes, tiny_co
     shutil.rmtree(folder)
     result = CliRunner().invoke(main, ["similar", str(out), "--text", "a dog"])
     assert result.exit_code == 2 and "not on this machine" in result.output, result.output
+
+
+@pytest.mark.slow
+def test_similar_lists_non_utf8_names(tmp_path):
+    """A file name that is not valid UTF-8 (kept by label as lone surrogates) is listed as label lists it (\\xNN),
+    not a UnicodeEncodeError on a UTF-8 stdout."""
+    import os
+
+    from PIL import Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (40, 30), (200, 20, 20)).save(images / os.fsdecode(b"caf\xe9.jpg"))
+    Image.new("RGB", (40, 30), (20, 20, 200)).save(images / "ok.jpg")
+    out = tmp_path / "labels.jsonl"
+    label(images, out, "--save-embeddings")
+    result = CliRunner().invoke(main, ["similar", str(out), "--text", "a red square"])
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert "caf\\xe9.jpg" in result.output and "ok.jpg" in result.output
+    assert os.fsdecode(b"caf\xe9.jpg") in {m["path"] for m in similar(out, "--text", "x")["matches"]}  # --json: exact

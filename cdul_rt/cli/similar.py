@@ -27,7 +27,7 @@ def command(labels: Path, image: Path | None, text: str | None, top: int, model:
     similarity of CLIP embeddings. Brute force: fine up to about a million images."""
     from cdul_rt.embeddings import read_embeddings
     from cdul_rt.errors import CdulError
-    from cdul_rt.labelfile import read_meta
+    from cdul_rt.labelfile import display_name, read_meta
     from cdul_rt.similar import embed_query, open_query_labeler, top_matches
 
     if (image is None) == (text is None):
@@ -44,4 +44,4 @@ def command(labels: Path, image: Path | None, text: str | None, top: int, model:
         return
     click.echo(f"{len(matches)} of {len(paths)} images closest to {image or repr(text)}:")
     for rank, m in enumerate(matches, 1):
-        click.echo(f"{rank:>4}  {m['similarity']:.4f}  {m['path']}")
+        click.echo(f"{rank:>4}  {m['similarity']:.4f}  {display_name(m['path'])}")  # non-UTF-8 names as \xNN
