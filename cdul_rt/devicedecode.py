@@ -342,10 +342,17 @@ def label_batches(cfg, session, labeler, device: str, paths: Iterable[Path]) -> 
     """``label``'s device path: each batch of ``cfg.batch_size`` files with the labeler's outputs for its images
     (``{}`` when none of them decoded). Crops are made in the encoder's dtype (fp16 on the GPU) on ``device``.
     ``labeler``: the :class:`cdul_rt.Labeler` the CPU path scores with too (:meth:`~cdul_rt.Labeler.score_tensor`)."""
+    import torch
+
     runner = labeler.runner
     dtype = getattr(runner, "dtype", None) if hasattr(runner, "infer_tensor") else None
     threads = max(4, 2 * cfg.workers)  # file reads and PIL decodes of non-JPEGs release the GIL
-    for batch in device_batches(paths, cfg.grid, session.preprocess, device, cfg.batch_size, cfg.max_pixels,
-                                threads=threads, dtype=dtype):
-        out = labeler.score_tensor(batch.crops) if batch.paths else {}
-        yield batch, out
+    try:
+        for batch in device_batches(paths, cfg.grid, session.preprocess, device, cfg.batch_size, cfg.max_pixels,
+                                    threads=threads, dtype=dtype):
+            out = labeler.score_tensor(batch.crops) if batch.paths else {}
+            yield batch, out
+    except torch.cuda.OutOfMemoryError as exc:  # decoded images, crops and read-ahead batches all live on the GPU
+        raise CdulError(f"the GPU ran out of memory on a batch of {cfg.batch_size} images ({str(exc)[:160]}); "
+                        "use a smaller --batch-size, or --decode cpu (rows written so far are kept: rerun the "
+                        "same command to resume)") from None

@@ -144,3 +144,15 @@ except CdulError as exc:
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "torch is not installed" in proc.stdout and "--decode cpu" in proc.stdout
+
+
+def test_gpu_out_of_memory_is_a_clear_error(tmp_path, folder, monkeypatch):
+    from cdul_rt import devicecrops
+
+    def oom(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(devicecrops, "crops_uint8", oom)
+    root, _ = folder
+    with pytest.raises(CdulError, match=r"ran out of memory.*--batch-size.*--decode cpu"):
+        run(root, tmp_path / "oom.jsonl", ON_CPU_TENSORS, runtime="torch")
