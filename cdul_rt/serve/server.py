@@ -199,7 +199,14 @@ def serve(labeler: Any, opts: ServeOptions, echo=print) -> None:
     triton = Triton(config=config)
     try:
         models = _bind(triton, handlers, labeler, opts, info)
-        triton.run()  # starts tritonserver, loads the models and waits until Triton reports them ready
+        try:
+            triton.run()  # starts tritonserver, loads the models and waits until Triton reports them ready
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # noqa: BLE001 - PyTriton/tritonclient errors: say what failed and where to look
+            where = f"Triton's log: {log_file}" if log_file else "Triton's log above"
+            raise CdulError(f"Triton could not start or load the models ({str(exc).strip().splitlines()[0][:300]}); "
+                            f"see {where}") from None
         echo(ready_message(opts, models) + (f"\n  Triton's log: {log_file}" if log_file else ""))
         triton.serve()  # returns on Ctrl-C / SIGTERM (or if tritonserver dies)
     except KeyboardInterrupt:
