@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import shutil
 import signal
 import socket
 import sysconfig
@@ -211,10 +212,15 @@ def serve(labeler: Any, opts: ServeOptions, echo=print) -> None:
         triton.serve()  # returns on Ctrl-C / SIGTERM (or if tritonserver dies)
     except KeyboardInterrupt:
         pass
+    except CdulError:
+        log_file = None  # keep the log of a server that could not start: the error names it
+        raise
     finally:
         triton.stop()  # SIGINT to tritonserver: it finishes in-flight requests (up to 30 s), then exits
         signal.signal(signal.SIGTERM, previous)
         handlers.close()
+        if log_file is not None:
+            shutil.rmtree(log_file.parent, ignore_errors=True)
 
 
 def _sigterm_as_interrupt(signum, frame) -> None:
