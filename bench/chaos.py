@@ -122,23 +122,23 @@ class Disk:
         self.filler = path / "filler.bin"
 
     def fill(self) -> None:
-        """Write until the device is full."""
-        block = b"\0" * (1 << 16)
-        with open(self.filler, "ab") as f:
+        """Write until the device is full (unbuffered, so nothing is left to flush at close)."""
+        for path, size in ((self.filler, 1 << 16), (self.path / "filler2.bin", 1)):  # then the last partial page
             try:
-                while True:
-                    f.write(block)
-                    f.flush()
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
             except OSError as exc:
                 if exc.errno != errno.ENOSPC:
                     raise
-        with open(self.path / "filler2.bin", "ab") as f:  # the last partial page too
+                continue
             try:
+                block = b"\0" * size
                 while True:
-                    f.write(b"\0")
-                    f.flush()
-            except OSError:
-                pass
+                    os.write(fd, block)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+            finally:
+                os.close(fd)
 
     def free(self) -> None:
         for p in (self.filler, self.path / "filler2.bin"):
@@ -146,7 +146,10 @@ class Disk:
 
     def close(self) -> None:
         if self.tmpfs:
-            subprocess.run(["umount", str(self.path)], check=False)
+            for _ in range(30):  # a run still finishing keeps it busy for a moment
+                if subprocess.run(["umount", str(self.path)], capture_output=True).returncode == 0:
+                    return
+                time.sleep(1)
 
 
 INJECT = """import errno, os, sys
