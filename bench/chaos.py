@@ -7,7 +7,7 @@ run, every bad file in the failures file, and no process left behind.
 
 For each format: a clean reference run, then ``--kills`` cycles. A cycle starts `label` on the same --out (resuming,
 or ``--overwrite`` when the previous cycle finished) and after a random delay kills the main process with SIGKILL,
-or (every ``--worker-every``-th cycle) one decode worker; ``--fills`` cycles instead fill the disk holding --out
+or (``--worker-kills`` times, once the workers have started) one decode worker; ``--fills`` cycles instead fill the disk holding --out
 (a small tmpfs mounted here when running as root, else ENOSPC injected into the label writer) until the run stops,
 then free it. A final uninterrupted run must then complete; the checks compare it with the reference. Descendants of
 every started process are tracked through /proc; any still alive 10 s after its parent died counts as left behind
@@ -244,7 +244,7 @@ def finish(soak: Soak, proc: subprocess.Popen, counts: Counts, after: str, limit
         proc.kill()
 
 
-def run_format(soak: Soak, fmt: str, kills: int, fills: int, worker_every: int, reference: dict[str, list[float]],
+def run_format(soak: Soak, fmt: str, kills: int, fills: int, worker_kills: int, reference: dict[str, list[float]],
                good: set[str], bad: set[str], disk: Disk, clean_seconds: float, rng: random.Random,
                log=print) -> Counts:
     from cdul_rt.labelfile import read_label_file
@@ -253,9 +253,9 @@ def run_format(soak: Soak, fmt: str, kills: int, fills: int, worker_every: int, 
     started = time.perf_counter()
     out = disk.path / f"labels.{fmt}"
     overwrite = False
-    worker_target = kills // worker_every if worker_every else 0
+    worker_target = worker_kills
     cycle = -1
-    # until --kills main-process kills, kills // --worker-every worker kills and --fills disk fills have happened
+    # until --kills main-process kills, --worker-kills worker kills and --fills disk fills have happened
     # (a run that finishes before its kill does not count), at most 3x as many cycles
     while (counts.main_kills < kills or counts.worker_kills < worker_target or counts.disk_fills < fills) \
             and cycle < 3 * (kills + worker_target + fills):
@@ -292,8 +292,10 @@ def run_format(soak: Soak, fmt: str, kills: int, fills: int, worker_every: int, 
         delay = rng.uniform(0.0, 1.0) * clean_seconds
         worker = kind == "worker"
         if soak.watch(proc, delay):
-            if worker:
-                victims = [pid for pid, _ in descendants(proc.pid) if is_decode_worker(pid)]
+            if worker:  # decode workers start once the model is loaded: wait for one
+                victims: list[int] = []
+                while not victims and soak.watch(proc, 0.1):
+                    victims = [pid for pid, _ in descendants(proc.pid) if is_decode_worker(pid)]
                 if victims:
                     os.kill(rng.choice(victims), signal.SIGKILL)
                     counts.worker_kills += 1
@@ -306,6 +308,7 @@ def run_format(soak: Soak, fmt: str, kills: int, fills: int, worker_every: int, 
                     overwrite = proc.returncode == 0 and rng.random() < 0.5
                     counts.processes_left += soak.reap()
                     continue
+        if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             proc.communicate()
             counts.main_kills += 1
@@ -345,7 +348,7 @@ def run_format(soak: Soak, fmt: str, kills: int, fills: int, worker_every: int, 
 
 
 def soak(kills: int, fills: int, formats: tuple[str, ...], images: int, workers: int, batch_size: int,
-         worker_every: int, seed: int, disk_mb: int = 8, log=print) -> list[Counts]:
+         worker_kills: int, seed: int, disk_mb: int = 8, log=print) -> list[Counts]:
     from cdul_rt.labelfile import read_label_file
 
     rng = random.Random(seed)
@@ -372,7 +375,7 @@ def soak(kills: int, fills: int, formats: tuple[str, ...], images: int, workers:
         log(f"disk for --out: {'tmpfs of ' + str(disk_mb) + ' MB (filled for real)' if disk.tmpfs else 'injected ENOSPC'}")
         results = []
         for fmt in formats:
-            c = run_format(runner, fmt, kills, fills, worker_every, reference, good, bad, disk, clean_seconds, rng,
+            c = run_format(runner, fmt, kills, fills, worker_kills, reference, good, bad, disk, clean_seconds, rng,
                            log)
             log(json.dumps(asdict(c)))
             results.append(c)
@@ -405,13 +408,12 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=40)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=2)
-    ap.add_argument("--worker-every", type=int, default=4,
-                    help="also kill a decode worker --kills // k times per format (0: never)")
+    ap.add_argument("--worker-kills", type=int, default=5, help="SIGKILLs of a decode worker per format")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     results = soak(args.kills, args.fills, tuple(args.formats.split(",")), args.images, args.workers,
-                   args.batch_size, args.worker_every, args.seed)
+                   args.batch_size, args.worker_kills, args.seed)
     print(table(results))
     for c in results:
         for note in c.notes[:5]:
