@@ -13,8 +13,7 @@ from cdul_rt.imageio import DEFAULT_MAX_PIXELS, iter_images, relative_name
 from cdul_rt.labelfile import LabelWriter, output_format, read_meta
 from cdul_rt.labeling import DEFAULT_LAMBDA, DEFAULT_ZETA, check_mode
 from cdul_rt.presets import DEFAULT_MODEL
-from cdul_rt.runmeta import (OutputLock, RunFiles, check_config, check_out_path, check_resume, output_error,
-                             write_meta)
+from cdul_rt.runmeta import (RunFiles, check_config, check_out_path, check_resume, locked_output, write_meta)
 from cdul_rt.vocab import DEFAULT_TEMPLATE, Vocabulary, check_template, load_vocabulary
 
 
@@ -116,6 +115,12 @@ class LabelSummary:
     def images_per_second(self) -> float:
         return self.labeled / self.seconds if self.seconds > 0 else 0.0
 
+    def add_failure(self, rel: str, reason: str) -> None:
+        """Count a failed file; the first 20 are kept for the end-of-run summary."""
+        self.failed += 1
+        if len(self.failures) < 20:
+            self.failures.append((rel, reason))
+
 
 def _recorded_config(cfg: LabelConfig, vocab: Vocabulary, session, decode_on: str | None = None) -> dict:
     return {
@@ -165,11 +170,8 @@ def label_folder(cfg: LabelConfig, session=None) -> LabelSummary:
     folder, retrying the files that failed. See :mod:`cdul_rt.runmeta` for the lock and the commit point."""
     cfg.validate()
     check_out_path(cfg.out)
-    try:
-        with OutputLock(cfg.out):
-            return _label_locked(cfg, session)
-    except OSError as exc:
-        raise output_error(cfg.out, exc) from exc
+    with locked_output(cfg.out):
+        return _label_locked(cfg, session)
 
 
 def _label_locked(cfg: LabelConfig, session) -> LabelSummary:
@@ -230,9 +232,7 @@ def _run(cfg, session, labeler, todo, writer, files, summary, writer_skip: set[s
 
     def record_failure(rel: str, reason: str) -> None:
         files.add_failure(rel, reason)
-        summary.failed += 1
-        if len(summary.failures) < 20:
-            summary.failures.append((rel, reason))
+        summary.add_failure(rel, reason)
         bar.set_postfix(failed=summary.failed)
 
     def write(rels: list[str], out: dict) -> None:

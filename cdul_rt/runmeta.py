@@ -20,6 +20,8 @@ import fcntl
 import json
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from cdul_rt import __version__
@@ -50,6 +52,16 @@ def check_out_path(out: Path) -> None:
             if not parent.is_dir():
                 raise CdulError(f"--out {out}: {parent} is a file, not a folder; choose another --out")
             break
+
+
+@contextmanager
+def locked_output(out: Path) -> Iterator[None]:
+    """Hold ``out``'s lock for one run; an OSError met while writing it becomes :func:`output_error`'s message."""
+    try:
+        with OutputLock(out):
+            yield
+    except OSError as exc:
+        raise output_error(out, exc) from exc
 
 
 class OutputLock:

@@ -57,7 +57,7 @@ def source_name(source: str) -> str:
 def label_source(cfg: LabelConfig, source: str) -> LabelSummary:
     """Label ``source`` into the label file ``cfg.out`` (resumable; failed images are retried like files)."""
     from cdul_rt.labelfile import output_format
-    from cdul_rt.runmeta import OutputLock, check_out_path, output_error
+    from cdul_rt.runmeta import check_out_path, locked_output
 
     if cfg.save_embeddings:
         raise CdulError("--save-embeddings is not available for URL or webdataset inputs yet; label a local folder")
@@ -67,11 +67,8 @@ def label_source(cfg: LabelConfig, source: str) -> LabelSummary:
     output_format(cfg.out)
     cfg.check_options()
     check_out_path(cfg.out)
-    try:
-        with OutputLock(cfg.out):
-            return _label_locked(cfg, source)
-    except OSError as exc:
-        raise output_error(cfg.out, exc) from exc
+    with locked_output(cfg.out):
+        return _label_locked(cfg, source)
 
 
 def _label_locked(cfg: LabelConfig, source: str) -> LabelSummary:
@@ -119,9 +116,7 @@ def _label_locked(cfg: LabelConfig, source: str) -> LabelSummary:
 
             def fail(rel: str, reason: str) -> None:
                 files.add_failure(rel, reason)
-                summary.failed += 1
-                if len(summary.failures) < 20:
-                    summary.failures.append((rel, reason))
+                summary.add_failure(rel, reason)
 
             for path, c, reason in decoded_items(source, skip, cfg.grid, session.preprocess, cfg.max_pixels,
                                                  cfg.jpeg_draft):

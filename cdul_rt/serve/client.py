@@ -135,7 +135,7 @@ def label_with_server(cfg: Any, server: str, in_flight: int = 16):
     """``label_folder`` with the scores coming from ``cdul-rt serve`` at ``server``: the same lock, resume,
     commit point, failures file and meta (:mod:`cdul_rt.runmeta`)."""
     from cdul_rt.labelfile import output_format
-    from cdul_rt.runmeta import OutputLock, check_out_path, output_error
+    from cdul_rt.runmeta import check_out_path, locked_output
 
     if in_flight < 1:
         raise CdulError(f"--in-flight must be >= 1 (requests kept in flight), got {in_flight}")
@@ -145,11 +145,8 @@ def label_with_server(cfg: Any, server: str, in_flight: int = 16):
     check_out_path(cfg.out)
     client = ServerClient(server)
     info = client.metadata()
-    try:
-        with OutputLock(cfg.out):
-            return _label_locked(cfg, client, info, in_flight)
-    except OSError as exc:
-        raise output_error(cfg.out, exc) from exc
+    with locked_output(cfg.out):
+        return _label_locked(cfg, client, info, in_flight)
 
 
 def _label_locked(cfg: Any, client: ServerClient, info: dict, in_flight: int):
@@ -205,9 +202,7 @@ def _stream(cfg, client, pool, todo, in_flight, limit, writer, files, summary, b
 
     def fail(rel: str, reason: str) -> None:
         files.add_failure(rel, reason)
-        summary.failed += 1
-        if len(summary.failures) < 20:
-            summary.failures.append((rel, reason))
+        summary.add_failure(rel, reason)
         bar.update(1)
 
     def collect() -> None:
