@@ -30,11 +30,11 @@ import numpy as np
 
 from cdul_rt.errors import CdulError
 from cdul_rt.labeling import DEFAULT_LAMBDA, DEFAULT_ZETA
+from cdul_rt.synth.evaluate import MODES  # the paper's Table 3 order, as the demo prints it
 
 REAL_CLIP_SCALE = 100.0  # exp(logit_scale) of OpenAI's CLIP (clamped there at 100)
 ROWS = (("torch", "fp32", "cpu"), ("torch", "bf16", "cpu"), ("onnxruntime", "fp32", "cpu"),
         ("onnxruntime", "fp16", "cpu"), ("onnxruntime", "int8", "cpu"), ("torch", "fp16", "cuda"))
-MODES = ("global", "avg", "max", "cdul")
 LABEL_THRESHOLD = 0.5  # cdul-rt label --threshold default
 
 
