@@ -18,12 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from cdul_rt.labeling import DEFAULT_LAMBDA, DEFAULT_ZETA
-from cdul_rt.synth.evaluate import (MODES, class_text_embeddings, crop_scores, load_tiny_clip, make_scenes, mode_map,
+from cdul_rt.aggregation import DEFAULT_LAM, DEFAULT_ZETA, TABLE3_ORDER, Aggregation
+from cdul_rt.synth.evaluate import (class_text_embeddings, crop_scores, load_tiny_clip, make_scenes, mode_map,
                                     mode_table, single_object_accuracy)
 
 ZETAS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.7)
-LAMBDAS = (0.0, 0.25, 0.5, 0.75, 1.0)
+LAMS = (0.0, 0.25, 0.5, 0.75, 1.0)
 GRIDS = (1, 2, 3, 4)
 
 
@@ -44,18 +44,18 @@ def run(n: int, seed: int, size: int, weights: str | None, threads: int) -> dict
         keep = (counts >= lo) & (counts <= hi)
         if keep.sum() >= 10:
             by_count[f"{lo}-{hi}" if hi > lo else str(lo)] = {
-                "scenes": int(keep.sum()), **mode_table(s3[keep], y[keep], DEFAULT_ZETA, DEFAULT_LAMBDA)}
+                "scenes": int(keep.sum()), **mode_table(s3[keep], y[keep], DEFAULT_ZETA, DEFAULT_LAM)}
     return {
         "command": "python bench/quality.py " + " ".join(sys.argv[1:]),
         "scenes": n, "seed": seed, "size": size, "model": bundle.spec.display,
         "logit_scale_exp": float(np.exp(bundle.logit_scale)),
         "single_object_top1": single_object_accuracy(bundle, text, 20, seed),
-        "zeta": DEFAULT_ZETA, "lambda": DEFAULT_LAMBDA,
-        "table3": mode_table(s3, y, DEFAULT_ZETA, DEFAULT_LAMBDA),
+        **Aggregation().params_dict(),
+        "table3": mode_table(s3, y, DEFAULT_ZETA, DEFAULT_LAM),
         "by_object_count": by_count,
-        "zeta_sweep": {z: mode_map(s3, y, "cdul", z, DEFAULT_LAMBDA) for z in ZETAS},
-        "lambda_sweep": {lam: mode_map(s3, y, "cdul", DEFAULT_ZETA, lam) for lam in LAMBDAS},
-        "grid_sweep": {g: {m: mode_map(scores[g], y, m, DEFAULT_ZETA, DEFAULT_LAMBDA) for m in ("avg", "max", "cdul")}
+        "zeta_sweep": {z: mode_map(s3, y, Aggregation(zeta=z)) for z in ZETAS},
+        "lambda_sweep": {lam: mode_map(s3, y, Aggregation(lam=lam)) for lam in LAMS},
+        "grid_sweep": {g: {m: mode_map(scores[g], y, Aggregation(m)) for m in ("avg", "max", "cdul")}
                        for g in GRIDS},
         "seconds": round(time.time() - t0, 1),
     }
@@ -76,15 +76,15 @@ def markdown(r: dict) -> str:
         "",
         "| mode | mAP |",
         "|---|---|",
-        *[f"| {m} | {100 * t[m]:.1f} |" for m in MODES],
+        *[f"| {m} | {100 * t[m]:.1f} |" for m in TABLE3_ORDER],
         "",
         f"cdul - global = {100 * (t['cdul'] - t['global']):+.1f} mAP points.",
         "",
         "By objects per scene (mAP):",
         "",
-        "| objects | scenes | " + " | ".join(MODES) + " |",
-        "|---|---|" + "---|" * len(MODES),
-        *[f"| {k} | {v['scenes']} | " + " | ".join(f"{100 * v[m]:.1f}" for m in MODES) + " |"
+        "| objects | scenes | " + " | ".join(TABLE3_ORDER) + " |",
+        "|---|---|" + "---|" * len(TABLE3_ORDER),
+        *[f"| {k} | {v['scenes']} | " + " | ".join(f"{100 * v[m]:.1f}" for m in TABLE3_ORDER) + " |"
           for k, v in r["by_object_count"].items()],
         "",
         "zeta sweep (cdul): " + ", ".join(f"{z}: {100 * v:.1f}" for z, v in r["zeta_sweep"].items()),

@@ -11,7 +11,7 @@ from cdul_rt.crops import check_grid
 from cdul_rt.errors import CdulError
 from cdul_rt.imageio import DEFAULT_MAX_PIXELS, iter_images, relative_name
 from cdul_rt.labelfile import LabelWriter, output_format, read_meta
-from cdul_rt.labeling import DEFAULT_LAMBDA, DEFAULT_ZETA, check_mode
+from cdul_rt.aggregation import DEFAULT_LAM, DEFAULT_ZETA, check_mode
 from cdul_rt.presets import DEFAULT_MODEL
 from cdul_rt.runmeta import (RunFiles, check_config, check_out_path, check_resume, locked_output, write_meta)
 from cdul_rt.vocab import DEFAULT_TEMPLATE, Vocabulary, check_template, load_vocabulary
@@ -38,7 +38,7 @@ class LabelConfig:
     grid: int = 3
     mode: str = "cdul"
     zeta: float = DEFAULT_ZETA
-    lam: float = DEFAULT_LAMBDA
+    lam: float = DEFAULT_LAM
     threshold: float = 0.5
     top_k: int | None = None
     save_parts: bool = False

@@ -89,7 +89,8 @@ def test_fused_batch_matches_per_crop_open_clip_reference(tmp_path, tiny_config)
     import torch
 
     from cdul_rt.crops import grid_boxes
-    from cdul_rt.labeling import aggregate_np, class_scores_np
+    from cdul_rt.aggregation import aggregate_np
+    from cdul_rt.labeling import class_scores_np
     from cdul_rt.models import load_clip
     from cdul_rt.presets import resolve_model
     from cdul_rt.vocab import load_vocabulary

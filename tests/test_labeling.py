@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from cdul_rt.errors import CdulError
-from cdul_rt.labeling import aggregate_np, aggregate_torch, class_scores_np, class_scores_torch
+from cdul_rt.aggregation import aggregate_np, aggregate_torch
+from cdul_rt.labeling import class_scores_np, class_scores_torch
 
 
 def test_class_scores_use_exp_of_logit_scale():

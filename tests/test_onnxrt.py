@@ -135,7 +135,8 @@ def test_zeta_and_lambda_are_graph_inputs(artifacts, zeta, lam):
     """labeler.onnx == the numpy reference math (eqs. 1-6) on visual.onnx embeddings, for any zeta and lambda."""
     from cdul_rt.engines.onnxrt import SessionFromOnnx
     from cdul_rt.engines.onnxrt.runner import OnnxVisualRunner
-    from cdul_rt.labeling import aggregate_np, class_scores_np
+    from cdul_rt.aggregation import aggregate_np
+    from cdul_rt.labeling import class_scores_np
 
     m, runner = _runner(artifacts, zeta, lam)
     rng = np.random.default_rng(0)

@@ -63,7 +63,7 @@ def test_scores_are_confident_with_exp_logit_scale(bundle, text):
 
 
 def test_cdul_beats_global_on_multi_object_scenes(bundle, text):
-    from cdul_rt.labeling import DEFAULT_LAMBDA, DEFAULT_ZETA
+    from cdul_rt.aggregation import DEFAULT_LAM as DEFAULT_LAMBDA, DEFAULT_ZETA
     from cdul_rt.synth.evaluate import crop_scores, make_scenes, mode_table
 
     scenes = make_scenes(48, seed=7)

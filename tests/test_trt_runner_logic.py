@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from cdul_rt.errors import CdulError
-from cdul_rt.labeling import aggregate_np, class_scores_np
+from cdul_rt.aggregation import aggregate_np
+from cdul_rt.labeling import class_scores_np
 
 S, D, C, CPI = 4, 6, 5, 10
 MEMORY: dict[int, np.ndarray] = {}

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from cdul_rt.crops import grid_boxes
-from cdul_rt.labeling import aggregate_np
+from cdul_rt.aggregation import aggregate_np
 
 
 def open_clip_preprocess(model):

@@ -29,8 +29,7 @@ from typing import Callable
 import numpy as np
 
 from cdul_rt.errors import CdulError
-from cdul_rt.labeling import DEFAULT_LAMBDA, DEFAULT_ZETA
-from cdul_rt.synth.evaluate import MODES  # the paper's Table 3 order, as the demo prints it
+from cdul_rt.aggregation import TABLE3_ORDER, Aggregation  # modes in the paper's order, as the demo prints them
 
 REAL_CLIP_SCALE = 100.0  # exp(logit_scale) of OpenAI's CLIP (clamped there at 100)
 ROWS = (("torch", "fp32", "cpu"), ("torch", "bf16", "cpu"), ("onnxruntime", "fp32", "cpu"),
@@ -58,17 +57,16 @@ def crop_scores(emb: np.ndarray, text: np.ndarray, scale: float, per_image: int)
     return (e / e.sum(axis=-1, keepdims=True)).reshape(-1, per_image, text.shape[0])
 
 
-def compare(scores: np.ndarray, reference: np.ndarray, targets: np.ndarray, zeta: float = DEFAULT_ZETA,
-            lam: float = DEFAULT_LAMBDA, threshold: float = LABEL_THRESHOLD) -> dict:
-    """mAP of each mode on ``scores``; top-1 and label-set agreement and S_final (cdul) max / p99 abs diff against
-    ``reference``."""
-    from cdul_rt.labeling import aggregate_np
+def compare(scores: np.ndarray, reference: np.ndarray, targets: np.ndarray, aggregation: Aggregation = Aggregation(),
+            threshold: float = LABEL_THRESHOLD) -> dict:
+    """mAP of each mode (with ``aggregation``'s numbers) on ``scores``; top-1 and label-set agreement and S_final
+    (``aggregation``'s mode) max / p99 abs diff against ``reference``."""
     from cdul_rt.synth.evaluate import mode_map
 
-    final = aggregate_np(scores, mode="cdul", zeta=zeta, lam=lam)[0]
-    ref_final = aggregate_np(reference, mode="cdul", zeta=zeta, lam=lam)[0]
+    final = aggregation.apply_np(scores)[0]
+    ref_final = aggregation.apply_np(reference)[0]
     diff = np.abs(final - ref_final)
-    return {"map": {m: mode_map(scores, targets, m, zeta, lam) for m in MODES},
+    return {"map": {m: mode_map(scores, targets, aggregation.replace(mode=m)) for m in TABLE3_ORDER},
             "top1_agreement": float((final.argmax(1) == ref_final.argmax(1)).mean()),
             "labels_agreement": float(((final >= threshold) == (ref_final >= threshold)).all(1).mean()),
             "s_final_max": float(diff.max()), "s_final_p99": float(np.quantile(diff, 0.99))}
@@ -152,11 +150,11 @@ def run_quality(cfg: QualityConfig) -> dict:
                                                    scenes.targets)}
         table[scale_name] = {"logit_scale_exp": scale, "rows": rows}
     return {"model": bundle.spec.display, "scenes": cfg.scenes, "seed": cfg.seed, "size": cfg.size,
-            "grid": cfg.grid, "zeta": DEFAULT_ZETA, "lambda": DEFAULT_LAMBDA, "scales": table,
+            "grid": cfg.grid, **Aggregation().params_dict(), "scales": table,
             "seconds": round(time.perf_counter() - t0, 1)}
 
 
-HEADER = ("logit scale", "runtime/precision", *[f"mAP {m}" for m in MODES], "top-1 agree", "labels agree", "S_final max",
+HEADER = ("logit scale", "runtime/precision", *[f"mAP {m}" for m in TABLE3_ORDER], "top-1 agree", "labels agree", "S_final max",
           "S_final p99")
 
 
@@ -169,7 +167,7 @@ def quality_rows(result: dict) -> list[tuple[str, ...]]:
             if r["status"] != "ok":
                 out.append((label, name, r["status"], *[""] * (len(HEADER) - 3)))
                 continue
-            out.append((label, name, *[f"{100 * r['map'][m]:.2f}" for m in MODES],
+            out.append((label, name, *[f"{100 * r['map'][m]:.2f}" for m in TABLE3_ORDER],
                         f"{100 * r['top1_agreement']:.1f}%", f"{100 * r['labels_agreement']:.1f}%", f"{r['s_final_max']:.1e}", f"{r['s_final_p99']:.1e}"))
     return out
 

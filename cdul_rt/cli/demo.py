@@ -70,22 +70,22 @@ def _print_mode_table(scene_dir: Path, label_file: Path) -> None:
     """mAP of every mode, from one pass of per-crop scores; the label file's own mAP as a cross-check."""
     from PIL import Image
 
+    from cdul_rt.aggregation import DEFAULT_LAM, DEFAULT_ZETA, TABLE3_ORDER
     from cdul_rt.groundtruth import load_ground_truth
     from cdul_rt.labelfile import read_label_file
-    from cdul_rt.labeling import DEFAULT_LAMBDA, DEFAULT_ZETA
     from cdul_rt.metrics import mean_average_precision
     from cdul_rt.synth.classes import SYNTH_CLASSES
-    from cdul_rt.synth.evaluate import MODES, class_text_embeddings, crop_scores, load_tiny_clip, mode_table
+    from cdul_rt.synth.evaluate import class_text_embeddings, crop_scores, load_tiny_clip, mode_table
 
     table = read_label_file(label_file)
     targets = load_ground_truth(scene_dir / "labels.jsonl", table.paths, list(SYNTH_CLASSES)).targets
     bundle = load_tiny_clip()
     images = [Image.open(scene_dir / "images" / p).convert("RGB") for p in table.paths]
     scores = crop_scores(bundle, images, 3, class_text_embeddings(bundle))
-    maps = mode_table(scores, targets, DEFAULT_ZETA, DEFAULT_LAMBDA)
+    maps = mode_table(scores, targets, DEFAULT_ZETA, DEFAULT_LAM)
     click.echo(f"\npseudo-label mAP on {len(images)} scenes (tiny CLIP, 3x3 grid, zeta={DEFAULT_ZETA}, "
-               f"lambda={DEFAULT_LAMBDA}):")
-    for mode in MODES:
+               f"lambda={DEFAULT_LAM}):")
+    for mode in TABLE3_ORDER:
         click.echo(f"  {mode:<7} {100 * maps[mode]:5.1f}")
     click.echo(f"  cdul - global: {100 * (maps['cdul'] - maps['global']):+.1f} points")
     file_map = mean_average_precision(table.scores, targets, list(SYNTH_CLASSES)).map

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from cdul_rt.cli.options import model_options, vocab_options
-from cdul_rt.labeling import DEFAULT_LAMBDA, DEFAULT_ZETA, MODES
+from cdul_rt.aggregation import DEFAULT_LAM, DEFAULT_ZETA, MODES
 from cdul_rt.vocab import DEFAULT_TEMPLATE
 
 
@@ -70,7 +70,7 @@ def _triton_options(trt_cfg):
 @click.option("--grid", "-g", default=3, show_default=True, help="Snippet grid size g baked into the labeler graph.")
 @click.option("--mode", type=click.Choice(MODES), default="cdul", show_default=True, help="Aggregation mode.")
 @click.option("--zeta", default=DEFAULT_ZETA, show_default=True, type=float, help="Default zeta (a graph input).")
-@click.option("--lam", default=DEFAULT_LAMBDA, show_default=True, type=float, help="Default lambda (a graph input).")
+@click.option("--lam", default=DEFAULT_LAM, show_default=True, type=float, help="Default lambda (a graph input).")
 @click.option("--opset", default=17, show_default=True, help="ONNX opset (>= 17).")
 @click.option("--verify", is_flag=True, help="Print a parity table against the torch fp32 reference; fail if off.")
 @click.option("--verify-images", type=click.Path(exists=True, path_type=Path), multiple=True,

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from cdul_rt.cli.options import model_options, vocab_options
-from cdul_rt.labeling import DEFAULT_LAMBDA, DEFAULT_ZETA, MODES
+from cdul_rt.aggregation import DEFAULT_LAM, DEFAULT_ZETA, MODES
 
 
 def given_options(ctx: click.Context, names) -> set[str]:
@@ -35,7 +35,7 @@ def _default_workers() -> int:
               help="Aggregation: cdul (global-local max-min, the paper's), global, avg or max.")
 @click.option("--zeta", default=DEFAULT_ZETA, show_default=True, type=float,
               help="Snippet threshold: a class keeps its max snippet score when it reaches zeta, else its min.")
-@click.option("--lam", default=DEFAULT_LAMBDA, show_default=True, type=float,
+@click.option("--lam", default=DEFAULT_LAM, show_default=True, type=float,
               help="lambda in S_final = (S_global + S_ag + lambda*|S_global - S_ag|)/2; 1 = max, 0 = mean.")
 @click.option("--threshold", default=0.5, show_default=True, type=float,
               help="Classes with S_final at or above this are listed under 'labels'.")

@@ -6,7 +6,7 @@ import click
 
 from cdul_rt.cli.label import given_options
 from cdul_rt.cli.options import model_options, vocab_options
-from cdul_rt.labeling import MODES
+from cdul_rt.aggregation import MODES
 from cdul_rt.serve.server import DEFAULT_MAX_REQUEST_BYTES
 
 

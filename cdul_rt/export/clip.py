@@ -21,7 +21,7 @@ from typing import Callable
 
 from cdul_rt.errors import CdulError, require
 from cdul_rt.export.manifest import MANIFEST, PRECISIONS, Manifest
-from cdul_rt.labeling import DEFAULT_LAMBDA, DEFAULT_ZETA, check_mode
+from cdul_rt.aggregation import DEFAULT_LAM, DEFAULT_ZETA, check_mode
 from cdul_rt.vocab import DEFAULT_TEMPLATE, check_template, load_vocabulary
 
 OPSET = 17
@@ -42,7 +42,7 @@ class ExportOptions:
     grid: int = 3
     mode: str = "cdul"
     zeta: float = DEFAULT_ZETA
-    lam: float = DEFAULT_LAMBDA
+    lam: float = DEFAULT_LAM
     precision: str = "fp32"
     opset: int = OPSET
 
@@ -147,7 +147,7 @@ def export_fp32_graphs(bundle, folder: Path, grid: int, mode: str, opset: int = 
     n = 2 * (1 + grid * grid)  # example sizes only; every leading dimension is dynamic
     crops = torch.randn(n, 3, s, s)
     text = torch.nn.functional.normalize(torch.randn(5, d), dim=-1)
-    zeta, lam = torch.tensor([DEFAULT_ZETA]), torch.tensor([DEFAULT_LAMBDA])
+    zeta, lam = torch.tensor([DEFAULT_ZETA]), torch.tensor([DEFAULT_LAM])
     paths = {"visual.onnx": folder / "visual.onnx"}
     _trace(build_visual(bundle.model), (crops,), paths["visual.onnx"], ["crops"], ["image_embeddings"],
            {"crops": {0: "crops"}, "image_embeddings": {0: "crops"}}, opset)

@@ -1,7 +1,7 @@
 """The torch modules that are traced into ``visual.onnx``, ``text.onnx`` and ``labeler.onnx``.
 
 Each wraps an open_clip CLIP and adds only what the graph contract needs (L2 normalisation, int32 tokens, the CDUL
-scoring head); the math itself is :mod:`cdul_rt.labeling`, the same functions the torch runtime runs.
+scoring head); the math itself is :mod:`cdul_rt.labeling` and :mod:`cdul_rt.aggregation`, the same functions the torch runtime runs.
 """
 
 from __future__ import annotations
@@ -84,7 +84,8 @@ def build_labeler(model, logit_scale: float, grid: int, mode: str):
     """
     import torch
 
-    from cdul_rt.labeling import aggregate_torch, class_scores_torch
+    from cdul_rt.aggregation import aggregate_torch
+    from cdul_rt.labeling import class_scores_torch
 
     crops_per_image = 1 + grid * grid
 

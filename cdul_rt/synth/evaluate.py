@@ -11,11 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
+from cdul_rt.aggregation import TABLE3_ORDER, Aggregation
 from cdul_rt.synth.classes import SYNTH_CLASSES
 from cdul_rt.synth.scenes import STREAM_SCENE, item_rng, render_scene
-
-MODES = ("global", "avg", "max", "cdul")  # the paper's Table 3 order
-
 
 @dataclass
 class SceneSet:
@@ -71,17 +69,16 @@ def crop_scores(bundle, images: list, grid: int, text_emb: np.ndarray, batch_ima
     return np.concatenate(out)
 
 
-def mode_map(scores: np.ndarray, targets: np.ndarray, mode: str, zeta: float, lam: float) -> float:
-    from cdul_rt.labeling import aggregate_np
+def mode_map(scores: np.ndarray, targets: np.ndarray, aggregation: Aggregation) -> float:
     from cdul_rt.metrics import mean_average_precision
 
-    final, _, _ = aggregate_np(scores, mode=mode, zeta=zeta, lam=lam)
+    final, _, _ = aggregation.apply_np(scores)
     return mean_average_precision(final, targets, list(SYNTH_CLASSES)).map
 
 
 def mode_table(scores: np.ndarray, targets: np.ndarray, zeta: float, lam: float) -> dict[str, float]:
-    """mAP of each aggregation mode on the same per-crop scores."""
-    return {m: mode_map(scores, targets, m, zeta, lam) for m in MODES}
+    """mAP of each aggregation mode on the same per-crop scores, in the paper's Table 3 order."""
+    return {m: mode_map(scores, targets, Aggregation(m, zeta, lam)) for m in TABLE3_ORDER}
 
 
 def single_object_accuracy(bundle, text_emb: np.ndarray, per_class: int, seed: int) -> float:

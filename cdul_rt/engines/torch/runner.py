@@ -7,7 +7,8 @@ import numpy as np
 
 from cdul_rt.engines.base import EMBEDDING_OUTPUT, LABELER_OUTPUTS, BaseRunner, LabelerRunnerMixin, TensorSpec
 from cdul_rt.errors import CdulError
-from cdul_rt.labeling import aggregate_torch, class_scores_torch, DEFAULT_LAMBDA, DEFAULT_ZETA
+from cdul_rt.aggregation import DEFAULT_LAM, DEFAULT_ZETA, aggregate_torch
+from cdul_rt.labeling import class_scores_torch
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -121,7 +122,7 @@ class TorchLabelerRunner(LabelerRunnerMixin, TorchVisualRunner):
     name = "torch"
 
     def __init__(self, bundle, grid: int = 3, mode: str = "cdul", zeta: float = DEFAULT_ZETA,
-                 lam: float = DEFAULT_LAMBDA, precision: str = "fp32", device: str = "cpu",
+                 lam: float = DEFAULT_LAM, precision: str = "fp32", device: str = "cpu",
                  compile: bool = False) -> None:
         super().__init__(bundle, precision=precision, device=device, compile=compile)
         self.crops_per_image = 1 + grid * grid

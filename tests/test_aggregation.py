@@ -1,0 +1,123 @@
+"""The :class:`~cdul_rt.aggregation.Aggregation` value: checks, records, the labeler-graph inputs of each mode, and
+the numpy/torch twins behind one value (the hand-computed math is in test_labeling.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+
+from cdul_rt.aggregation import MODES, TABLE3_ORDER, Aggregation, aggregate_np
+from cdul_rt.errors import CdulError
+
+
+def _scores(seed: int = 0, k: int = 3, crops: int = 10, classes: int = 7) -> np.ndarray:
+    s = np.random.default_rng(seed).random((k, crops, classes)).astype(np.float32)
+    return s / s.sum(-1, keepdims=True)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"mode": "cdl"}, "did you mean 'cdul'"), ({"zeta": 1.5}, r"--zeta must be in \[0, 1\]"),
+    ({"zeta": -0.1}, "--zeta must be in"), ({"zeta": math.nan}, "--zeta must be in"),
+    ({"lam": -1.0}, "--lam must be a finite number >= 0"), ({"lam": math.inf}, "--lam must be a finite number"),
+    ({"lam": math.nan}, "--lam must be a finite number"),
+])
+def test_bad_values_are_refused_with_the_cli_message(kwargs, message):
+    with pytest.raises(CdulError, match=message):
+        Aggregation(**kwargs)
+
+
+def test_defaults_and_edges_are_accepted():
+    assert Aggregation() == Aggregation("cdul", 0.3, 1.0)
+    for edge in (Aggregation(zeta=0.0), Aggregation(zeta=1.0), Aggregation(lam=0.0), Aggregation(lam=7.0)):
+        assert edge.mode == "cdul"
+
+
+def test_the_value_is_frozen_and_replace_keeps_unset_fields():
+    agg = Aggregation("max", 0.2, 0.5)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        agg.zeta = 0.4  # type: ignore[misc]
+    assert agg.replace(zeta=None, lam=0.25) == Aggregation("max", 0.2, 0.25)
+    with pytest.raises(CdulError, match="--zeta"):
+        agg.replace(zeta=2.0)  # a copy is checked like any value
+
+
+def test_records_keep_the_file_keys():
+    """Manifests and label-file metadata spell lambda "lambda"; the code spells it ``lam``."""
+    agg = Aggregation("avg", 0.15, 0.5)
+    assert agg.to_dict() == {"mode": "avg", "zeta": 0.15, "lambda": 0.5}
+    assert list(agg.to_dict()) == ["mode", "zeta", "lambda"]  # the order files are written in
+    assert agg.params_dict() == {"zeta": 0.15, "lambda": 0.5} and agg.numbers() == {"zeta": 0.15, "lam": 0.5}
+    labeler = {"grid": 2, "crops_per_image": 5, **agg.to_dict(), "inputs": [], "outputs": []}  # a manifest section
+    assert Aggregation.from_dict(labeler) == agg
+    with pytest.raises(CdulError, match="lacks lambda"):
+        Aggregation.from_dict({"mode": "cdul", "zeta": 0.3})
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_graph_feeds_cover_the_graph_inputs(mode):
+    agg = Aggregation(mode, 0.25, 0.75)
+    assert agg.graph_inputs == (("zeta", "lambda") if mode == "cdul" else ("zeta",))
+    feeds = agg.graph_feeds()
+    assert set(agg.graph_inputs) <= set(feeds)
+    for name, want in (("zeta", 0.25), ("lambda", 0.75)):
+        assert feeds[name].dtype == np.float32 and feeds[name].shape == (1,) and feeds[name][0] == want
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_exported_graph_has_exactly_the_inputs_the_mode_needs(tmp_path, mode):
+    """The labeler traced with every parameter as an input keeps the ones its mode reads (what the manifest and
+    the runtimes are told by ``graph_inputs``)."""
+    torch = pytest.importorskip("torch")
+    onnx = pytest.importorskip("onnx")
+    from cdul_rt.export.clip import LABELER_OUTPUTS, _trace
+    from cdul_rt.export.graphs import build_labeler
+
+    torch.manual_seed(0)
+    model = torch.nn.Module()
+    model.visual = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 8))
+    agg = Aggregation(mode)
+    crops, text = torch.randn(2 * 5, 3, 4, 4), torch.randn(3, 8)
+    path = tmp_path / "labeler.onnx"
+    _trace(build_labeler(model, math.log(100.0), 2, mode), (crops, text, *agg.trace_inputs()), path,
+           ["crops", "text_embeddings", "zeta", "lambda"], LABELER_OUTPUTS, {"crops": {0: "crops"}}, 17)
+    names = [i.name for i in onnx.load(str(path)).graph.input]
+    assert names == ["crops", "text_embeddings", *agg.graph_inputs]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_numpy_and_torch_twins_agree_with_numbers_or_graph_inputs(mode):
+    torch = pytest.importorskip("torch")
+    s = _scores(1)
+    agg = Aggregation(mode, 0.12, 0.6)
+    want = agg.apply_np(s)
+    as_numbers = agg.apply_torch(torch.from_numpy(s))
+    as_inputs = Aggregation(mode).apply_torch(torch.from_numpy(s), torch.tensor([0.12]), torch.tensor([0.6]))
+    spread = float(s.max() - s.min())
+    for a, b, c in zip(want, as_numbers, as_inputs):
+        np.testing.assert_allclose(b.numpy(), a, atol=1e-6 * spread)
+        np.testing.assert_array_equal(c.numpy(), b.numpy())
+
+
+def test_the_numbers_change_the_result():
+    s = _scores(2)
+    base = Aggregation("cdul", 0.3, 1.0).apply_np(s)
+    assert not np.array_equal(Aggregation("cdul", 0.3, 0.0).apply_np(s)[0], base[0])  # lam reaches S_final
+    assert not np.array_equal(Aggregation("cdul", 0.0, 1.0).apply_np(s)[2], base[2])  # zeta reaches S_ag
+    np.testing.assert_array_equal(aggregate_np(s, "cdul", 0.3, 1.0)[0], base[0])  # the function is the value
+
+
+def test_table3_order_is_the_papers_and_holds_every_mode():
+    assert TABLE3_ORDER == ("global", "avg", "max", "cdul")
+    assert sorted(TABLE3_ORDER) == sorted(MODES) and MODES[0] == "cdul"  # cdul stays the default and first choice
+
+
+def test_the_module_is_torch_free():
+    import subprocess
+    import sys
+
+    code = "import sys, cdul_rt.aggregation as a; a.Aggregation().apply_np(__import__('numpy').ones((1, 2, 3)));" \
+           "print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
