@@ -15,13 +15,13 @@ output that gets more rows is carried back into the journal first, as ``LabelWri
 from __future__ import annotations
 
 import json
-import os
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from cdul_rt.errors import CdulError
+from cdul_rt.fileio import atomic_path, atomic_write
 from cdul_rt.labelfile import output_format, read_label_file, repair_tail
 
 DTYPE = np.float16
@@ -143,17 +143,14 @@ def _aligned(files: dict[str, Path], n: int, dim: int, label_paths: list[str]) -
 
 
 def _write_npy(files: dict[str, Path], paths: list[str], emb: np.ndarray) -> None:
-    tmp = files["npy"].with_name(files["npy"].name + ".tmp.npy")
-    np.save(tmp, emb.astype(DTYPE, copy=False))
-    os.replace(tmp, files["npy"])
-    tmp = files["paths"].with_name(files["paths"].name + ".tmp")
-    tmp.write_text(json.dumps(paths, ensure_ascii=False), encoding="utf-8", errors="surrogateescape")
-    os.replace(tmp, files["paths"])
+    with atomic_path(files["npy"], suffix=".partial.npy") as tmp:  # np.save appends .npy to any other name
+        np.save(tmp, emb.astype(DTYPE, copy=False))
+    atomic_write(files["paths"], json.dumps(paths, ensure_ascii=False), errors="surrogateescape")
 
 
 def _add_to_npz(out: Path, emb: np.ndarray) -> None:
-    tmp = out.with_name(out.name + ".tmp")
-    with zipfile.ZipFile(out) as src, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as dst:
+    with atomic_path(out) as tmp, zipfile.ZipFile(out) as src, \
+            zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as dst:
         for item in src.infolist():
             if item.filename != f"{NPZ_KEY}.npy":
                 with src.open(item) as r, dst.open(item.filename, "w", force_zip64=True) as w:
@@ -161,7 +158,6 @@ def _add_to_npz(out: Path, emb: np.ndarray) -> None:
                         w.write(chunk)
         with dst.open(f"{NPZ_KEY}.npy", "w", force_zip64=True) as w:
             np.lib.format.write_array(w, np.ascontiguousarray(emb, dtype=DTYPE))
-    os.replace(tmp, out)
 
 
 def arrow_vectors(emb: np.ndarray):
@@ -181,16 +177,14 @@ def _add_to_parquet(out: Path, paths: list[str], emb: np.ndarray) -> None:
     if COLUMN in schema.names:
         schema = schema.remove(schema.get_field_index(COLUMN))
     schema = schema.append(pa.field(COLUMN, pa.list_(pa.float16(), emb.shape[1])))
-    tmp = out.with_name(out.name + ".tmp")
     start = 0
-    with pq.ParquetWriter(tmp, schema) as writer:
+    with atomic_path(out) as tmp, pq.ParquetWriter(tmp, schema) as writer:
         for i in range(source.num_row_groups):
             table = source.read_row_group(i)
             if COLUMN in table.column_names:
                 table = table.drop_columns([COLUMN])
             writer.write_table(table.append_column(COLUMN, arrow_vectors(emb[start:start + len(table)])).cast(schema))
             start += len(table)
-    os.replace(tmp, out)
 
 
 def read_embeddings(label_file: str | Path, missing_ok: bool = False) -> tuple[list[str], np.ndarray] | None:

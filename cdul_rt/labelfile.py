@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from cdul_rt.errors import CdulError
+from cdul_rt.fileio import atomic_path
 
 FORMATS = {".jsonl": "jsonl", ".csv": "csv", ".parquet": "parquet", ".npz": "npz"}
 PARTS = ("global", "aggregate")
@@ -302,14 +303,9 @@ class LabelWriter:
             self._file.close()
             self._file = None
         if finalize and self.journal != self.path and self.journal.is_file():
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            try:
+            with atomic_path(self.path) as tmp:  # on an error the journal stays: the next run finalises again
                 (_journal_to_npz if self.fmt == "npz" else _journal_to_parquet)(self.journal, tmp, self.classes,
                                                                                 self.save_parts)
-                os.replace(tmp, self.path)
-            except BaseException:
-                tmp.unlink(missing_ok=True)  # the journal stays: the next run finalises again
-                raise
             self.journal.unlink()
 
 

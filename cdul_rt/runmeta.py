@@ -26,6 +26,7 @@ from pathlib import Path
 
 from cdul_rt import __version__
 from cdul_rt.errors import CdulError
+from cdul_rt.fileio import atomic_write
 from cdul_rt.labelfile import sidecar
 
 def output_error(out: Path, exc: OSError) -> CdulError:
@@ -157,10 +158,7 @@ def write_meta(out: Path, input_folder: Path, config: dict, status: str, last_ru
         meta["started"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     if last_run is not None:
         meta.update({"finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "last_run": last_run})
-    path = sidecar(out, "meta")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(sidecar(out, "meta"), json.dumps(meta, indent=2))
 
 
 def clear_outputs(out: Path) -> None:

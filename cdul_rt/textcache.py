@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from cdul_rt.cache import cache_dir, json_key
+from cdul_rt.fileio import atomic_path
 from cdul_rt.vocab import Vocabulary
 
 
@@ -39,7 +40,6 @@ def text_embeddings(bundle, vocab: Vocabulary, template: str, model_key: str, us
         if emb.shape[0] == len(vocab):
             return emb
     emb = encode_text_torch(bundle, vocab.prompts(template))
-    tmp = path.with_suffix(".tmp.npy")
-    np.save(tmp, emb)
-    tmp.replace(path)
+    with atomic_path(path, suffix=".partial.npy") as tmp:  # np.save appends .npy to any other name
+        np.save(tmp, emb)
     return emb

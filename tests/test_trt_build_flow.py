@@ -83,7 +83,7 @@ def test_concurrent_writers_use_unique_temporaries(tmp_path, monkeypatch):
     """Two builders storing the same plan never share a temporary file (each mkstemp name is unique)."""
     import tempfile
 
-    from cdul_rt import cache as cache_mod
+    from cdul_rt import fileio as cache_mod
 
     names = []
     real = tempfile.mkstemp

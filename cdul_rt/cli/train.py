@@ -64,10 +64,11 @@ _D = TrainConfig()  # defaults shown in --help come from the one config record
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def command(images: Path, labels: Path, run_dir: Path, **opts) -> None:
     """Train a multi-label classifier on pseudo labels LABELS (from `cdul-rt label`) of the images in IMAGES."""
+    from cdul_rt.fileio import sha256_file
     from cdul_rt.labelfile import read_label_file
     from cdul_rt.train.model import resolve_weights
     from cdul_rt.train.run import run_training
-    from cdul_rt.train.trainer import TrainInputs, file_sha256
+    from cdul_rt.train.trainer import TrainInputs
 
     def log(message: str) -> None:
         click.echo(message, err=True)
@@ -85,7 +86,7 @@ def command(images: Path, labels: Path, run_dir: Path, **opts) -> None:
         lr=opts["lr"], weight_decay=opts["weight_decay"], warmup_epochs=opts["warmup_epochs"], eta=opts["eta"],
         sigma=opts["sigma"], c1=opts["c1"], loss=opts["loss"], use_psi=not opts["no_psi"],
         hard_labels=opts["hard_labels"], hard_threshold=opts["hard_threshold"], alignment=not opts["no_alignment"],
-        hflip=opts["hflip"], seed=opts["seed"], weights=weights, labels_sha256=file_sha256(labels),
+        hflip=opts["hflip"], seed=opts["seed"], weights=weights, labels_sha256=sha256_file(labels),
         classes=tuple(table.classes), precision=opts["precision"], device=opts["device"],
         eval_every=opts["eval_every"], workers=opts["workers"], threads=opts["threads"],
         progress=not opts["quiet"],

@@ -27,6 +27,7 @@ from cdul_rt.distributed.shards import ShardWriter, done_paths, prepare_output
 from cdul_rt.distributed.sizing import RayPlan, plan_report, plan_resources
 from cdul_rt.distributed.sources import decode_uri, is_url, iter_listing
 from cdul_rt.errors import CdulError, require
+from cdul_rt.fileio import atomic_write
 from cdul_rt.labelfile import read_meta, sidecar
 from cdul_rt.pipeline import LabelConfig, LabelSummary, _check_existing, _recorded_config, _write_meta
 from cdul_rt.preprocess import PreprocessConfig
@@ -196,9 +197,7 @@ def _root_cause(exc: BaseException) -> BaseException:
 def _update_meta(out: Path, extra: dict) -> None:
     meta = read_meta(out)
     meta.update(extra)
-    tmp = sidecar(out, "meta").with_suffix(".tmp")
-    tmp.write_text(json.dumps(meta, indent=2), encoding="utf-8")
-    os.replace(tmp, sidecar(out, "meta"))
+    atomic_write(sidecar(out, "meta"), json.dumps(meta, indent=2))
 
 
 def _decode_memory(cfg: LabelConfig, preprocess: PreprocessConfig) -> int:

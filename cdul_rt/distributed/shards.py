@@ -15,7 +15,6 @@ names its shards with a fresh run id, so a resumed job never overwrites earlier 
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from cdul_rt.errors import CdulError
+from cdul_rt.fileio import atomic_path
 from cdul_rt.labelfile import PARTS, LabelTable, read_meta, select_labels, sidecar
 
 FAILURES_DIR = "_failures"
@@ -86,12 +86,8 @@ def done_paths(out: Path) -> tuple[set[str], set[str]]:
 def _atomic_write(table, final: Path) -> None:
     import pyarrow.parquet as pq
 
-    tmp = final.with_name("." + final.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with atomic_path(final, suffix=".tmp") as tmp, open(tmp, "wb") as f:  # ".tmp": _is_ours knows its leftovers
         pq.write_table(table, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
 
 
 class ShardWriter:

@@ -11,7 +11,6 @@ facts in each graph's ``metadata_props``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import warnings
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 
 from cdul_rt import __version__
 from cdul_rt.errors import CdulError, require
+from cdul_rt.fileio import sha256_file
 from cdul_rt.train.engines import MANIFEST, ClassifierInfo, OnnxClassifierRunner
 
 FILES = {"fp32": "classifier.onnx", "fp16": "classifier.fp16.onnx"}
@@ -81,10 +81,6 @@ def _set_metadata(path: Path, meta: dict, precision: str) -> None:
              **{f"cdul_rt.{k}": json.dumps(v) for k, v in _model_facts(meta).items()}}
     onnx.helper.set_model_props(graph, props)
     onnx.save(graph, str(path))
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _verify_inputs(meta: dict, images: Sequence[Path] | None, count: int = 5) -> np.ndarray:
@@ -150,7 +146,7 @@ def export_classifier(run_dir: Path, out_dir: Path, precisions: Sequence[str] = 
         "exporter": "torch.onnx (TorchScript, dynamo=False)", "opset": opset, "run": str(run_dir),
         "model": _model_facts(meta),
         "files": {p: FILES[p] for p in precisions},
-        "sha256": {p: _sha256(out_dir / FILES[p]) for p in precisions},
+        "sha256": {p: sha256_file(out_dir / FILES[p]) for p in precisions},
         "inputs": [{"name": "images", "shape": ["batch", 3, s, s],
                     "dtype": {p: "float16" if p == "fp16" else "float32" for p in precisions}}],
         "outputs": [{"name": "probs", "shape": ["batch", len(meta["classes"])], "dtype": "float32"}],

@@ -35,27 +35,18 @@ The same metadata (minus ``files``) is written into each ONNX file's ``metadata_
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from cdul_rt.errors import CdulError
+from cdul_rt.fileio import atomic_write, sha256_file
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 GRAPHS = ("visual.onnx", "text.onnx", "labeler.onnx")
 PRECISIONS = ("fp32", "fp16", "int8")
 FORMAT = "cdul-rt-artifacts"
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Plain (not memoised) sha256: artifact checks must see a file that changed in place."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass
@@ -98,9 +89,7 @@ class Manifest:
 
     def write(self, folder: Path) -> Path:
         path = Path(folder) / MANIFEST
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(self.to_json(), encoding="utf-8")
-        tmp.replace(path)
+        atomic_write(path, self.to_json())
         return path
 
     # -- derived facts ---------------------------------------------------------------------------------------------

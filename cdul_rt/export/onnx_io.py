@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from cdul_rt.fileio import atomic_path
 
 PROTOBUF_LIMIT = 2_000_000_000
 
@@ -22,15 +23,14 @@ def save_model(model, path: Path) -> list[Path]:
     import onnx
 
     path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
     external = model.ByteSize() > PROTOBUF_LIMIT
     data = path.with_name(path.name + ".data")
-    if external:  # large CLIPs (ViT-bigG) exceed protobuf's limit: weights go to one side file
-        onnx.save_model(model, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=data.name)
-    else:
-        onnx.save_model(model, str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        if external:  # large CLIPs (ViT-bigG) exceed protobuf's limit: weights go to one side file
+            onnx.save_model(model, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=data.name)
+        else:
+            onnx.save_model(model, str(tmp))
     return [path, data] if external else [path]
 
 

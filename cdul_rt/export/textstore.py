@@ -13,7 +13,7 @@ import numpy as np
 
 from cdul_rt.cache import json_key
 from cdul_rt.errors import CdulError
-from cdul_rt.export.manifest import sha256_file
+from cdul_rt.fileio import atomic_path, sha256_file
 from cdul_rt.vocab import Vocabulary
 
 FOLDER = "text_embeddings"
@@ -32,9 +32,8 @@ def save_text_embeddings(folder: Path, vocab: Vocabulary, template: str, emb: np
     """Write the embeddings atomically; returns the path relative to ``folder``."""
     path = embeddings_path(folder, vocab, template)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.npy")
-    np.save(tmp, np.ascontiguousarray(emb, dtype=np.float32))
-    tmp.replace(path)
+    with atomic_path(path, suffix=".partial.npy") as tmp:  # np.save appends .npy to any other name
+        np.save(tmp, np.ascontiguousarray(emb, dtype=np.float32))
     info = {"vocabulary": vocab.name, "classes": list(vocab.classes), "prompts": list(vocab.prompt_names),
             "template": template, "shape": list(emb.shape), "weights_hash": weights_hash,
             "sha256": sha256_file(path)}

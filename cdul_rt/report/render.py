@@ -9,6 +9,7 @@ from pathlib import Path
 
 from cdul_rt import __version__
 from cdul_rt.errors import CdulError, require
+from cdul_rt.fileio import atomic_write
 from cdul_rt.report.data import (ReportData, class_counts, flat_meta, image_records, image_root, label_indices,
                                  read_failures)
 from cdul_rt.report.thumbs import EMBED_LIMIT, make_thumbnails
@@ -95,9 +96,7 @@ def render_report(labels: Path, out: Path, images: Path | None = None, gt: Path 
         gt=gt_section, gt_source=str(gt) if gt else "", notes=notes,
         # "<" escaped so no string in the data (a file name) can close the script element
         data_json=json.dumps(blob, separators=(",", ":"), ensure_ascii=False).replace("<", "\\u003c"))
-    tmp = out.with_name(out.name + ".tmp")
     # a non-UTF-8 file name (lone surrogates, as `label` keeps it) is written as \udcXX: a JSON escape in the blob
-    tmp.write_text(html, encoding="utf-8", errors="backslashreplace")
-    tmp.replace(out)
+    atomic_write(out, html, errors="backslashreplace")
     return ReportSummary(out, len(table.paths), sum(s is not None for s in sources), thumbs,
                          gt_section["map"] if gt_section else None, tuple(notes + (data.gt_notes or [])))

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import quote
 
-from cdul_rt.cache import atomic_write
+from cdul_rt.fileio import atomic_write
 
 THUMB_SIDE = 160
 EMBED_LIMIT = 500  # up to this many images, `--thumbs auto` embeds them (the page stays one file, ~1.5 MB)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from cdul_rt.errors import CdulError
+from cdul_rt.fileio import atomic_path, atomic_write
 
 CHECKPOINT = "checkpoint.pt"
 MODEL = "model.pt"
@@ -81,9 +81,8 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     """Write to ``path.partial`` then rename, so a crash never leaves a half-written checkpoint."""
     import torch
 
-    tmp = path.with_name(path.name + ".partial")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
@@ -117,13 +116,9 @@ def load_model_file(run_dir: Path) -> dict[str, Any]:
 
 
 def write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(data, indent=2) + "\n")
 
 
 def write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
     """Rewrite metrics.jsonl from the history kept in the checkpoint (so a resumed run has no stale lines)."""
-    tmp = run_dir / (METRICS + ".partial")
-    tmp.write_text("".join(json.dumps(row) + "\n" for row in history))
-    os.replace(tmp, run_dir / METRICS)
+    atomic_write(run_dir / METRICS, "".join(json.dumps(row) + "\n" for row in history))

@@ -127,18 +127,18 @@ def _model_meta(config: TrainConfig, epoch: int) -> dict[str, Any]:
 def _write_refined(state: RunState, paths: list[str], classes: list[str], out: Path, meta: dict) -> None:
     import torch
 
-    from cdul_rt.labelfile import write_label_file
+    from cdul_rt.fileio import atomic_path
+    from cdul_rt.labelfile import sidecar, write_label_file
 
     y_u = torch.sigmoid(state.ytilde).numpy().astype(np.float32)
-    partial = out.with_name(out.stem + ".partial" + out.suffix)
     # same label selection as the `label` run that made the input, when its sidecar says how
     made_by = {**meta.get("config", {}), **meta} if isinstance(meta.get("config"), dict) else meta
-    write_label_file(partial, paths, classes, y_u, meta=meta, threshold=float(made_by.get("threshold") or 0.5),
-                     top_k=made_by.get("top_k"))
-    partial.replace(out)
-    sidecar = partial.with_name(partial.name + ".meta.json")
-    if sidecar.exists():
-        sidecar.replace(out.with_name(out.name + ".meta.json"))
+    with atomic_path(out, suffix=".partial" + out.suffix) as partial:  # the suffix names the format
+        write_label_file(partial, paths, classes, y_u, meta=meta, threshold=float(made_by.get("threshold") or 0.5),
+                         top_k=made_by.get("top_k"))
+        meta_file = sidecar(partial, "meta")
+    if meta_file.exists():
+        meta_file.replace(sidecar(out, "meta"))
 
 
 def _cpu_state(model: Any) -> dict:

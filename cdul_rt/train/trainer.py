@@ -12,7 +12,6 @@ Determinism: initialisation uses ``seed``; each epoch draws its order and flips 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -37,14 +36,6 @@ class RunState:
     ytilde: Any  # torch.Tensor [N, C]
     epoch: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def epoch_generator(seed: int, epoch: int):

@@ -129,7 +129,7 @@ def _load_timing_cache(config, path: Path | None, log=print) -> None:
 
 
 def _save_timing_cache(config, path: Path | None) -> None:
-    from cdul_rt.engines.trt.cache import atomic_write
+    from cdul_rt.fileio import atomic_write
 
     if path is None:
         return

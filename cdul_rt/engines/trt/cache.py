@@ -16,16 +16,8 @@ import hashlib
 import json
 from pathlib import Path
 
-from cdul_rt.cache import atomic_write
 from cdul_rt.engines.trt.profiles import EngineKey, describe_mismatch
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
+from cdul_rt.fileio import atomic_write, sha256_file
 
 
 def plan_stem(kind: str, precision: str, key: EngineKey) -> str:
@@ -64,7 +56,7 @@ class EngineCache:
             return None, f"{plan.name} is missing"
         if meta["key"] != key.to_dict():
             return None, describe_mismatch(meta["key"], key.to_dict())
-        if plan.stat().st_size != meta.get("plan_bytes") or _sha256(plan) != meta.get("plan_sha256"):
+        if plan.stat().st_size != meta.get("plan_bytes") or sha256_file(plan, 1 << 22) != meta.get("plan_sha256"):
             return None, f"{plan.name} is truncated or modified (size/sha256 differ from {self.meta_path(stem).name})"
         return plan, None
 
