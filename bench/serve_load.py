@@ -2,6 +2,8 @@
 
 1. `cdul-rt label DIR` (in process, same model, runtime and options) on generated JPEGs: images/s of its labeling
    loop (model loading excluded, as the server's is).
+   It is measured again after every row below (the server idles meanwhile); each row is compared with the mean of
+   the label runs just before and after it.
 2. `cdul-rt serve` on free loopback ports; for each client count (default 1, 4, 16, 64) every client thread sends
    the JPEGs' bytes to `labels` over HTTP for --seconds: images/s, p50/p95/p99 latency, and the mean executed batch
    from Triton's metrics endpoint (delta nv_inference_count / delta nv_inference_exec_count).
@@ -143,31 +145,44 @@ def main() -> None:
         paths = make_jpegs(tmp / "images", args.images)
         payloads = [p.read_bytes() for p in paths]
         env = child_env(args.threads)
-        local = run_label(tmp / "images", model_args, tmp / "local.jsonl", env)
-        print(f"in-process label: {local:.2f} img/s ({args.images} JPEGs 640x480, {args.model}, {args.runtime} "
-              f"{args.precision})", flush=True)
+        # The in-process reference is measured again between the rows (the server idles meanwhile), and each row is
+        # compared with the mean of the label runs just before and just after it: on a shared machine whose load
+        # changes by the minute, one label run at the start would compare the server with another machine.
+        def reference() -> float:
+            out = tmp / "local.jsonl"
+            out.unlink(missing_ok=True)
+            rate = run_label(tmp / "images", model_args, out, env)
+            print(f"in-process label: {rate:.2f} img/s ({args.images} JPEGs 640x480, {args.model}, {args.runtime} "
+                  f"{args.precision})", flush=True)
+            return rate
+
+        refs = [reference()]
         proc, http_port, metrics_port = start_server(model_args, ["--max-queue-delay-us", args.max_queue_delay_us], env)
         rows = []
         try:
             load(http_port, metrics_port, payloads[:4], 2, 2.0)  # warm-up
             for clients in [int(c) for c in args.clients.split(",")]:
                 row = load(http_port, metrics_port, payloads, clients, args.seconds)
-                row["vs_label"] = round(row["images_per_s"] / local, 3)
+                refs.append(reference())
+                row["label_images_per_s"] = round((refs[-2] + refs[-1]) / 2, 3)
+                row["vs_label"] = round(row["images_per_s"] / row["label_images_per_s"], 3)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
         finally:
             proc.send_signal(signal.SIGTERM)
             rc = proc.wait(60)
+        local = float(np.mean(refs))
         print("\n| clients | images/s | vs in-process label | p50 ms | p95 ms | p99 ms | mean executed batch |")
         print("|---|---|---|---|---|---|---|")
         for r in rows:
             print(f"| {r['clients']} | {r['images_per_s']} | {r['vs_label']:.2f} | {r['p50_ms']} | {r['p95_ms']} | "
                   f"{r['p99_ms']} | {r['mean_batch']} |")
-        print(f"| in-process `label` | {local} | 1.00 | | | | (batch 8) |")
+        print(f"| in-process `label` (before/after each row) | {' / '.join(f'{r:.2f}' for r in refs)} | 1.00 | | | | "
+              "(batch 8) |")
         print(f"server exit code after SIGTERM: {rc}")
         if args.json:
             args.json.write_text(json.dumps({"machine": platform.processor() or platform.machine(), "args": vars(args)
-                                             | {"json": str(args.json)}, "label_images_per_s": local, "rows": rows},
+                                             | {"json": str(args.json)}, "label_images_per_s": refs, "rows": rows},
                                             indent=2))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
