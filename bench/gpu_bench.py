@@ -255,7 +255,7 @@ class Bench:
             raise SkipSection(f"TensorRT not importable ({type(exc).__name__})") from exc
         from cdul_rt.engines.trt.profiles import ProfileSpec
         from cdul_rt.engines.trt.runner import TrtLabelerRunner
-        from cdul_rt.export.tensorrt import TrtBuildConfig, build_engines
+        from cdul_rt.engines.trt.build import TrtBuildConfig, build_engines
 
         major = int(tensorrt.__version__.split(".")[0])
         folders = [self.export("fp32")] + ([self.export("fp16")] if major >= 11 else [])

@@ -160,9 +160,13 @@ def _write_meta(cfg: LabelConfig, config: dict, status: str, summary: LabelSumma
 
 
 def open_session(cfg: LabelConfig, vocab: Vocabulary):
+    """The runtime's session for ``cfg``: the artifact folder is found or exported first
+    (:func:`cdul_rt.prepare.prepare_label_config`), then the runtime opens it."""
     from cdul_rt.engines import runtime_module
+    from cdul_rt.prepare import prepare_label_config
 
-    return runtime_module(cfg.runtime).open_labeler(cfg, vocab)
+    ready = prepare_label_config(cfg)
+    return runtime_module(ready.runtime).open_labeler(ready, vocab)
 
 
 def label_folder(cfg: LabelConfig, session=None) -> LabelSummary:

@@ -69,7 +69,7 @@ def test_given_flags_are_kept_and_complete_each_other():
 def test_missing_precision_comes_from_the_engine_dir(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
-    from cdul_rt.export import manifest
+    from cdul_rt.artifacts import manifest
 
     monkeypatch.setattr(manifest, "read_manifest", lambda folder: SimpleNamespace(precision="int8"))
     assert key(engine_dir=tmp_path) == "onnxruntime/int8/cpu"

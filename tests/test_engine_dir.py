@@ -17,9 +17,9 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from cdul_rt.cli import main  # noqa: E402
-from cdul_rt.engines.artifacts import folder_options, label_options_from_folder  # noqa: E402
+from cdul_rt.artifacts.folder import folder_options, label_options_from_folder  # noqa: E402
 from cdul_rt.export.clip import ExportOptions, export_clip  # noqa: E402
-from cdul_rt.export.manifest import read_manifest  # noqa: E402
+from cdul_rt.artifacts.manifest import read_manifest  # noqa: E402
 from cdul_rt.labelfile import read_label_file  # noqa: E402
 
 from conftest import BLOCK_TORCH, make_images  # noqa: E402
@@ -101,7 +101,7 @@ def test_folder_options_fill_only_what_was_not_given(folder):
     ({"name": "custom", "classes": ["a,b", "c"], "prompts": ["a,b", "c"]}, None),  # a comma cannot be listed
 ])
 def test_the_folder_vocabulary_becomes_a_classes_option_that_loads_it(vocabulary, expected):
-    from cdul_rt.engines.artifacts import vocabulary_option
+    from cdul_rt.artifacts.folder import vocabulary_option
     from cdul_rt.vocab import load_vocabulary
 
     spec = vocabulary_option(vocabulary)

@@ -17,7 +17,7 @@ pytest.importorskip("onnxruntime")
 from cdul_rt.cli import main  # noqa: E402
 from cdul_rt.errors import CdulError  # noqa: E402
 from cdul_rt.export.clip import ExportOptions, export_clip  # noqa: E402
-from cdul_rt.export.manifest import Manifest, read_manifest, verify_artifacts  # noqa: E402
+from cdul_rt.artifacts.manifest import Manifest, read_manifest, verify_artifacts  # noqa: E402
 from cdul_rt.export.verify import failures, sample_images, verify_folder  # noqa: E402
 
 from conftest import make_images  # noqa: E402
@@ -234,7 +234,7 @@ def test_wrong_model_precision_grid_and_weights(copy_fp32, tiny_config, tmp_path
 
 
 def test_wrong_vocabulary_embeddings_are_refused(copy_fp32, tiny_config):
-    from cdul_rt.export.textstore import embeddings_path
+    from cdul_rt.artifacts.textstore import embeddings_path
     from cdul_rt.vocab import load_vocabulary
 
     m = read_manifest(copy_fp32)

@@ -344,7 +344,7 @@ def test_onnxruntime_cuda_matches_cpu(tiny_export):
 def test_tensorrt_fp16_engine_is_fp16_matches_onnxruntime_and_rebuilds(tiny_export, tmp_path):
     from cdul_rt.engines.trt.profiles import ProfileSpec
     from cdul_rt.engines.trt.runner import TrtLabelerRunner
-    from cdul_rt.export.tensorrt import TrtBuildConfig, build_engines
+    from cdul_rt.engines.trt.build import TrtBuildConfig, build_engines
 
     fp32, fp16 = tiny_export["fp32"], tiny_export["fp16"]
     logs: list[str] = []
@@ -394,7 +394,7 @@ def test_tensorrt_and_triton_paths_never_import_torch(tmp_path):
         from cdul_rt.errors import CdulError
         from cdul_rt.engines.trt import open_labeler
         from cdul_rt.engines.trt.runner import TrtLabelerRunner
-        from cdul_rt.export.tensorrt import build_engines, plan_sources
+        from cdul_rt.engines.trt.build import build_engines, plan_sources
         from cdul_rt.export.triton import TritonOptions, write_triton_repository
         write_triton_repository(Path({str(art)!r}), Path({str(tmp_path / 'repo')!r}),
                                 TritonOptions(kind="KIND_CPU"), log=lambda m: None)

@@ -103,7 +103,7 @@ def test_tokenizer_matches_open_clip(artifacts):
 def _runner(artifacts: Path, zeta: float = 0.3, lam: float = 1.0):
     from cdul_rt.engines.onnxrt import SessionFromOnnx
     from cdul_rt.engines.onnxrt.runner import OnnxLabelerRunner
-    from cdul_rt.export.manifest import read_manifest
+    from cdul_rt.artifacts.manifest import read_manifest
 
     m = read_manifest(artifacts)
     return m, OnnxLabelerRunner(SessionFromOnnx(artifacts / "labeler.onnx"), m.crops_per_image, m.image_size,

@@ -76,7 +76,7 @@ def artifacts(tmp_path_factory, tiny_config, bundle) -> Path:
 def _onnx_runner(path: Path, artifacts: Path):
     from cdul_rt.engines.onnxrt import SessionFromOnnx
     from cdul_rt.engines.onnxrt.runner import OnnxLabelerRunner
-    from cdul_rt.export.manifest import read_manifest
+    from cdul_rt.artifacts.manifest import read_manifest
 
     m = read_manifest(artifacts)
     return m, OnnxLabelerRunner(SessionFromOnnx(path), m.crops_per_image, m.image_size, m.embed_dim, 0.3, 1.0)
@@ -117,7 +117,7 @@ def test_old_labeler_graph_still_labels_and_asks_for_a_reexport(tmp_path, crops,
 def test_triton_serving_labeler_keeps_the_embedding_width(artifacts):
     import onnx
 
-    from cdul_rt.export.manifest import read_manifest
+    from cdul_rt.artifacts.manifest import read_manifest
     from cdul_rt.export.triton import serving_labeler
 
     m = read_manifest(artifacts)
@@ -131,7 +131,7 @@ def test_a_cached_export_without_embeddings_is_exported_again(tmp_path, tiny_con
     pytest.importorskip("onnxruntime")
     import json
 
-    from cdul_rt.engines.onnxrt.loader import cached_folder
+    from cdul_rt.prepare import cached_folder
     from cdul_rt.pipeline import LabelConfig
 
     monkeypatch.setenv("CDUL_RT_CACHE", str(tmp_path / "cache"))

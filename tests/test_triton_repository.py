@@ -86,7 +86,7 @@ def make_artifacts(folder: Path, classes=("cat", "dog", "car", "tree", "boat")) 
     """An artifact folder in the exporter's format (manifest.json schema 1) holding the graphs above."""
     import onnx
 
-    from cdul_rt.export.manifest import Manifest
+    from cdul_rt.artifacts.manifest import Manifest
 
     folder.mkdir(parents=True, exist_ok=True)
     onnx.save(labeler_graph(), str(folder / "labeler.onnx"))

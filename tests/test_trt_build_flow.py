@@ -14,7 +14,7 @@ from test_triton_repository import make_artifacts
 from cdul_rt.engines.trt import builder, cuda
 from cdul_rt.engines.trt.profiles import ProfileSpec
 from cdul_rt.errors import CdulError
-from cdul_rt.export.tensorrt import TrtBuildConfig, build_engines
+from cdul_rt.engines.trt.build import TrtBuildConfig, build_engines
 
 FP16_INFO = json.dumps({"Layers": [{"Name": "mm", "LayerType": "CaskGemmMatrixMultiply",
                                     "Inputs": [{"Format/Datatype": "Half"}],

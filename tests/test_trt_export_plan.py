@@ -13,7 +13,7 @@ from cdul_rt.engines.trt.builder import resolve_typing
 from cdul_rt.engines.trt.precision import fp32_weight_bytes
 from cdul_rt.engines.trt.profiles import ProfileSpec
 from cdul_rt.errors import CdulError
-from cdul_rt.export.tensorrt import (
+from cdul_rt.engines.trt.build import (
     available_precisions,
     engine_key,
     onnx_input_shapes,

@@ -39,7 +39,7 @@ def label_config(options: dict[str, Any]) -> "Any":
     """A validated :class:`~cdul_rt.pipeline.LabelConfig` from :meth:`Labeler.open`'s keyword options (``None``
     = not given): ``label``'s defaults, completed from ``engine_dir``'s manifest as ``label`` does, checked by
     the same rules (:meth:`LabelConfig.check_options`)."""
-    from cdul_rt.engines.artifacts import FOLDER_OPTIONS
+    from cdul_rt.artifacts.folder import FOLDER_OPTIONS
     from cdul_rt.engines.auto import label_options
     from cdul_rt.pipeline import LabelConfig
 

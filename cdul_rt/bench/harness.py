@@ -219,13 +219,14 @@ class _Bench:
 
     def _session(self, cand: Candidate, label_cfg):
         """A session for ``cand``; torch ones share the reference's loaded CLIP (the runner casts a copy)."""
-        from cdul_rt.engines import runtime_module
         from cdul_rt.engines.session import LabelerSession
         from cdul_rt.engines.torch.loader import torch_encoders
         from cdul_rt.engines.torch.runner import TorchLabelerRunner
 
         if cand.runtime != "torch":
-            return runtime_module(cand.runtime).open_labeler(label_cfg, self.vocab)
+            from cdul_rt.pipeline import open_session
+
+            return open_session(label_cfg, self.vocab)  # the cached export found or made first, as `label` does
         ref = self.reference
         runner = TorchLabelerRunner(ref.runner.bundle, grid=label_cfg.grid, mode=label_cfg.mode, zeta=label_cfg.zeta,
                                     lam=label_cfg.lam, precision=cand.precision, device=cand.device,

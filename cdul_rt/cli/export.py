@@ -46,7 +46,7 @@ def _trt_config(precision: str, max_images: int, opt_images: int, max_classes: i
                 typing: str | None, opt_level: int | None, verbose: bool):
     """The TensorRT build settings of the --trt-* options (validated here, before any export)."""
     from cdul_rt.engines.trt.profiles import ProfileSpec
-    from cdul_rt.export.tensorrt import TrtBuildConfig
+    from cdul_rt.engines.trt.build import TrtBuildConfig
 
     spec = ProfileSpec(1, opt_images, max_images, 1, min(80, max_classes), max_classes).validate()
     return TrtBuildConfig(precision=precision if precision != "int8" else "fp16", typing=typing, profile=spec,
@@ -121,7 +121,7 @@ def command(out: Path | None, verify: bool, verify_images: tuple[Path, ...], eng
             click.echo(format_parity_table(manifest["verify"]))
         click.echo(f"exported the classifier of {classifier} to {out}")
         if engine == "tensorrt":
-            from cdul_rt.export.tensorrt import build_engines
+            from cdul_rt.engines.trt.build import build_engines
 
             build_engines(out, kinds=("classifier",), cfg=trt_cfg, log=click.echo)
         if triton is not None:
@@ -140,7 +140,7 @@ def command(out: Path | None, verify: bool, verify_images: tuple[Path, ...], eng
     if verify:
         _verify(out, bundle, verify_images)
     if engine == "tensorrt":
-        from cdul_rt.export.tensorrt import build_engines
+        from cdul_rt.engines.trt.build import build_engines
 
         build_engines(out, cfg=trt_cfg, log=click.echo)
     if triton is not None:

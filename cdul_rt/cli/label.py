@@ -98,7 +98,7 @@ def command(images: str, out: Path | None, quiet: bool, cluster: str, ray_addres
     Re-running the same command resumes: images already in OUT are skipped. Unreadable files are listed in
     OUT.failures.jsonl and never stop the run.
     """
-    from cdul_rt.engines.artifacts import FOLDER_OPTIONS
+    from cdul_rt.artifacts.folder import FOLDER_OPTIONS
     from cdul_rt.engines.auto import label_options
     from cdul_rt.pipeline import LabelConfig, label_folder
 

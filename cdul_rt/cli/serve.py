@@ -54,7 +54,7 @@ def command(host: str, http_port: int, grpc_port: int, metrics_port: int, max_ba
     tritonclient or PyTriton's ModelClient (README "Serve").
     """
     from cdul_rt import Labeler
-    from cdul_rt.engines.artifacts import FOLDER_OPTIONS
+    from cdul_rt.artifacts.folder import FOLDER_OPTIONS
     from cdul_rt.serve.server import ServeOptions, _require_pytriton, check_ports_free, serve
 
     _require_pytriton()

@@ -189,7 +189,7 @@ def label_options(opts: dict, given: set[str]) -> dict:
     """``label``'s keyword options (``None`` = not given) completed as ``cdul-rt label`` and ``Labeler.open`` both
     do: the rule's runtime, then the options an ``engine_dir`` supplies (``given``: the ones the user set), then
     the rule's precision."""
-    from cdul_rt.engines.artifacts import label_options_from_folder
+    from cdul_rt.artifacts.folder import label_options_from_folder
 
     device = opts.get("device") or "cpu"
     runtime = choose(opts.get("runtime"), opts.get("precision"), device, opts.get("engine_dir")).runtime
@@ -200,7 +200,7 @@ def label_options(opts: dict, given: set[str]) -> dict:
 def _folder_precision(engine_dir, runtime: str) -> str | None:
     if not engine_dir or runtime not in ("onnxruntime", "tensorrt"):
         return None
-    from cdul_rt.export.manifest import read_manifest
+    from cdul_rt.artifacts.manifest import read_manifest
 
     try:
         return read_manifest(Path(engine_dir)).precision

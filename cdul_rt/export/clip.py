@@ -15,13 +15,13 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 from cdul_rt.errors import CdulError, require
-from cdul_rt.export.manifest import MANIFEST, PRECISIONS, Manifest
 from cdul_rt.aggregation import DEFAULT_LAM, DEFAULT_ZETA, check_mode
+from cdul_rt.artifacts.manifest import MANIFEST, PRECISIONS, Manifest
 from cdul_rt.vocab import DEFAULT_TEMPLATE, check_template, load_vocabulary
 
 OPSET = 17
@@ -197,7 +197,7 @@ def export_clip(opts: ExportOptions, log: Callable[[str], None] = lambda m: prin
     opts.validate()
     require("onnx", "onnx")
     require("onnxruntime", "onnx")
-    from cdul_rt.export.textstore import save_text_embeddings
+    from cdul_rt.artifacts.textstore import save_text_embeddings
     from cdul_rt.models import load_clip
     from cdul_rt.presets import resolve_model
     from cdul_rt.textcache import encode_text_torch
@@ -221,9 +221,9 @@ def export_clip(opts: ExportOptions, log: Callable[[str], None] = lambda m: prin
             manifest.add_file(out, path.name, name.removesuffix(".onnx") if path.suffix == ".onnx" else "data",
                               precision)
     if "text.onnx" not in written:
-        manifest.tokenizer = {**manifest.tokenizer, "kind": "none"}
+        manifest.tokenizer = replace(manifest.tokenizer, kind="none")
         log("text.onnx skipped: this model's text tower is not a CLIP transformer; new vocabularies need a re-export")
-    if manifest.tokenizer["kind"] == "clip-bpe":
+    if manifest.tokenizer.kind == "clip-bpe":
         from open_clip.tokenizer import default_bpe
 
         (out / TOKENIZER_FILE).parent.mkdir(exist_ok=True)

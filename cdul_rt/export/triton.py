@@ -193,18 +193,18 @@ def _vocabulary_embeddings(folder: Path, manifest, classes: str | None, template
     import numpy as np
 
     voc = manifest.vocabulary
-    if classes is None or classes == voc.get("name"):
-        if template not in (None, voc.get("template")):
-            classes = voc.get("name")
+    if classes is None or classes == voc.name:
+        if template not in (None, voc.template):
+            classes = voc.name
         else:
-            emb = np.load(folder / voc["embeddings"])
-            return list(voc["classes"]), emb
-    from cdul_rt.export.textstore import load_text_embeddings
+            emb = np.load(folder / voc.embeddings)
+            return list(voc.classes), emb
+    from cdul_rt.artifacts.textstore import load_text_embeddings
     from cdul_rt.vocab import load_vocabulary
 
     vocab = load_vocabulary(classes)
-    template = template or voc.get("template")
-    emb = load_text_embeddings(folder, vocab, template, manifest.embed_dim, manifest.model["weights_hash"])
+    template = template or voc.template
+    emb = load_text_embeddings(folder, vocab, template, manifest.embed_dim, manifest.weights_hash)
     if emb is None:
         raise CdulError(f"{folder} has no text embeddings for {classes!r} with template {template!r}; add them with "
                         f"`cdul-rt export --classes {classes} --out {folder}`")
@@ -231,7 +231,7 @@ def trt_profile(kind: str, onnx_path: Path, grid: int, opts: TritonOptions):
     batches: whole images for the serving labeler and the classifier, single crops for the visual encoder, prompts
     for the text encoder; the maximum is the config's ``max_batch_size``."""
     from cdul_rt.engines.trt.profiles import ProfileSpec, profile_shapes
-    from cdul_rt.export.tensorrt import onnx_input_shapes
+    from cdul_rt.engines.trt.build import onnx_input_shapes
 
     spec = ProfileSpec(1, opts.opt_images, opts.max_images, 1, min(80, opts.max_classes), opts.max_classes)
     graph_kind = {"labeler": "labeler_images", "visual": "visual_crops"}.get(kind, kind)
@@ -257,7 +257,7 @@ def check_profile_fits_config(cfg: ModelConfig, shapes: dict) -> None:
 def _trt_plan(kind: str, model, out: Path, grid: int, cfg: ModelConfig, opts: TritonOptions, log) -> Path:
     """Compile one repository model with the TensorRT builder (profile = what the config lets Triton send)."""
     from cdul_rt.export.onnx_io import save_model
-    from cdul_rt.export.tensorrt import GraphSource, TrtBuildConfig, build_engine
+    from cdul_rt.engines.trt.build import GraphSource, TrtBuildConfig, build_engine
 
     build_dir = out / ".build"
     build_dir.mkdir(parents=True, exist_ok=True)
@@ -285,8 +285,8 @@ def batching(kind: str, opts: TritonOptions, cpi: int) -> tuple[int, tuple[int, 
 
 def _repository_sources(folder: Path, opts: TritonOptions, models: tuple[str, ...], classifier_dir: Path | None):
     """(CLIP manifest or None for a classifier-only folder, {kind: GraphSource}); artifacts verified first."""
-    from cdul_rt.export.manifest import MANIFEST, verify_artifacts
-    from cdul_rt.export.tensorrt import CLASSIFIER_MANIFEST, classifier_source, clip_sources
+    from cdul_rt.artifacts.manifest import MANIFEST, verify_artifacts
+    from cdul_rt.engines.trt.build import CLASSIFIER_MANIFEST, classifier_source, clip_sources
 
     manifest = None
     sources = {}
@@ -324,7 +324,7 @@ def write_triton_repository(artifact_dir: str | Path, out_dir: str | Path, opts:
     folder, out = Path(artifact_dir), Path(out_dir)
     manifest, sources = _repository_sources(folder, opts, models, Path(classifier_dir) if classifier_dir else None)
     cpi = manifest.crops_per_image if manifest else 1 + 3 * 3
-    grid = int(manifest.labeler["grid"]) if manifest else 3
+    grid = int(manifest.labeler.grid) if manifest else 3
     written: list[Path] = []
     out.mkdir(parents=True, exist_ok=True)
     class_names: list[str] = []
@@ -333,8 +333,8 @@ def write_triton_repository(artifact_dir: str | Path, out_dir: str | Path, opts:
             model = onnx.load(str(src.onnx))
             if kind == "labeler":
                 class_names, emb = _vocabulary_embeddings(folder, manifest, classes, template)
-                zeta = manifest.labeler.get("zeta") if opts.zeta is None else opts.zeta
-                lam = manifest.labeler.get("lambda") if opts.lam is None else opts.lam
+                zeta = manifest.labeler.zeta if opts.zeta is None else opts.zeta
+                lam = manifest.labeler.lam if opts.lam is None else opts.lam
                 model = serving_labeler(model, cpi, emb, float(zeta), float(lam))
             max_batch, preferred = batching(kind, opts, cpi)
             cfg = model_config(kind, model, opts.backend, max_batch, preferred, opts.instances, opts.kind)
@@ -343,7 +343,7 @@ def write_triton_repository(artifact_dir: str | Path, out_dir: str | Path, opts:
             log(f"triton: {kind} -> {out / kind} ({opts.backend}, max_batch_size {max_batch}, preferred {preferred})")
     finally:
         shutil.rmtree(out / ".build", ignore_errors=True)
-    info = {"model": manifest.model.get("display") if manifest else None,
+    info = {"model": manifest.model.display if manifest else None,
             "preprocess": manifest.preprocess if manifest else None, "grid": grid, "crops_per_image": cpi,
             "classes": class_names, "backend": opts.backend,
             "models": {k: {"onnx": s.onnx.name, "precision": s.onnx_precision} for k, s in sorted(sources.items())}}

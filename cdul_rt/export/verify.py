@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cdul_rt.artifacts.manifest import LabelerInfo
 from cdul_rt.errors import CdulError
 
 LIMITS = {  # (precision, metric) -> ("min" | "max", value)
@@ -93,11 +94,10 @@ def _cos_min(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).sum(-1).min())
 
 
-def _reference(bundle, crops: np.ndarray, text: np.ndarray, lab: dict) -> tuple[np.ndarray, dict]:
+def _reference(bundle, crops: np.ndarray, text: np.ndarray, lab: LabelerInfo) -> tuple[np.ndarray, dict]:
     from cdul_rt.engines.torch.runner import TorchLabelerRunner
 
-    runner = TorchLabelerRunner(bundle, grid=int(lab["grid"]), mode=lab["mode"], zeta=float(lab["zeta"]),
-                                lam=float(lab["lambda"]))
+    runner = TorchLabelerRunner(bundle, grid=int(lab.grid), mode=lab.mode, zeta=float(lab.zeta), lam=float(lab.lam))
     with runner:
         emb = runner.encode(crops).cpu().numpy()
         out = runner.infer({"crops": crops, "text_embeddings": text})
@@ -106,11 +106,11 @@ def _reference(bundle, crops: np.ndarray, text: np.ndarray, lab: dict) -> tuple[
 
 def verify_folder(folder: Path, bundle, images: list | None = None) -> list[ParityRow]:
     """Compare every graph of ``folder`` with ``bundle`` (the torch model it was exported from)."""
+    from cdul_rt.artifacts.manifest import verify_artifacts
     from cdul_rt.crops import image_crops
     from cdul_rt.engines.onnxrt.loader import SessionFromOnnx, class_embeddings
     from cdul_rt.engines.onnxrt.runner import OnnxLabelerRunner, OnnxTextRunner, OnnxVisualRunner
     from cdul_rt.engines.onnxrt.tokenizer import ClipTokenizer
-    from cdul_rt.export.manifest import verify_artifacts
     from cdul_rt.preprocess import normalize_batch
     from cdul_rt.textcache import encode_text_torch
     from cdul_rt.vocab import parse_lines
@@ -119,20 +119,20 @@ def verify_folder(folder: Path, bundle, images: list | None = None) -> list[Pari
     m = verify_artifacts(folder)
     lab, p = m.labeler, m.precision
     images = images or sample_images()
-    crops = normalize_batch(np.concatenate([image_crops(im, int(lab["grid"]), bundle.preprocess) for im in images]),
+    crops = normalize_batch(np.concatenate([image_crops(im, int(lab.grid), bundle.preprocess) for im in images]),
                             bundle.preprocess)
     voc = m.vocabulary
-    vocab = parse_lines(voc["name"], [f"{c}={q}" for c, q in zip(voc["classes"], voc["prompts"])])
-    prompts = vocab.prompts(voc["template"])
+    vocab = parse_lines(voc.name, [f"{c}={q}" for c, q in zip(voc.classes, voc.prompts)])
+    prompts = vocab.prompts(voc.template)
     text_ref = encode_text_torch(bundle, prompts)
     emb_ref, out_ref = _reference(bundle, crops, text_ref, lab)
     rows: list[ParityRow] = []
-    session = lambda name: SessionFromOnnx(folder / name, precision=m.files[name]["precision"])  # noqa: E731
+    session = lambda name: SessionFromOnnx(folder / name, precision=m.graph_precision(name))  # noqa: E731
     with OnnxVisualRunner(session("visual.onnx"), m.image_size) as r:
         emb = r.infer({"crops": crops})["image_embeddings"]
-    rows.append(_row("visual.onnx", m.files["visual.onnx"]["precision"], "crop cosine (min)", _cos_min(emb, emb_ref)))
+    rows.append(_row("visual.onnx", m.graph_precision("visual.onnx"), "crop cosine (min)", _cos_min(emb, emb_ref)))
     runner = OnnxLabelerRunner(session("labeler.onnx"), m.crops_per_image, m.image_size,
-                               m.embed_dim, float(lab["zeta"]), float(lab["lambda"]))
+                               m.embed_dim, float(lab.zeta), float(lab.lam))
     with runner:
         out = runner.infer({"crops": crops, "text_embeddings": text_ref})
     for name in ("S_final", "S_global", "S_ag"):
@@ -143,15 +143,15 @@ def verify_folder(folder: Path, bundle, images: list | None = None) -> list[Pari
                      _cos_min(image_embeddings(out, "labeler.onnx"), emb_ref[::m.crops_per_image])))
     agree = float((out["S_final"].argmax(1) == out_ref["S_final"].argmax(1)).mean())
     rows.append(_row("labeler.onnx", p, "top-1 agreement", agree))
-    if m.tokenizer.get("kind") == "clip-bpe":
-        tok = ClipTokenizer(folder / m.tokenizer["vocab_file"], int(m.tokenizer["context_length"]))
+    if m.tokenizer.kind == "clip-bpe":
+        tok = ClipTokenizer(folder / m.tokenizer.vocab_file, int(m.tokenizer.context_length))
         ours, theirs = tok(prompts), bundle.tokenizer(prompts).numpy()
         rows.append(_row("tokenizer", "*", "tokenizer ids equal", float((ours == theirs).all(1).mean())))
         with OnnxTextRunner(session("text.onnx"), ours.shape[1]) as r:
             text = r.infer({"tokens": ours})["text_embeddings"]
-        rows.append(_row("text.onnx", m.files["text.onnx"]["precision"], "class cosine (min)",
+        rows.append(_row("text.onnx", m.graph_precision("text.onnx"), "class cosine (min)",
                          _cos_min(text, text_ref)))
-    stored = class_embeddings(folder, m, vocab, voc["template"])
+    stored = class_embeddings(folder, m, vocab, voc.template)
     rows.append(_row("text_embeddings", "fp32", "class cosine (min)", _cos_min(stored, text_ref)))
     return rows
 

@@ -3,4 +3,4 @@
 CPU by default; CUDA / TensorRT execution providers with onnxruntime-gpu and ``--device cuda``.
 """
 
-from cdul_rt.engines.onnxrt.loader import SessionFromOnnx, open_labeler  # noqa: F401
+from cdul_rt.engines.onnxrt.loader import SessionFromOnnx, check_available, open_labeler  # noqa: F401

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from cdul_rt.errors import CdulError
-from cdul_rt.export.manifest import Manifest, verify_artifacts
+from cdul_rt.artifacts.manifest import Manifest, verify_artifacts
 
 TEXT_BATCH = 256  # prompts per text.onnx call
 
@@ -43,8 +43,7 @@ class OnnxTextEncoder(_Lazy):
     def __init__(self, folder: Path, manifest: Manifest, providers: list) -> None:
         super().__init__()
         self.folder, self.manifest, self.providers = Path(folder), manifest, providers
-        tok = manifest.tokenizer
-        if tok.get("kind") != "clip-bpe":
+        if manifest.tokenizer.kind != "clip-bpe":
             raise CdulError(f"{folder} cannot tokenise text without torch (its model's tokenizer is not CLIP BPE); "
                             "export with the vocabulary you need (`cdul-rt export --classes ... --out DIR`) or use "
                             "the torch runtime")
@@ -55,10 +54,10 @@ class OnnxTextEncoder(_Lazy):
         from cdul_rt.engines.onnxrt.tokenizer import ClipTokenizer
 
         tok, m = self.manifest.tokenizer, self.manifest
-        verify_artifacts(self.folder, (tok["vocab_file"], "text.onnx"))
-        self.tokenizer = ClipTokenizer(self.folder / tok["vocab_file"], int(tok["context_length"]))
-        session = SessionFromOnnx(self.folder / "text.onnx", self.providers, precision=m.files["text.onnx"]["precision"])
-        return OnnxTextRunner(session, int(tok["context_length"]))
+        verify_artifacts(self.folder, (tok.vocab_file, "text.onnx"))
+        self.tokenizer = ClipTokenizer(self.folder / tok.vocab_file, int(tok.context_length))
+        session = SessionFromOnnx(self.folder / "text.onnx", self.providers, precision=m.graph_precision("text.onnx"))
+        return OnnxTextRunner(session, int(tok.context_length))
 
     def __call__(self, prompts: list[str]) -> np.ndarray:
         runner = self.runner()
@@ -82,7 +81,7 @@ class OnnxVisualEncoder(_Lazy):
         m = self.manifest
         verify_artifacts(self.folder, ("visual.onnx",))
         session = SessionFromOnnx(self.folder / "visual.onnx", self.providers,
-                                  precision=m.files["visual.onnx"]["precision"])
+                                  precision=m.graph_precision("visual.onnx"))
         return OnnxVisualRunner(session, m.image_size)
 
     def __call__(self, crops: np.ndarray) -> np.ndarray:

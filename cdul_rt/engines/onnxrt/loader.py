@@ -1,23 +1,21 @@
 """Load an artifact folder into ONNX Runtime sessions; open the labeler session ``cdul-rt label`` runs.
 
 Nothing here imports torch: the manifest says everything about the model, class embeddings come from the folder
-(or from ``text.onnx`` with the torch-free tokenizer for a new vocabulary). Only when no ``--engine-dir`` is given
-and the cache holds no export for the options is the exporter (torch) called, once.
+(or from ``text.onnx`` with the torch-free tokenizer for a new vocabulary). The folder is ``--engine-dir`` or the
+cached export that :mod:`cdul_rt.prepare` found or made before the runtime opens it.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 
+from cdul_rt.artifacts.folder import check_request
+from cdul_rt.artifacts.manifest import Manifest, verify_artifacts
 from cdul_rt.engines.session import LabelerSession
 from cdul_rt.errors import CdulError, require
-from cdul_rt.export.manifest import MANIFEST, Manifest, verify_artifacts
-from cdul_rt.preprocess import PreprocessConfig
 from cdul_rt.vocab import Vocabulary
 
 
@@ -81,36 +79,6 @@ class SessionFromOnnx:
                             "re-export the folder with `cdul-rt export`") from exc
 
 
-def _normal_name(model: str) -> str:
-    return Path(model).stem if model.endswith(".json") else model
-
-
-def check_request(manifest: Manifest, folder: Path, model: str, pretrained: str | None, weights: str | None,
-                  precision: str, grid: int, mode: str) -> None:
-    """Refuse a folder exported for another model, weights, precision, grid or aggregation mode."""
-    from cdul_rt.cache import file_sha256
-
-    m = manifest.model
-    names = {m["arch"], m["display"], f"{m['arch']}.{m['pretrained']}", _normal_name(m["request"]["model"] or "")}
-    fix = "pass the options it was exported with, or export a folder for yours (`cdul-rt export --out DIR ...`)"
-    if _normal_name(model) not in names:
-        raise CdulError(f"{folder} holds model {m['display']}, not {model}; {fix}")
-    if model.endswith(".json") and Path(model).is_file():
-        if json.loads(Path(model).read_text(encoding="utf-8")) != m["config"]:
-            raise CdulError(f"{folder} holds a model with another config than {model}; {fix}")
-    if pretrained is not None and pretrained not in (m["pretrained"], m["request"]["pretrained"]):
-        raise CdulError(f"{folder} holds {m['display']} (weights {m['pretrained']}), not --pretrained {pretrained}; "
-                        f"{fix}")
-    if weights is not None and file_sha256(weights) != m["weights_hash"]:
-        raise CdulError(f"{folder} was exported from other weights than {weights} (sha256 differs); {fix}")
-    lab = manifest.labeler
-    for what, mine, theirs in (("precision", precision, manifest.precision), ("grid", grid, lab["grid"]),
-                               ("mode", mode, lab["mode"])):
-        if mine != theirs:
-            raise CdulError(f"{folder} holds {theirs} graphs for --{what}, not {mine}; pass --{what} {theirs} "
-                            f"or export another folder (`cdul-rt export --{what} {mine} ...`)")
-
-
 def _encode_vocabulary(folder: Path, manifest: Manifest, prompts: list[str], providers: list) -> np.ndarray:
     from cdul_rt.engines.onnxrt.encoders import OnnxTextEncoder
 
@@ -124,9 +92,9 @@ def _encode_vocabulary(folder: Path, manifest: Manifest, prompts: list[str], pro
 def class_embeddings(folder: Path, manifest: Manifest, vocab: Vocabulary, template: str,
                      providers: list | None = None) -> np.ndarray:
     """Stored embeddings of (vocab, template), else computed with ``text.onnx`` and stored for next time."""
-    from cdul_rt.export.textstore import load_text_embeddings, save_text_embeddings
+    from cdul_rt.artifacts.textstore import load_text_embeddings, save_text_embeddings
 
-    weights = manifest.model["weights_hash"]
+    weights = manifest.weights_hash
     emb = load_text_embeddings(folder, vocab, template, manifest.embed_dim, weights)
     if emb is not None:
         return emb
@@ -138,40 +106,27 @@ def class_embeddings(folder: Path, manifest: Manifest, vocab: Vocabulary, templa
     return emb
 
 
-def cached_folder(cfg) -> Path:
-    """The cache folder for these export options (``CDUL_RT_CACHE``/engines/<key>), exporting into it once."""
-    from cdul_rt import __version__
-    from cdul_rt.cache import cache_dir, file_sha256, json_key
-    from cdul_rt.export.manifest import SCHEMA_VERSION
+def check_available(cfg) -> None:
+    """What can be refused before a folder exists (:func:`cdul_rt.prepare.prepare_label_config` asks first)."""
+    require("onnxruntime", "runtime")
 
-    config = Path(cfg.model).read_text(encoding="utf-8") if cfg.model.endswith(".json") else None
-    key = json_key({"model": cfg.model, "pretrained": cfg.pretrained, "config": config, "schema": SCHEMA_VERSION,
-                    "weights": file_sha256(cfg.weights) if cfg.weights else None, "precision": cfg.precision,
-                    "grid": cfg.grid, "mode": cfg.mode, "version": __version__})
-    folder = cache_dir("engines", key)
-    if (folder / MANIFEST).is_file():
-        try:
-            if "image_embeddings" in verify_artifacts(folder, ("labeler.onnx",)).labeler["outputs"]:
-                return folder
-            print(f"cached ONNX export in {folder} predates image embeddings; exporting it again", file=sys.stderr)
-        except CdulError as exc:
-            print(f"cached ONNX export in {folder} is damaged ({exc}); exporting it again", file=sys.stderr)
-    print(f"no --engine-dir given: exporting {cfg.model} to ONNX ({cfg.precision}) once into {folder}; "
-          "later runs with the same model options reuse it", file=sys.stderr)
-    from cdul_rt.export.clip import ExportOptions, export_clip
 
-    export_clip(ExportOptions(out=folder, model=cfg.model, pretrained=cfg.pretrained, weights=cfg.weights,
-                              classes=cfg.classes, template=cfg.template, grid=cfg.grid, mode=cfg.mode,
-                              zeta=cfg.zeta, lam=cfg.lam, precision=cfg.precision))
-    return folder
+def artifact_folder(cfg, runtime: str) -> Path:
+    """The folder a graph runtime opens: ``cfg.engine_dir``, which :func:`cdul_rt.prepare.prepare_label_config`
+    fills (the cached export) before the runtime is called."""
+    if not cfg.engine_dir:
+        raise CdulError(f"--runtime {runtime} runs an exported artifact folder and none was given: pass --engine-dir "
+                        "DIR (`cdul-rt export --out DIR`), or open it through cdul_rt.pipeline.open_session, which "
+                        "finds or makes the cached export")
+    return Path(cfg.engine_dir)
 
 
 def open_labeler(cfg, vocab: Vocabulary) -> LabelerSession:
     """The ``--runtime onnxruntime`` session for ``cdul-rt label`` (cfg: :class:`cdul_rt.pipeline.LabelConfig`)."""
     from cdul_rt.engines.onnxrt.runner import OnnxLabelerRunner
 
-    require("onnxruntime", "runtime")
-    folder = Path(cfg.engine_dir) if cfg.engine_dir else cached_folder(cfg)
+    check_available(cfg)
+    folder = artifact_folder(cfg, "onnxruntime")
     manifest = verify_artifacts(folder)  # every file (size + sha256) before any runtime starts, as promised
     check_request(manifest, folder, cfg.model, cfg.pretrained, cfg.weights, cfg.precision, cfg.grid, cfg.mode)
     text_providers, providers = labeler_providers(cfg, manifest, len(vocab.prompts(cfg.template)))
@@ -179,8 +134,8 @@ def open_labeler(cfg, vocab: Vocabulary) -> LabelerSession:
     session = SessionFromOnnx(folder / "labeler.onnx", providers, precision=manifest.precision)
     runner = OnnxLabelerRunner(session, manifest.crops_per_image,
                                manifest.image_size, manifest.embed_dim, cfg.zeta, cfg.lam)
-    return LabelerSession(runner, text, PreprocessConfig.from_dict(manifest.preprocess), manifest.model["display"],
-                          manifest.model["weights_hash"], manifest.precision, "onnxruntime",
+    return LabelerSession(runner, text, manifest.preprocess_config(), manifest.model.display,
+                          manifest.weights_hash, manifest.precision, "onnxruntime",
                           **folder_encoders(folder, manifest, providers))
 
 
@@ -190,7 +145,7 @@ def folder_encoders(folder: Path, manifest: Manifest, providers: list) -> dict:
     from cdul_rt.engines.onnxrt.encoders import OnnxTextEncoder, OnnxVisualEncoder
 
     out = {"encode_images": OnnxVisualEncoder(folder, manifest, providers)} if "visual.onnx" in manifest.files else {}
-    if manifest.tokenizer.get("kind") == "clip-bpe" and "text.onnx" in manifest.files:
+    if manifest.tokenizer.kind == "clip-bpe" and "text.onnx" in manifest.files:
         out["encode_texts"] = OnnxTextEncoder(folder, manifest, providers)
     return out
 

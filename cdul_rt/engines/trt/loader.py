@@ -1,7 +1,7 @@
 """``--runtime tensorrt``: a labeler session from an artifact folder, building (or rebuilding) its engine on first use.
 
 The artifact folder (``--engine-dir``, written by ``cdul-rt export``; without it the same cached export as
-``--runtime onnxruntime`` is used, exported once) holds the ONNX graphs and ``manifest.json``; engines live in its
+``--runtime onnxruntime``, which :mod:`cdul_rt.prepare` finds or makes before the runtime opens it) holds the ONNX graphs and ``manifest.json``; engines live in its
 ``tensorrt/`` subfolder, keyed by ONNX hash, TensorRT version, GPU, precision and profile. A missing or stale engine
 is built here with a message, so moving the folder to another GPU or upgrading TensorRT costs one build instead of
 a crash. Torch is never imported when the folder exists.
@@ -28,10 +28,20 @@ def check_request(cfg) -> int:
     return dev.index
 
 
+def check_available(cfg) -> int:
+    """What can be refused before a folder exists or an engine is built (the device, TensorRT installed); returns
+    the CUDA index. :func:`cdul_rt.prepare.prepare_label_config` asks first, before any export."""
+    from cdul_rt.engines.trt.builder import import_tensorrt
+
+    device = check_request(cfg)
+    import_tensorrt()  # a CdulError naming the pip extra when TensorRT is missing, before any export or build
+    return device
+
+
 def labeler_engine(cfg, folder: Path, device: int):
     """Build or reuse the labeler engine for ``cfg`` from the artifact folder; returns a :class:`BuiltEngine`."""
     from cdul_rt.engines.trt.builder import import_tensorrt, resolve_typing, trt_major
-    from cdul_rt.export.tensorrt import ENGINE_FOLDER, TrtBuildConfig, available_precisions, build_engine, plan_sources
+    from cdul_rt.engines.trt.build import ENGINE_FOLDER, TrtBuildConfig, available_precisions, build_engine, plan_sources
 
     trt = import_tensorrt()
     extra = cfg.extra or {}
@@ -45,16 +55,13 @@ def labeler_engine(cfg, folder: Path, device: int):
 
 
 def open_labeler(cfg, vocab) -> LabelerSession:
-    from cdul_rt.engines.onnxrt.loader import cached_folder, class_embeddings, folder_encoders
-    from cdul_rt.engines.onnxrt.loader import check_request as check_artifacts
-    from cdul_rt.engines.trt.builder import import_tensorrt
+    from cdul_rt.artifacts.folder import check_request as check_artifacts
+    from cdul_rt.artifacts.manifest import verify_artifacts
+    from cdul_rt.engines.onnxrt.loader import artifact_folder, class_embeddings, folder_encoders
     from cdul_rt.engines.trt.runner import TrtLabelerRunner
-    from cdul_rt.export.manifest import verify_artifacts
-    from cdul_rt.preprocess import PreprocessConfig
 
-    device = check_request(cfg)
-    import_tensorrt()  # a CdulError naming the pip extra when TensorRT is missing, before any export or build
-    folder = Path(cfg.engine_dir) if cfg.engine_dir else cached_folder(cfg)
+    device = check_available(cfg)
+    folder = artifact_folder(cfg, "tensorrt")
     manifest = verify_artifacts(folder)  # every file (size + sha256) before any runtime starts
     # same model, weights, grid and mode; the precision may differ (TRT 10 builds fp16 from the fp32 graph)
     check_artifacts(manifest, folder, cfg.model, cfg.pretrained, cfg.weights, manifest.precision, cfg.grid, cfg.mode)
@@ -65,5 +72,5 @@ def open_labeler(cfg, vocab) -> LabelerSession:
                               chunk_images=(cfg.extra or {}).get("chunk_images"))
     # texts: text.onnx on the CPU (once per vocabulary); images: the labeler engine's image_embeddings, on the GPU
     texts = folder_encoders(folder, manifest, ["CPUExecutionProvider"]).get("encode_texts")
-    return LabelerSession(runner, text, PreprocessConfig.from_dict(manifest.preprocess), manifest.model["display"],
-                          manifest.model["weights_hash"], cfg.precision, "tensorrt", encode_texts=texts)
+    return LabelerSession(runner, text, manifest.preprocess_config(), manifest.model.display,
+                          manifest.weights_hash, cfg.precision, "tensorrt", encode_texts=texts)

@@ -1,4 +1,6 @@
-"""``cdul-rt export --engine tensorrt``: TensorRT engines from the ONNX graphs of an artifact folder.
+"""TensorRT engines from the ONNX graphs of an artifact folder (``cdul-rt export --engine tensorrt``, and
+``label --runtime tensorrt`` on first use). :mod:`~cdul_rt.engines.trt.builder` holds the TensorRT API calls;
+this module decides what to build, from which graph, and whether a stored engine is still good.
 
 For each graph (fused labeler, visual encoder, text encoder, classifier when exported) this picks the ONNX file the
 precision path needs (TRT 10 ``flag``: the fp32 graph + ``BuilderFlag.FP16``; ``strong``: the fp16 graph, the only
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from cdul_rt.artifacts.manifest import MANIFEST, FileEntry, check_file, read_manifest
 from cdul_rt.engines.trt.profiles import EngineKey, ProfileSpec, profile_shapes, shapes_to_json
 from cdul_rt.errors import CdulError
 
@@ -75,10 +78,10 @@ def onnx_input_shapes(path: Path) -> dict[str, tuple]:
     return shapes
 
 
-def _graph_file(folder: Path, files: dict, role: str, precision: str) -> tuple[Path, str] | None:
+def _graph_file(folder: Path, files: dict[str, FileEntry], role: str, precision: str) -> tuple[Path, str] | None:
     """The artifact file of ``role`` in ``precision``, from the manifest's ``files`` table."""
     for rel, entry in files.items():
-        if rel.endswith(".onnx") and entry.get("role") == role and entry.get("precision") == precision:
+        if rel.endswith(".onnx") and entry.role == role and entry.precision == precision:
             return folder / rel, precision
     return None
 
@@ -86,11 +89,9 @@ def _graph_file(folder: Path, files: dict, role: str, precision: str) -> tuple[P
 def clip_sources(artifact_dirs: list[Path], kinds: tuple[str, ...], onnx_precision: str) -> list[GraphSource]:
     """CLIP graphs of ``onnx_precision`` found in one or more artifact folders (an fp32 and an fp16 export may
     live in separate folders); verified against the manifest (size and sha256) before use."""
-    from cdul_rt.export.manifest import check_file, read_manifest
-
     found: dict[str, GraphSource] = {}
     for folder in artifact_dirs:
-        if not (folder / "manifest.json").is_file():
+        if not (folder / MANIFEST).is_file():
             continue
         m = read_manifest(folder)
         for kind in kinds:
@@ -100,7 +101,7 @@ def clip_sources(artifact_dirs: list[Path], kinds: tuple[str, ...], onnx_precisi
             if hit and kind not in found:
                 rel = hit[0].relative_to(folder).as_posix()
                 check_file(folder, rel, m.files[rel])
-                found[kind] = GraphSource(kind, hit[0], onnx_precision, int(m.labeler.get("grid", 3)))
+                found[kind] = GraphSource(kind, hit[0], onnx_precision, int(m.labeler.grid))
     return [found[k] for k in kinds if k in found]
 
 
@@ -185,12 +186,10 @@ def build_engine(src: GraphSource, out_dir: Path, cfg: TrtBuildConfig,
 
 def available_precisions(artifact_dirs: list[Path], classifier_dir: Path | None = None) -> set[str]:
     """Precisions of the ONNX graphs in the artifact folders (and a classifier export), from their manifests."""
-    from cdul_rt.export.manifest import read_manifest
-
     found: set[str] = set()
     for folder in artifact_dirs:
-        if (folder / "manifest.json").is_file():
-            found |= {e.get("precision") for rel, e in read_manifest(folder).files.items() if rel.endswith(".onnx")}
+        if (folder / MANIFEST).is_file():
+            found |= {e.precision for rel, e in read_manifest(folder).files.items() if rel.endswith(".onnx")}
         if (folder / CLASSIFIER_MANIFEST).is_file() and classifier_dir is None:
             found |= set(json.loads((folder / CLASSIFIER_MANIFEST).read_text(encoding="utf-8")).get("files", {}))
     if classifier_dir is not None and (classifier_dir / CLASSIFIER_MANIFEST).is_file():
