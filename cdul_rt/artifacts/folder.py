@@ -31,9 +31,9 @@ def folder_options(manifest: Manifest, given: set[str]) -> dict:
     file that is no longer there); ``pretrained`` and ``weights`` stay unset: the folder carries the weights and
     its weights hash is what the label file records.
     """
-    lab = manifest.labeler
+    lab, agg = manifest.labeler, manifest.labeler.aggregation
     known = {"model": manifest.model.arch, "pretrained": None, "weights": None, "grid": int(lab.grid),
-             "mode": lab.mode, "zeta": lab.zeta, "lam": lab.lam,
+             "mode": agg.mode, "zeta": agg.zeta, "lam": agg.lam,
              "precision": manifest.precision, "classes": vocabulary_option(manifest.vocabulary),
              "template": manifest.vocabulary.template}
     return {k: v for k, v in known.items() if k not in given and (v is not None or k in ("pretrained", "weights"))}
@@ -93,7 +93,7 @@ def check_request(manifest: Manifest, folder: Path, model: str, pretrained: str 
         raise CdulError(f"{folder} was exported from other weights than {weights} (sha256 differs); {fix}")
     lab = manifest.labeler
     for what, mine, theirs in (("precision", precision, manifest.precision), ("grid", grid, lab.grid),
-                               ("mode", mode, lab.mode)):
+                               ("mode", mode, lab.aggregation.mode)):
         if mine != theirs:
             raise CdulError(f"{folder} holds {theirs} graphs for --{what}, not {mine}; pass --{what} {theirs} "
                             f"or export another folder (`cdul-rt export --{what} {mine} ...`)")

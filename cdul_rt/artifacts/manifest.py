@@ -25,7 +25,8 @@ from these types is byte-identical to one written from the dicts of earlier vers
 - ``vocabulary`` (:class:`VocabularyInfo`): ``name``, ``classes``, ``prompts``, ``template``, ``embeddings``
   (relative ``.npy`` path): the vocabulary exported with the graphs.
 - ``labeler`` (:class:`LabelerInfo`): ``grid``, ``crops_per_image``, ``mode`` (baked into the graph), ``zeta`` and
-  ``lambda`` (the export defaults; both are graph inputs), ``inputs`` and ``outputs`` (names).
+  ``lambda`` (the export defaults; both are graph inputs) — together an :class:`~cdul_rt.aggregation.Aggregation` —,
+  ``inputs`` and ``outputs`` (names).
 - ``precision``: ``fp32``, ``fp16`` (fp16 weights/activations, LayerNorm/softmax/reductions fp32, fp32 I/O) or
   ``int8`` (dynamic quantisation of MatMul weights, for CPU); ``opset``; ``exporter``; ``versions`` (library
   versions at export); ``created``.
@@ -45,6 +46,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
+from cdul_rt.aggregation import Aggregation
 from cdul_rt.errors import CdulError
 from cdul_rt.fileio import atomic_write, sha256_file
 
@@ -74,14 +76,8 @@ class _Section:
     def to_dict(self) -> dict:
         return {self.JSON_NAMES.get(f.name, f.name): _plain(getattr(self, f.name)) for f in fields(self)}
 
-    def _field(self, key: str) -> str:
-        names = {self.JSON_NAMES.get(f.name, f.name): f.name for f in fields(self)}
-        if key not in names:
-            raise KeyError(key)
-        return names[key]
-
     def __getitem__(self, key: str) -> Any:
-        return getattr(self, self._field(key))
+        return self.to_dict()[key]
 
     def get(self, key: str, default: Any = None) -> Any:
         try:
@@ -144,15 +140,28 @@ class VocabularyInfo(_Section):
 
 @dataclass(frozen=True)
 class LabelerInfo(_Section):
-    JSON_NAMES: ClassVar[dict[str, str]] = {"lam": "lambda"}
+    """The fused labeler graph. Its aggregation is written flat (``mode``, ``zeta``, ``lambda``): the mode is baked
+    into the graph, zeta and lambda are the export defaults of its graph inputs."""
 
     grid: int = 3
     crops_per_image: int = 10
-    mode: str = "cdul"  # baked into the graph
-    zeta: float | None = None  # export defaults; both are graph inputs
-    lam: float | None = None
+    aggregation: Aggregation = field(default_factory=Aggregation)
     inputs: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "LabelerInfo":
+        if isinstance(data, cls):
+            return data
+        if not isinstance(data, Mapping):
+            raise CdulError(f"manifest section labeler must be a JSON object, got {type(data).__name__}; re-export "
+                            "the folder")
+        rest = {k: v for k, v in data.items() if k in ("grid", "crops_per_image", "inputs", "outputs")}
+        return cls(aggregation=Aggregation.from_dict(data), **rest)
+
+    def to_dict(self) -> dict:
+        return {"grid": self.grid, "crops_per_image": self.crops_per_image, **self.aggregation.to_dict(),
+                "inputs": self.inputs, "outputs": self.outputs}
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Callable
 
 from cdul_rt.errors import CdulError, require
-from cdul_rt.aggregation import DEFAULT_LAM, DEFAULT_ZETA, check_mode
-from cdul_rt.artifacts.manifest import MANIFEST, PRECISIONS, Manifest
+from cdul_rt.aggregation import DEFAULT_LAM, DEFAULT_ZETA, Aggregation, check_mode
+from cdul_rt.artifacts.manifest import (MANIFEST, PRECISIONS, ExportRequest, LabelerInfo, Manifest, ModelInfo,
+                                        TokenizerInfo, VocabularyInfo)
 from cdul_rt.vocab import DEFAULT_TEMPLATE, check_template, load_vocabulary
 
 OPSET = 17
@@ -70,7 +71,7 @@ def _versions() -> dict:
     return out
 
 
-def _tokenizer_info(bundle) -> dict:
+def _tokenizer_info(bundle) -> TokenizerInfo:
     """``clip-bpe`` when the model uses open_clip's plain CLIP tokenizer (re-implemented torch-free at run time)."""
     from open_clip.tokenizer import SimpleTokenizer, _clean_lower
 
@@ -79,25 +80,22 @@ def _tokenizer_info(bundle) -> dict:
              and len(tok.encoder) == 49408)
     ctx = int(getattr(tok, "context_length", 0) or bundle.model.context_length)
     if not plain:
-        return {"kind": "none", "context_length": ctx, "vocab_file": None, "sot_id": None, "eot_id": None}
-    return {"kind": "clip-bpe", "context_length": ctx, "vocab_file": TOKENIZER_FILE,
-            "sot_id": int(tok.sot_token_id), "eot_id": int(tok.eot_token_id)}
+        return TokenizerInfo("none", ctx)
+    return TokenizerInfo("clip-bpe", ctx, TOKENIZER_FILE, int(tok.sot_token_id), int(tok.eot_token_id))
 
 
 def _skeleton(opts: ExportOptions, bundle, vocab, emb_rel: str) -> Manifest:
     cfg = bundle.config
     labeler_inputs = ["crops", "text_embeddings", "zeta"] + (["lambda"] if opts.mode == "cdul" else [])
     return Manifest(
-        model={"arch": bundle.spec.arch, "pretrained": bundle.spec.pretrained, "display": bundle.model_id,
-               "weights_hash": bundle.weights_hash, "config": cfg, "logit_scale": bundle.logit_scale,
-               "embed_dim": int(cfg["embed_dim"]), "image_size": bundle.preprocess.size,
-               "request": {"model": opts.model, "pretrained": opts.pretrained}},
+        model=ModelInfo(bundle.spec.arch, bundle.spec.pretrained, bundle.model_id, bundle.weights_hash, cfg,
+                        bundle.logit_scale, int(cfg["embed_dim"]), bundle.preprocess.size,
+                        ExportRequest(opts.model, opts.pretrained)),
         preprocess=bundle.preprocess.to_dict(),
         tokenizer=_tokenizer_info(bundle),
-        vocabulary={"name": vocab.name, "classes": list(vocab.classes), "prompts": list(vocab.prompt_names),
-                    "template": opts.template, "embeddings": emb_rel},
-        labeler={"grid": opts.grid, "crops_per_image": 1 + opts.grid ** 2, "mode": opts.mode, "zeta": opts.zeta,
-                 "lambda": opts.lam, "inputs": labeler_inputs, "outputs": LABELER_OUTPUTS},
+        vocabulary=VocabularyInfo(vocab.name, list(vocab.classes), list(vocab.prompt_names), opts.template, emb_rel),
+        labeler=LabelerInfo(opts.grid, 1 + opts.grid ** 2, Aggregation(opts.mode, opts.zeta, opts.lam),
+                            labeler_inputs, list(LABELER_OUTPUTS)),
         precision=opts.precision, opset=opts.opset, exporter=EXPORTER, versions=_versions(),
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     )

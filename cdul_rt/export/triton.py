@@ -333,8 +333,8 @@ def write_triton_repository(artifact_dir: str | Path, out_dir: str | Path, opts:
             model = onnx.load(str(src.onnx))
             if kind == "labeler":
                 class_names, emb = _vocabulary_embeddings(folder, manifest, classes, template)
-                zeta = manifest.labeler.zeta if opts.zeta is None else opts.zeta
-                lam = manifest.labeler.lam if opts.lam is None else opts.lam
+                zeta = manifest.labeler.aggregation.zeta if opts.zeta is None else opts.zeta
+                lam = manifest.labeler.aggregation.lam if opts.lam is None else opts.lam
                 model = serving_labeler(model, cpi, emb, float(zeta), float(lam))
             max_batch, preferred = batching(kind, opts, cpi)
             cfg = model_config(kind, model, opts.backend, max_batch, preferred, opts.instances, opts.kind)
