@@ -15,23 +15,14 @@ output that gets more rows is carried back into the journal first, as ``LabelWri
 from __future__ import annotations
 
 import json
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from cdul_rt.errors import CdulError
-from cdul_rt.fileio import atomic_path, atomic_write
-from cdul_rt.labelfile import output_format, read_label_file, repair_tail
-
-DTYPE = np.float16
-COLUMN, NPZ_KEY = "embedding", "embeddings"
-
-
-def embedding_files(out: Path) -> dict[str, Path]:
-    base = out.with_name(out.name + ".embeddings")
-    return {"npy": Path(f"{base}.npy"), "paths": Path(f"{base}.paths.json"),
-            "journal": Path(f"{base}.journal.f16"), "journal_paths": Path(f"{base}.journal.jsonl")}
+from cdul_rt.formats import JOURNAL, label_format
+from cdul_rt.formats.base import EMBEDDING_DTYPE as DTYPE, embedding_files
+from cdul_rt.labelfile import read_label_file
 
 
 def clear_embeddings(out: Path) -> None:
@@ -44,7 +35,7 @@ class EmbeddingWriter:
 
     def __init__(self, out: str | Path) -> None:
         self.out = Path(out)
-        self.fmt = output_format(self.out)
+        self.format = label_format(self.out)
         self.files = embedding_files(self.out)
         self._raw = self._paths = None
         self.dim: int | None = None
@@ -55,7 +46,7 @@ class EmbeddingWriter:
         if not jp.is_file():
             raw.unlink(missing_ok=True)
             return 0
-        repair_tail(jp, "jsonl")
+        JOURNAL.repair(jp)
         lines = jp.read_text(encoding="utf-8", errors="surrogateescape").splitlines(keepends=True)
         if lines:
             self.dim = int(json.loads(lines[0])["dim"])
@@ -116,12 +107,7 @@ class EmbeddingWriter:
             return
         label_paths = read_label_file(self.out).paths
         emb = _aligned(self.files, n, self.dim or 0, label_paths)
-        if self.fmt in ("jsonl", "csv"):
-            _write_npy(self.files, label_paths, emb)
-        elif self.fmt == "npz":
-            _add_to_npz(self.out, emb)
-        else:
-            _add_to_parquet(self.out, label_paths, emb)
+        self.format.add_embeddings(self.out, label_paths, emb)
         self.files["journal"].unlink(missing_ok=True)
         self.files["journal_paths"].unlink(missing_ok=True)
 
@@ -142,90 +128,23 @@ def _aligned(files: dict[str, Path], n: int, dim: int, label_paths: list[str]) -
     return rows[order] if len(order) else np.zeros((0, dim), DTYPE)
 
 
-def _write_npy(files: dict[str, Path], paths: list[str], emb: np.ndarray) -> None:
-    with atomic_path(files["npy"], suffix=".partial.npy") as tmp:  # np.save appends .npy to any other name
-        np.save(tmp, emb.astype(DTYPE, copy=False))
-    atomic_write(files["paths"], json.dumps(paths, ensure_ascii=False), errors="surrogateescape")
-
-
-def _add_to_npz(out: Path, emb: np.ndarray) -> None:
-    with atomic_path(out) as tmp, zipfile.ZipFile(out) as src, \
-            zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as dst:
-        for item in src.infolist():
-            if item.filename != f"{NPZ_KEY}.npy":
-                with src.open(item) as r, dst.open(item.filename, "w", force_zip64=True) as w:
-                    while chunk := r.read(1 << 24):
-                        w.write(chunk)
-        with dst.open(f"{NPZ_KEY}.npy", "w", force_zip64=True) as w:
-            np.lib.format.write_array(w, np.ascontiguousarray(emb, dtype=DTYPE))
-
-
-def arrow_vectors(emb: np.ndarray):
-    """``[N, D]`` -> a pyarrow fixed-size-list<float16, D> array (the ``embedding`` column)."""
-    import pyarrow as pa
-
-    emb = np.ascontiguousarray(emb, dtype=DTYPE)
-    return pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1), pa.float16()), emb.shape[1])
-
-
-def _add_to_parquet(out: Path, paths: list[str], emb: np.ndarray) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    source = pq.ParquetFile(out)
-    schema = source.schema_arrow
-    if COLUMN in schema.names:
-        schema = schema.remove(schema.get_field_index(COLUMN))
-    schema = schema.append(pa.field(COLUMN, pa.list_(pa.float16(), emb.shape[1])))
-    start = 0
-    with atomic_path(out) as tmp, pq.ParquetWriter(tmp, schema) as writer:
-        for i in range(source.num_row_groups):
-            table = source.read_row_group(i)
-            if COLUMN in table.column_names:
-                table = table.drop_columns([COLUMN])
-            writer.write_table(table.append_column(COLUMN, arrow_vectors(emb[start:start + len(table)])).cast(schema))
-            start += len(table)
-
-
 def read_embeddings(label_file: str | Path, missing_ok: bool = False) -> tuple[list[str], np.ndarray] | None:
     """``(paths, float16 [N, D])`` saved with a label file by ``label --save-embeddings``."""
     label_file = Path(label_file)
     if label_file.is_dir():  # `label --cluster ray`'s Parquet shards
         return _read_shard_embeddings(label_file, missing_ok)
-    fmt = output_format(label_file)
-    files = embedding_files(label_file)
-    found = None
-    if fmt in ("jsonl", "csv") and files["npy"].is_file():
-        paths = json.loads(files["paths"].read_text(encoding="utf-8", errors="surrogateescape"))
-        found = paths, np.load(files["npy"], mmap_mode="r")
-    elif fmt == "npz" and label_file.is_file():
-        with np.load(label_file, allow_pickle=False) as z:
-            if NPZ_KEY in z.files:
-                found = [str(p) for p in z["paths"]], z[NPZ_KEY]
-    elif fmt == "parquet" and label_file.is_file():
-        import pyarrow.parquet as pq
-
-        if COLUMN in pq.ParquetFile(label_file).schema_arrow.names:
-            found = _column(pq.read_table(label_file, columns=["path", COLUMN]))
+    found = label_format(label_file).read_embeddings(label_file)
     if found is None and not missing_ok:
         raise CdulError(f"{label_file} has no saved embeddings; label with --save-embeddings (add --overwrite to "
                         "an existing output made without them)")
     return found
 
 
-def _column(table) -> tuple[list[str], np.ndarray]:
-    col = table.column(COLUMN).combine_chunks()
-    return (table.column("path").to_pylist(),
-            col.flatten().to_numpy(zero_copy_only=False).astype(DTYPE).reshape(-1, col.type.list_size))
-
-
 def _read_shard_embeddings(out: Path, missing_ok: bool) -> tuple[list[str], np.ndarray] | None:
-    import pyarrow.parquet as pq
-
     from cdul_rt.distributed.shards import label_shards
+    from cdul_rt.formats.parquet import FORMAT as PARQUET
 
-    parts = [_column(pq.read_table(f, columns=["path", COLUMN])) for f in label_shards(out)
-             if COLUMN in pq.ParquetFile(f).schema_arrow.names]
+    parts = [found for f in label_shards(out) if (found := PARQUET.read_embeddings(f)) is not None]
     if not parts:
         if missing_ok:
             return None

@@ -14,7 +14,6 @@ names its shards with a fresh run id, so a resumed job never overwrites earlier 
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from pathlib import Path
@@ -23,7 +22,8 @@ import numpy as np
 
 from cdul_rt.errors import CdulError
 from cdul_rt.fileio import atomic_path
-from cdul_rt.labelfile import PARTS, LabelTable, read_meta, select_labels, sidecar
+from cdul_rt.formats import FORMATS, parquet
+from cdul_rt.labelfile import LabelTable, read_meta, select_labels, sidecar
 
 FAILURES_DIR = "_failures"
 SHARD_GLOB = "part-*.parquet"
@@ -49,7 +49,7 @@ def prepare_output(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise CdulError(f"--out {out} is a file; with --cluster ray the output is a directory of Parquet shards "
                         "(e.g. --out labels.ray/)")
-    if out.suffix.lower() in (".jsonl", ".csv", ".npz"):
+    if out.suffix.lower() in FORMATS and FORMATS[out.suffix.lower()] is not parquet.FORMAT:
         raise CdulError(f"--out {out}: with --cluster ray the output is a directory of Parquet shards, not a "
                         f"{out.suffix} file; pass a directory name (e.g. --out {out.with_suffix('')}.ray)")
     fail_dir = out / FAILURES_DIR
@@ -107,12 +107,9 @@ class ShardWriter:
         self.threshold, self.top_k, self.save_parts = threshold, top_k, save_parts
         self.shard_rows, self.flush_seconds = shard_rows, flush_seconds
         self.run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
-        vec = pa.list_(pa.float32(), len(self.classes))
-        fields = [pa.field("path", pa.string()), pa.field("labels", pa.list_(pa.string())), pa.field("scores", vec)]
-        fields += [pa.field(k, vec) for k in (PARTS if save_parts else ())]
-        self.schema = pa.schema(fields, metadata={"cdul_rt.classes": json.dumps(self.classes)})
+        self.schema = parquet.schema(self.classes, save_parts)  # plain `label`'s .parquet schema
         self.fail_schema = pa.schema([pa.field("path", pa.string()), pa.field("reason", pa.string())])
-        self._rows: dict[str, list] = {f.name: [] for f in fields}
+        self._rows: dict[str, list] = {name: [] for name in self.schema.names}
         self._embeddings: list[np.ndarray] = []  # its width is known from the first rows
         self._fails: dict[str, list] = {"path": [], "reason": []}
         self._seen: set[str] = set()
@@ -155,12 +152,6 @@ class ShardWriter:
         if pending >= self.shard_rows or (pending and time.monotonic() - self._last >= self.flush_seconds):
             self.flush()
 
-    def _vectors(self, rows: list[np.ndarray]):
-        import pyarrow as pa
-
-        flat = np.asarray(rows, dtype=np.float32).reshape(-1)
-        return pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), len(self.classes))
-
     def flush(self) -> None:
         import pyarrow as pa
 
@@ -174,13 +165,13 @@ class ShardWriter:
         if self._rows["path"]:
             cols = {"path": pa.array(self._rows["path"], pa.string()),
                     "labels": pa.array(self._rows["labels"], pa.list_(pa.string()))}
-            cols.update({k: self._vectors(v) for k, v in self._rows.items() if k not in ("path", "labels")})
+            cols.update({k: parquet.arrow_vectors(v, len(self.classes)) for k, v in self._rows.items()
+                         if k not in ("path", "labels")})
             schema = self.schema
             if self._embeddings:
-                from cdul_rt.embeddings import COLUMN, arrow_vectors
-
-                cols[COLUMN] = arrow_vectors(np.asarray(self._embeddings))
-                schema = schema.append(pa.field(COLUMN, cols[COLUMN].type))
+                emb, column = np.asarray(self._embeddings), parquet.EMBEDDING_COLUMN
+                cols[column] = parquet.arrow_vectors(emb, emb.shape[1], parquet.EMBEDDING_DTYPE)
+                schema = schema.append(pa.field(column, cols[column].type))
                 self._embeddings = []
             _atomic_write(pa.table(cols, schema=schema), self.out / name)
             if self.on_shard is not None:
@@ -206,15 +197,8 @@ def read_shards(out: str | Path) -> LabelTable:
         classes = meta.get("classes", [])
         return LabelTable([], classes, np.zeros((0, len(classes)), np.float32), {}, meta)
     t = pa.concat_tables([pq.read_table(f) for f in files])
-    classes = json.loads((t.schema.metadata or {}).get(b"cdul_rt.classes", b"[]")) or meta.get("classes", [])
     order = np.argsort(np.asarray(t.column("path").to_pylist(), dtype=object), kind="stable")
-    t = t.take(pa.array(order))
-
-    def dense(col: str) -> np.ndarray:
-        return t.column(col).combine_chunks().flatten().to_numpy().astype(np.float32).reshape(len(t), len(classes))
-
-    parts = {k: dense(k) for k in PARTS if k in t.column_names}
-    return LabelTable(t.column("path").to_pylist(), classes, dense("scores"), parts, meta)
+    return parquet.label_table(t.take(pa.array(order)), meta)
 
 
 def read_failures(out: str | Path) -> list[tuple[str, str]]:
