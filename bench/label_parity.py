@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +24,7 @@ from pathlib import Path
 FORMATS = ("jsonl", "csv", "parquet", "npz")
 COMMON = ["--model", "cdul-tiny", "--classes", "synth", "-q", "-j", "0", "-b", "4"]
 VOLATILE = {"created", "started", "finished", "updated", "time", "host", "hostname", "pid", "elapsed_s", "wall_s",
-            "cdul_rt_version", "version", "command", "argv", "cwd", "seconds", "images_per_s"}
+            "cdul_rt_version", "version", "command", "argv", "cwd", "seconds", "images_per_s", "images_per_second"}
 
 
 def cli(*args: str, env: dict) -> None:
@@ -77,22 +78,36 @@ def make(out: Path, n: int) -> None:
     print(f"wrote {out}")
 
 
-def _strip(obj):
+def _strip(obj, root: str = ""):
+    """Drop the fields that name a time, a speed or the process; write the output folder's own path as ROOT."""
     if isinstance(obj, dict):
-        return {k: _strip(v) for k, v in obj.items() if k not in VOLATILE}
+        return {_strip(k, root): _strip(v, root) for k, v in obj.items() if k not in VOLATILE}
     if isinstance(obj, list):
-        return [_strip(v) for v in obj]
+        return [_strip(v, root) for v in obj]
+    if isinstance(obj, str):
+        return re.sub(r"Ray node [0-9a-f]+", "Ray node ID", obj.replace(root, "ROOT") if root else obj)
     return obj
 
 
+def _differences(x, y, at: str = "") -> list[str]:
+    if isinstance(x, dict) and isinstance(y, dict):
+        return [d for k in sorted(set(x) | set(y)) for d in
+                ([f"{at}/{k} only on one side"] if (k in x) != (k in y) else _differences(x[k], y[k], f"{at}/{k}"))]
+    return [] if x == y else [f"{at}: {json.dumps(x)[:80]} vs {json.dumps(y)[:80]}"]
+
+
+def _root(path: Path) -> str:
+    return str(path.parent.parent) if path.parent.name == "labels" else str(path.parent.parent.parent)
+
+
 def _same_json(a: Path, b: Path) -> str | None:
-    ja, jb = _strip(json.loads(a.read_text())), _strip(json.loads(b.read_text()))
-    return None if ja == jb else f"differs: {json.dumps(ja)[:300]} vs {json.dumps(jb)[:300]}"
+    ja, jb = _strip(json.loads(a.read_text()), _root(a)), _strip(json.loads(b.read_text()), _root(b))
+    return None if ja == jb else "; ".join(_differences(ja, jb))
 
 
 def _same_jsonl(a: Path, b: Path) -> str | None:
-    la = [_strip(json.loads(x)) for x in a.read_text().splitlines() if x.strip()]
-    lb = [_strip(json.loads(x)) for x in b.read_text().splitlines() if x.strip()]
+    la = [_strip(json.loads(x), _root(a)) for x in a.read_text().splitlines() if x.strip()]
+    lb = [_strip(json.loads(x), _root(b)) for x in b.read_text().splitlines() if x.strip()]
     return None if la == lb else f"{len(la)} vs {len(lb)} lines; first difference at line " \
         f"{next((i for i, (x, y) in enumerate(zip(la, lb)) if x != y), min(len(la), len(lb)))}"
 
