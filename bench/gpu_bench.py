@@ -231,13 +231,13 @@ class Bench:
     def onnxruntime_cuda(self) -> None:
         import onnxruntime as ort
 
+        from cdul_rt.aggregation import Aggregation
         from cdul_rt.engines.gpu import ORT_CUDA, ort_providers
 
         if self.device.startswith("cuda") and ORT_CUDA not in ort.get_available_providers():
             raise SkipSection("onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)")
         folder = self.export("fp32")
-        feed = {**self.feed(self.size, self.dim), "zeta": np.array([0.3], np.float32),
-                "lambda": np.array([1.0], np.float32)}
+        feed = {**self.feed(self.size, self.dim), **Aggregation().graph_feeds()}
         sess = ort.InferenceSession(str(folder / "labeler.onnx"),
                                     providers=ort_providers(self.device, "fp32", use_tensorrt=False))
         names = [i.name for i in sess.get_inputs()]
@@ -253,6 +253,7 @@ class Bench:
             import tensorrt
         except Exception as exc:  # noqa: BLE001
             raise SkipSection(f"TensorRT not importable ({type(exc).__name__})") from exc
+        from cdul_rt.aggregation import Aggregation
         from cdul_rt.engines.trt.profiles import ProfileSpec
         from cdul_rt.engines.trt.runner import TrtLabelerRunner
         from cdul_rt.engines.trt.build import TrtBuildConfig, build_engines
@@ -271,8 +272,8 @@ class Bench:
         # the runner's default of two chunks (the second chunk's upload runs under the first chunk's compute)
         times = {}
         for label, chunk in (("1 chunk, no overlap", self.images), ("2 chunks, copy/compute overlap", None)):
-            with TrtLabelerRunner(built.plan, grid=3, image_size=self.size, embed_dim=self.dim, zeta=0.3,
-                                  lam=1.0, chunk_images=chunk) as runner:
+            with TrtLabelerRunner(built.plan, grid=3, image_size=self.size, embed_dim=self.dim,
+                                  **Aggregation().numbers(), chunk_images=chunk) as runner:
                 parity(self.r, f"tensorrt fp16 ({label})", self.ref, runner.infer(feed))
                 times[label] = timed(lambda: runner.infer(feed), 3, 10)
                 row(self.r, "tensorrt", "fp16", f"labeler, host in/out, {label}", self.images, times[label])

@@ -34,6 +34,8 @@ DEFAULT_LAM = 1.0  # paper Table 1: lambda = 1 (element-wise max of global and a
 # label-file metadata record it under, which is also the labeler graph's float32 [1] input of that name
 PARAMS = {"zeta": "zeta", "lam": "lambda"}
 GRAPH_PARAMS = tuple(PARAMS.values())  # the labeler's parameter input names, traced in this order after crops, text
+OPTIONS = ("mode", *PARAMS)  # the option names (CLI, LabelConfig, ExportOptions, Labeler.open) that make the value
+FILE_KEYS = {"mode": "mode", **PARAMS}  # option name -> key in manifests and label-file metadata
 # the parameters each mode's labeler graph reads: S_ag (an output in every mode) uses zeta; only cdul mixes with lam.
 # The exporter traces every parameter as an input; the ONNX graph keeps the ones its mode uses.
 MODE_PARAMS = {"cdul": ("zeta", "lam"), "global": ("zeta",), "avg": ("zeta",), "max": ("zeta",)}
@@ -63,7 +65,16 @@ class Aggregation:
         if not (math.isfinite(self.lam) and self.lam >= 0):
             raise CdulError(f"--lam must be a finite number >= 0 (1 = max, 0 = mean), got {self.lam}")
 
+    @classmethod
+    def from_options(cls, options) -> Aggregation:
+        """The value of an options object with :data:`OPTIONS` attributes (``LabelConfig``, ``ExportOptions``)."""
+        return cls(**{name: getattr(options, name) for name in OPTIONS})
+
     # -- records -----------------------------------------------------------------------------------------------
+    def options(self) -> dict:
+        """:data:`OPTIONS` as keyword arguments (``mode``, ``zeta``, ``lam``) of an options object."""
+        return {"mode": self.mode, **self.numbers()}
+
     def numbers(self) -> dict[str, float]:
         """The numeric parameters by field name (``zeta``, ``lam``): keyword arguments of the graph runners."""
         return {name: getattr(self, name) for name in PARAMS}
@@ -76,14 +87,20 @@ class Aggregation:
         """``{"mode", "zeta", "lambda"}`` as manifests and label-file metadata record them."""
         return {"mode": self.mode, **self.params_dict()}
 
+    @staticmethod
+    def recorded_options(record: dict) -> dict:
+        """The options a manifest/metadata record holds, by option name (``lam`` for ``"lambda"``); ``None`` for
+        the ones it lacks. Unchecked: for filling in options, which are checked where they are used."""
+        return {name: record.get(key) for name, key in FILE_KEYS.items()}
+
     @classmethod
     def from_dict(cls, record: dict) -> Aggregation:
         """The value a manifest's ``labeler`` section or a label file's ``config`` records (extra keys ignored)."""
-        missing = [k for k in ("mode", *PARAMS.values()) if k not in record]
+        missing = [k for k in FILE_KEYS.values() if k not in record]
         if missing:
             raise CdulError(f"the aggregation record lacks {', '.join(missing)} (has {', '.join(sorted(record))}); "
                             "it was not written by cdul-rt: export or label again")
-        return cls(record["mode"], **{name: record[key] for name, key in PARAMS.items()})
+        return cls(**{name: record[key] for name, key in FILE_KEYS.items()})
 
     def replace(self, **changes) -> Aggregation:
         """A copy with some fields changed (``None`` values are ignored: "not given, keep this one")."""

@@ -11,7 +11,7 @@ from cdul_rt.crops import check_grid
 from cdul_rt.errors import CdulError
 from cdul_rt.imageio import DEFAULT_MAX_PIXELS, iter_images, relative_name
 from cdul_rt.labelfile import LabelWriter, output_format, read_meta
-from cdul_rt.aggregation import DEFAULT_LAM, DEFAULT_ZETA, check_mode
+from cdul_rt.aggregation import DEFAULT_LAM, DEFAULT_ZETA, Aggregation
 from cdul_rt.presets import DEFAULT_MODEL
 from cdul_rt.runmeta import (RunFiles, check_config, check_out_path, check_resume, locked_output, write_meta)
 from cdul_rt.vocab import DEFAULT_TEMPLATE, Vocabulary, check_template, load_vocabulary
@@ -66,6 +66,11 @@ class LabelConfig:
             chosen = choose(self.runtime, self.precision, self.device, self.engine_dir)
             self.runtime, self.precision = chosen.runtime, chosen.precision
 
+    @property
+    def aggregation(self) -> Aggregation:
+        """``mode``, ``zeta`` and ``lam`` as one checked value (a bad one raises the option's CdulError)."""
+        return Aggregation.from_options(self)
+
     def validate(self) -> None:
         if not self.input.exists():
             raise CdulError(f"input {self.input} does not exist")
@@ -74,7 +79,7 @@ class LabelConfig:
 
     def check_options(self) -> None:
         """The rules for every option but the input and output (shared with ``cdul_rt.Labeler.open``)."""
-        check_mode(self.mode)
+        self.aggregation  # noqa: B018 - building the value checks mode, zeta and lam
         check_template(self.template)
         check_grid(self.grid)
         if self.batch_size < 1:
@@ -90,10 +95,6 @@ class LabelConfig:
 
 def check_numbers(cfg: LabelConfig) -> None:
     """Numeric options: finite and in range (NaN passes every ``<`` test, so test for the good range)."""
-    if not (math.isfinite(cfg.zeta) and 0.0 <= cfg.zeta <= 1.0):
-        raise CdulError(f"--zeta must be in [0, 1] (paper: 0-0.4), got {cfg.zeta}")
-    if not (math.isfinite(cfg.lam) and cfg.lam >= 0):
-        raise CdulError(f"--lam must be a finite number >= 0 (1 = max, 0 = mean), got {cfg.lam}")
     if not (math.isfinite(cfg.threshold) and 0.0 <= cfg.threshold <= 1.0):
         raise CdulError(f"--threshold must be in [0, 1] (scores are probabilities), got {cfg.threshold}")
     if cfg.top_k is not None and cfg.top_k < 1:
@@ -123,10 +124,11 @@ class LabelSummary:
 
 
 def _recorded_config(cfg: LabelConfig, vocab: Vocabulary, session, decode_on: str | None = None) -> dict:
+    agg = cfg.aggregation
     return {
         "classes": list(vocab.classes), "prompts": list(vocab.prompt_names), "template": cfg.template,
         "model": session.model, "weights_hash": session.weights_hash, "runtime": session.runtime,
-        "precision": session.precision, "grid": cfg.grid, "zeta": cfg.zeta, "lambda": cfg.lam, "mode": cfg.mode,
+        "precision": session.precision, "grid": cfg.grid, **agg.params_dict(), "mode": agg.mode,
         "threshold": cfg.threshold, "top_k": cfg.top_k, "save_parts": cfg.save_parts,
         "preprocess": session.preprocess.to_dict(),
         # recorded only when on, so label files made before the option existed still resume

@@ -40,8 +40,8 @@ def cached_folder(cfg) -> Path:
     from cdul_rt.export.clip import ExportOptions, export_clip
 
     export_clip(ExportOptions(out=folder, model=cfg.model, pretrained=cfg.pretrained, weights=cfg.weights,
-                              classes=cfg.classes, template=cfg.template, grid=cfg.grid, mode=cfg.mode,
-                              zeta=cfg.zeta, lam=cfg.lam, precision=cfg.precision))
+                              classes=cfg.classes, template=cfg.template, grid=cfg.grid,
+                              **cfg.aggregation.options(), precision=cfg.precision))
     return folder
 
 

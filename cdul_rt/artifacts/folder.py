@@ -15,11 +15,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from cdul_rt.aggregation import OPTIONS as AGGREGATION_OPTIONS
 from cdul_rt.artifacts.manifest import Manifest, VocabularyInfo, read_manifest
 from cdul_rt.errors import CdulError
 
 # label options a folder can supply (the user's value, when given, is checked against the folder instead)
-FOLDER_OPTIONS = ("model", "pretrained", "weights", "grid", "mode", "zeta", "lam", "precision", "classes", "template")
+FOLDER_OPTIONS = ("model", "pretrained", "weights", "grid", *AGGREGATION_OPTIONS, "precision", "classes", "template")
 # runtimes that run an artifact folder (torch ignores --engine-dir; auto opens torch as its reference)
 FOLDER_RUNTIMES = ("onnxruntime", "tensorrt")
 
@@ -31,10 +32,9 @@ def folder_options(manifest: Manifest, given: set[str]) -> dict:
     file that is no longer there); ``pretrained`` and ``weights`` stay unset: the folder carries the weights and
     its weights hash is what the label file records.
     """
-    lab, agg = manifest.labeler, manifest.labeler.aggregation
+    lab = manifest.labeler
     known = {"model": manifest.model.arch, "pretrained": None, "weights": None, "grid": int(lab.grid),
-             "mode": agg.mode, "zeta": agg.zeta, "lam": agg.lam,
-             "precision": manifest.precision, "classes": vocabulary_option(manifest.vocabulary),
+             **lab.aggregation.options(), "precision": manifest.precision, "classes": vocabulary_option(manifest.vocabulary),
              "template": manifest.vocabulary.template}
     return {k: v for k, v in known.items() if k not in given and (v is not None or k in ("pretrained", "weights"))}
 

@@ -104,11 +104,11 @@ def _scores(model, x, text, grid: int):
     """S_final ``[k, C]`` numpy from the crops of k images (what every hand-written contender computes)."""
     import torch
 
-    from cdul_rt.aggregation import DEFAULT_LAM, DEFAULT_ZETA, aggregate_torch
+    from cdul_rt.aggregation import Aggregation
 
     emb = torch.nn.functional.normalize(model.encode_image(x).float(), dim=-1)
     s = (model.logit_scale.exp().float() * emb @ text.T).softmax(dim=-1)
-    return aggregate_torch(s.view(-1, 1 + grid * grid, s.shape[-1]), "cdul", DEFAULT_ZETA, DEFAULT_LAM)[0]
+    return Aggregation().apply_torch(s.view(-1, 1 + grid * grid, s.shape[-1]))[0]
 
 
 def _views(path: Path, grid: int):

@@ -228,9 +228,8 @@ class _Bench:
 
             return open_session(label_cfg, self.vocab)  # the cached export found or made first, as `label` does
         ref = self.reference
-        runner = TorchLabelerRunner(ref.runner.bundle, grid=label_cfg.grid, mode=label_cfg.mode, zeta=label_cfg.zeta,
-                                    lam=label_cfg.lam, precision=cand.precision, device=cand.device,
-                                    compile=label_cfg.compile)
+        runner = TorchLabelerRunner(ref.runner.bundle, grid=label_cfg.grid, aggregation=label_cfg.aggregation,
+                                    precision=cand.precision, device=cand.device, compile=label_cfg.compile)
         return LabelerSession(runner, ref.text_embeddings, ref.preprocess, ref.model, ref.weights_hash,
                               cand.precision, "torch", **torch_encoders(ref.runner.bundle, runner))
 

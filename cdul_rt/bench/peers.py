@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cdul_rt.aggregation import Aggregation
 from cdul_rt.crops import grid_boxes
-from cdul_rt.aggregation import aggregate_np
 
 
 def open_clip_preprocess(model):
@@ -25,7 +25,7 @@ def open_clip_preprocess(model):
     return image_transform_v2(PreprocessCfg(**open_clip.get_model_preprocess_cfg(model)), is_train=False)
 
 
-def naive_label(model, preprocess, path: Path, text, grid: int, mode: str, zeta: float, lam: float) -> np.ndarray:
+def naive_label(model, preprocess, path: Path, text, grid: int, aggregation: Aggregation) -> np.ndarray:
     """S_final ``[C]`` for one image, one crop at a time: ``[S_final, S_global, S_ag]`` stacked ``[3, C]``."""
     import torch
     from PIL import Image
@@ -38,12 +38,12 @@ def naive_label(model, preprocess, path: Path, text, grid: int, mode: str, zeta:
             emb = model.encode_image(preprocess(view).unsqueeze(0))
             emb = emb / emb.norm(dim=-1, keepdim=True)
             scores.append((model.logit_scale.exp() * emb @ text.T).softmax(dim=-1)[0].numpy())
-    final, s_global, s_ag = aggregate_np(np.stack(scores)[None], mode, zeta, lam)
+    final, s_global, s_ag = aggregation.apply_np(np.stack(scores)[None])
     return np.stack([final[0], s_global[0], s_ag[0]])
 
 
 def run_naive(bundle, paths: list[Path], text_embeddings: np.ndarray, out: Path, grid: int = 3,
-              mode: str = "cdul", zeta: float = 0.3, lam: float = 1.0, warmup: int = 1,
+              aggregation: Aggregation = Aggregation(), warmup: int = 1,
               classes: list[str] | None = None) -> tuple[list[float], np.ndarray]:
     """Seconds per image (after ``warmup`` untimed images) and S_final ``[n, C]`` of the timed images."""
     import torch
@@ -51,13 +51,13 @@ def run_naive(bundle, paths: list[Path], text_embeddings: np.ndarray, out: Path,
     model, text = bundle.model, torch.from_numpy(text_embeddings)
     preprocess = open_clip_preprocess(model)
     for p in paths[:warmup]:
-        naive_label(model, preprocess, p, text, grid, mode, zeta, lam)
+        naive_label(model, preprocess, p, text, grid, aggregation)
     seconds, finals = [], []
     names = classes or [str(i) for i in range(text.shape[0])]
     with open(out, "w", encoding="utf-8") as f:
         for p in paths[warmup:]:
             t = time.perf_counter()
-            s = naive_label(model, preprocess, p, text, grid, mode, zeta, lam)
+            s = naive_label(model, preprocess, p, text, grid, aggregation)
             f.write(json.dumps({"path": p.name, "scores": dict(zip(names, s[0].tolist()))}) + "\n")
             seconds.append(time.perf_counter() - t)
             finals.append(s[0])

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import click
 
-from cdul_rt.cli.options import model_options, vocab_options
-from cdul_rt.aggregation import DEFAULT_LAM, DEFAULT_ZETA, MODES
+from cdul_rt.cli.options import aggregation_options, model_options, vocab_options
 from cdul_rt.vocab import DEFAULT_TEMPLATE
 
 
@@ -68,9 +67,7 @@ def _triton_options(trt_cfg):
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
               help="fp16: fp16 weights, LayerNorm/softmax/reductions fp32, fp32 I/O. int8: dynamic quantisation (CPU).")
 @click.option("--grid", "-g", default=3, show_default=True, help="Snippet grid size g baked into the labeler graph.")
-@click.option("--mode", type=click.Choice(MODES), default="cdul", show_default=True, help="Aggregation mode.")
-@click.option("--zeta", default=DEFAULT_ZETA, show_default=True, type=float, help="Default zeta (a graph input).")
-@click.option("--lam", default=DEFAULT_LAM, show_default=True, type=float, help="Default lambda (a graph input).")
+@aggregation_options("export")
 @click.option("--opset", default=17, show_default=True, help="ONNX opset (>= 17).")
 @click.option("--verify", is_flag=True, help="Print a parity table against the torch fp32 reference; fail if off.")
 @click.option("--verify-images", type=click.Path(exists=True, path_type=Path), multiple=True,

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import click
 
-from cdul_rt.cli.options import model_options, vocab_options
-from cdul_rt.aggregation import DEFAULT_LAM, DEFAULT_ZETA, MODES
+from cdul_rt.cli.options import aggregation_options, model_options, vocab_options
 
 
 def given_options(ctx: click.Context, names) -> set[str]:
@@ -31,12 +30,7 @@ def _default_workers() -> int:
 @model_options
 @vocab_options
 @click.option("--grid", "-g", default=3, show_default=True, help="Snippet grid size g (1 + g^2 crops per image).")
-@click.option("--mode", type=click.Choice(MODES), default="cdul", show_default=True,
-              help="Aggregation: cdul (global-local max-min, the paper's), global, avg or max.")
-@click.option("--zeta", default=DEFAULT_ZETA, show_default=True, type=float,
-              help="Snippet threshold: a class keeps its max snippet score when it reaches zeta, else its min.")
-@click.option("--lam", default=DEFAULT_LAM, show_default=True, type=float,
-              help="lambda in S_final = (S_global + S_ag + lambda*|S_global - S_ag|)/2; 1 = max, 0 = mean.")
+@aggregation_options("label")
 @click.option("--threshold", default=0.5, show_default=True, type=float,
               help="Classes with S_final at or above this are listed under 'labels'.")
 @click.option("--top-k", type=int, default=None, help="List the k best classes under 'labels' instead.")

@@ -5,8 +5,7 @@ from __future__ import annotations
 import click
 
 from cdul_rt.cli.label import given_options
-from cdul_rt.cli.options import model_options, vocab_options
-from cdul_rt.aggregation import MODES
+from cdul_rt.cli.options import aggregation_options, model_options, vocab_options
 from cdul_rt.serve.server import DEFAULT_MAX_REQUEST_BYTES
 
 
@@ -23,9 +22,7 @@ from cdul_rt.serve.server import DEFAULT_MAX_REQUEST_BYTES
 @click.option("--precision", default=None,
               help="fp32, bf16, fp16, int8 (default: label's rule, fp32 on CPU; the folder's with --engine-dir).")
 @click.option("--grid", "-g", type=int, default=None, help="Snippet grid size g (default 3, or the folder's).")
-@click.option("--mode", type=click.Choice(MODES), default=None, help="Aggregation (default cdul, or the folder's).")
-@click.option("--zeta", type=float, default=None, help="Snippet threshold (default 0.3, or the folder's).")
-@click.option("--lam", type=float, default=None, help="lambda of S_final (default 1, or the folder's).")
+@aggregation_options("serve")
 @click.option("--threshold", default=0.5, show_default=True, type=float,
               help="Classes with S_final at or above this are returned as 'labels'.")
 @click.option("--top-k", type=int, default=None, help="Return the k best classes as 'labels' instead.")

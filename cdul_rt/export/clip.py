@@ -19,8 +19,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
+from cdul_rt.aggregation import DEFAULT_LAM, DEFAULT_ZETA, GRAPH_PARAMS, Aggregation
 from cdul_rt.errors import CdulError, require
-from cdul_rt.aggregation import DEFAULT_LAM, DEFAULT_ZETA, Aggregation, check_mode
 from cdul_rt.artifacts.manifest import (MANIFEST, PRECISIONS, ExportRequest, LabelerInfo, Manifest, ModelInfo,
                                         TokenizerInfo, VocabularyInfo)
 from cdul_rt.vocab import DEFAULT_TEMPLATE, check_template, load_vocabulary
@@ -47,6 +47,11 @@ class ExportOptions:
     precision: str = "fp32"
     opset: int = OPSET
 
+    @property
+    def aggregation(self) -> Aggregation:
+        """``mode`` (baked into the labeler graph) and the default ``zeta``/``lam`` recorded in the manifest."""
+        return Aggregation.from_options(self)
+
     def validate(self) -> None:
         if self.precision not in PRECISIONS:
             raise CdulError(f"--precision for ONNX export must be one of {', '.join(PRECISIONS)}, got "
@@ -55,7 +60,7 @@ class ExportOptions:
             raise CdulError(f"--opset must be >= 17 (LayerNormalization), got {self.opset}")
         if self.grid < 1:
             raise CdulError(f"--grid must be >= 1, got {self.grid}")
-        check_mode(self.mode)
+        self.aggregation  # noqa: B018 - building the value checks mode, zeta and lam
         check_template(self.template)
 
 
@@ -86,7 +91,7 @@ def _tokenizer_info(bundle) -> TokenizerInfo:
 
 def _skeleton(opts: ExportOptions, bundle, vocab, emb_rel: str) -> Manifest:
     cfg = bundle.config
-    labeler_inputs = ["crops", "text_embeddings", "zeta"] + (["lambda"] if opts.mode == "cdul" else [])
+    agg = opts.aggregation
     return Manifest(
         model=ModelInfo(bundle.spec.arch, bundle.spec.pretrained, bundle.model_id, bundle.weights_hash, cfg,
                         bundle.logit_scale, int(cfg["embed_dim"]), bundle.preprocess.size,
@@ -94,8 +99,8 @@ def _skeleton(opts: ExportOptions, bundle, vocab, emb_rel: str) -> Manifest:
         preprocess=bundle.preprocess.to_dict(),
         tokenizer=_tokenizer_info(bundle),
         vocabulary=VocabularyInfo(vocab.name, list(vocab.classes), list(vocab.prompt_names), opts.template, emb_rel),
-        labeler=LabelerInfo(opts.grid, 1 + opts.grid ** 2, Aggregation(opts.mode, opts.zeta, opts.lam),
-                            labeler_inputs, list(LABELER_OUTPUTS)),
+        labeler=LabelerInfo(opts.grid, 1 + opts.grid ** 2, agg, ["crops", "text_embeddings", *agg.graph_inputs],
+                            list(LABELER_OUTPUTS)),
         precision=opts.precision, opset=opts.opset, exporter=EXPORTER, versions=_versions(),
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     )
@@ -145,7 +150,6 @@ def export_fp32_graphs(bundle, folder: Path, grid: int, mode: str, opset: int = 
     n = 2 * (1 + grid * grid)  # example sizes only; every leading dimension is dynamic
     crops = torch.randn(n, 3, s, s)
     text = torch.nn.functional.normalize(torch.randn(5, d), dim=-1)
-    zeta, lam = torch.tensor([DEFAULT_ZETA]), torch.tensor([DEFAULT_LAM])
     paths = {"visual.onnx": folder / "visual.onnx"}
     _trace(build_visual(bundle.model), (crops,), paths["visual.onnx"], ["crops"], ["image_embeddings"],
            {"crops": {0: "crops"}, "image_embeddings": {0: "crops"}}, opset)
@@ -159,8 +163,11 @@ def export_fp32_graphs(bundle, folder: Path, grid: int, mode: str, opset: int = 
         _fix_output_width(paths["text.onnx"], "text_embeddings", d)
     per_image = {0: "images", 1: "classes"}
     paths["labeler.onnx"] = folder / "labeler.onnx"
-    _trace(build_labeler(bundle.model, bundle.logit_scale, grid, mode), (crops, text, zeta, lam),
-           paths["labeler.onnx"], ["crops", "text_embeddings", "zeta", "lambda"], LABELER_OUTPUTS,
+    # every aggregation parameter is traced as an input (its value then does not matter); the mode's graph keeps
+    # the ones it reads (Aggregation.graph_inputs)
+    _trace(build_labeler(bundle.model, bundle.logit_scale, grid, mode),
+           (crops, text, *Aggregation(mode).trace_inputs()), paths["labeler.onnx"],
+           ["crops", "text_embeddings", *GRAPH_PARAMS], LABELER_OUTPUTS,
            {"crops": {0: "crops"}, "text_embeddings": {0: "classes"}, **{o: per_image for o in SCORE_OUTPUTS},
             "image_embeddings": {0: "images"}}, opset)
     _fix_output_width(paths["labeler.onnx"], "image_embeddings", d)

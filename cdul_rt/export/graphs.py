@@ -1,7 +1,8 @@
 """The torch modules that are traced into ``visual.onnx``, ``text.onnx`` and ``labeler.onnx``.
 
 Each wraps an open_clip CLIP and adds only what the graph contract needs (L2 normalisation, int32 tokens, the CDUL
-scoring head); the math itself is :mod:`cdul_rt.labeling` and :mod:`cdul_rt.aggregation`, the same functions the torch runtime runs.
+scoring head); the math itself is :mod:`cdul_rt.labeling` and :mod:`cdul_rt.aggregation`, the same functions the
+torch runtime runs.
 """
 
 from __future__ import annotations
@@ -78,24 +79,26 @@ def build_labeler(model, logit_scale: float, grid: int, mode: str):
     """The fused labeler: crops of k images + class text embeddings -> ``S_final, S_global, S_ag`` ``[k, C]`` and
     ``image_embeddings`` ``[k, D]`` (each image's global view, L2-normalised; same encoder call, no second pass).
 
-    ``zeta`` and ``lambda`` are graph inputs (float32 ``[1]``) so one export serves every threshold; the mode and
-    the grid change the graph's structure and are baked in (recorded in the manifest). ``logit_scale`` is the raw
+    The aggregation's numbers (``zeta``, ``lambda``: :data:`~cdul_rt.aggregation.GRAPH_PARAMS`) are graph inputs
+    (float32 ``[1]``, passed after the text embeddings) so one export serves every threshold; the mode and the grid
+    change the graph's structure and are baked in (recorded in the manifest). ``logit_scale`` is the raw
     parameter; the graph multiplies by its exp (DESIGN.md 1.1 step 5).
     """
     import torch
 
-    from cdul_rt.aggregation import aggregate_torch
+    from cdul_rt.aggregation import Aggregation
     from cdul_rt.labeling import class_scores_torch
 
     crops_per_image = 1 + grid * grid
+    aggregation = Aggregation(mode)  # its numbers are replaced by the graph inputs
 
     class Head(torch.nn.Module):  # a submodule, so its ONNX nodes are named /head/... (kept fp32 in fp16 graphs)
-        def forward(self, emb, text, zeta, lam):
+        def forward(self, emb, text, *params):
             s = class_scores_torch(emb, text, logit_scale)
             s = s.reshape(-1, crops_per_image, s.shape[-1])
             # the global view of each image is crop 0 of its 1+g^2; normalised here so it stays fp32 in fp16 graphs
             global_emb = torch.nn.functional.normalize(emb.reshape(-1, crops_per_image, emb.shape[-1])[:, 0], dim=-1)
-            return (*aggregate_torch(s, mode, zeta, lam), global_emb)
+            return (*aggregation.apply_torch(s, *params), global_emb)
 
     class Labeler(torch.nn.Module):
         def __init__(self) -> None:
@@ -103,7 +106,7 @@ def build_labeler(model, logit_scale: float, grid: int, mode: str):
             self.visual = model.visual
             self.head = Head()
 
-        def forward(self, crops, text_embeddings, zeta, lam):
-            return self.head(self.visual(crops), text_embeddings, zeta, lam)
+        def forward(self, crops, text_embeddings, *params):
+            return self.head(self.visual(crops), text_embeddings, *params)
 
     return Labeler().eval()

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from cdul_rt.aggregation import Aggregation
 from cdul_rt.errors import CdulError
 from cdul_rt.export.onnx_io import topological_sort  # noqa: F401 - re-exported (tests, engines)
 
@@ -89,9 +90,6 @@ def config_pbtxt(m: ModelConfig) -> str:
 
 
 # -- the serving variant of the labeler ----------------------------------------------------------------------------
-SERVING_LABELER_INPUTS = ("text_embeddings", "zeta", "lambda", "lam")
-
-
 def serving_labeler(model, crops_per_image: int, text_embeddings, zeta: float, lam: float):
     """The exported labeler with ``crops`` as ``[images, 1+g^2, 3, S, S]`` and the vocabulary, zeta and lambda
     baked in as constants (see the module docstring). ``model`` is an ONNX ModelProto; returns a new one."""
@@ -112,8 +110,7 @@ def serving_labeler(model, crops_per_image: int, text_embeddings, zeta: float, l
     for node in g.node:
         node.input[:] = [fused if x == "crops" else x for x in node.input]
     text = np.ascontiguousarray(text_embeddings, dtype=np.float32)
-    consts = {"text_embeddings": text, "zeta": np.array([zeta], np.float32), "lambda": np.array([lam], np.float32),
-              "lam": np.array([lam], np.float32)}
+    consts = {"text_embeddings": text, **Aggregation(zeta=zeta, lam=lam).graph_feeds()}  # the mode is the graph's
     kept = [i for i in g.input if i.name != "crops" and i.name not in consts]
     baked = [i.name for i in g.input if i.name in consts]
     del g.input[:]
@@ -333,9 +330,8 @@ def write_triton_repository(artifact_dir: str | Path, out_dir: str | Path, opts:
             model = onnx.load(str(src.onnx))
             if kind == "labeler":
                 class_names, emb = _vocabulary_embeddings(folder, manifest, classes, template)
-                zeta = manifest.labeler.aggregation.zeta if opts.zeta is None else opts.zeta
-                lam = manifest.labeler.aggregation.lam if opts.lam is None else opts.lam
-                model = serving_labeler(model, cpi, emb, float(zeta), float(lam))
+                agg = manifest.labeler.aggregation.replace(zeta=opts.zeta, lam=opts.lam)
+                model = serving_labeler(model, cpi, emb, **agg.numbers())
             max_batch, preferred = batching(kind, opts, cpi)
             cfg = model_config(kind, model, opts.backend, max_batch, preferred, opts.instances, opts.kind)
             plan = _trt_plan(kind, model, out, grid, cfg, opts, log) if opts.backend == "tensorrt" else None

@@ -97,8 +97,7 @@ def _cos_min(a: np.ndarray, b: np.ndarray) -> float:
 def _reference(bundle, crops: np.ndarray, text: np.ndarray, lab: LabelerInfo) -> tuple[np.ndarray, dict]:
     from cdul_rt.engines.torch.runner import TorchLabelerRunner
 
-    runner = TorchLabelerRunner(bundle, grid=int(lab.grid), mode=lab.aggregation.mode,
-                                zeta=float(lab.aggregation.zeta), lam=float(lab.aggregation.lam))
+    runner = TorchLabelerRunner(bundle, grid=int(lab.grid), aggregation=lab.aggregation)
     with runner:
         emb = runner.encode(crops).cpu().numpy()
         out = runner.infer({"crops": crops, "text_embeddings": text})
@@ -133,7 +132,7 @@ def verify_folder(folder: Path, bundle, images: list | None = None) -> list[Pari
         emb = r.infer({"crops": crops})["image_embeddings"]
     rows.append(_row("visual.onnx", m.graph_precision("visual.onnx"), "crop cosine (min)", _cos_min(emb, emb_ref)))
     runner = OnnxLabelerRunner(session("labeler.onnx"), m.crops_per_image, m.image_size,
-                               m.embed_dim, float(lab.aggregation.zeta), float(lab.aggregation.lam))
+                               m.embed_dim, **lab.aggregation.numbers())
     with runner:
         out = runner.infer({"crops": crops, "text_embeddings": text_ref})
     for name in ("S_final", "S_global", "S_ag"):

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from cdul_rt import __version__
+from cdul_rt.aggregation import PARAMS
 from cdul_rt.errors import CdulError
 from cdul_rt.labelfile import LabelTable, read_label_file
 
@@ -40,10 +41,9 @@ class Handoff:
         """A one-line description of how the labels were made (model, aggregation, tool version)."""
         config = self.table.meta.get("config", {})
         parts = [f"cdul-rt {self.table.meta.get('version', __version__)}"]
-        for key, name in (("mode", "mode"), ("grid", "grid"), ("zeta", "zeta"), ("lambda", "lambda"),
-                          ("runtime", "runtime"), ("precision", "precision")):
+        for key in ("mode", "grid", *PARAMS.values(), "runtime", "precision"):  # PARAMS: zeta, lambda
             if key in config:
-                parts.append(f"{name} {config[key]}")
+                parts.append(f"{key} {config[key]}")
         return f"{config.get('model', 'unknown model')}; {', '.join(parts)}"
 
     def label_scores(self, i: int) -> list[tuple[str, float]]:

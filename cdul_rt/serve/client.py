@@ -20,12 +20,13 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from cdul_rt.aggregation import OPTIONS as AGGREGATION_OPTIONS
 from cdul_rt.errors import CdulError
 from cdul_rt.serve.handlers import request_too_large
 
 SCORES = ("S_final", "S_global", "S_ag")
 # label options the server decides (given with --server they are refused: set them on `cdul-rt serve`)
-SERVER_SIDE = ("model", "weights", "pretrained", "classes", "template", "grid", "mode", "zeta", "lam", "threshold",
+SERVER_SIDE = ("model", "weights", "pretrained", "classes", "template", "grid", *AGGREGATION_OPTIONS, "threshold",
                "top_k", "runtime", "precision", "device", "engine_dir", "max_pixels", "compile", "jpeg_draft",
                "decode", "ort_tensorrt")
 

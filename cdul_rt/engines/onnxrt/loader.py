@@ -132,8 +132,8 @@ def open_labeler(cfg, vocab: Vocabulary) -> LabelerSession:
     text_providers, providers = labeler_providers(cfg, manifest, len(vocab.prompts(cfg.template)))
     text = class_embeddings(folder, manifest, vocab, cfg.template, text_providers)
     session = SessionFromOnnx(folder / "labeler.onnx", providers, precision=manifest.precision)
-    runner = OnnxLabelerRunner(session, manifest.crops_per_image,
-                               manifest.image_size, manifest.embed_dim, cfg.zeta, cfg.lam)
+    runner = OnnxLabelerRunner(session, manifest.crops_per_image, manifest.image_size, manifest.embed_dim,
+                               **cfg.aggregation.numbers())
     return LabelerSession(runner, text, manifest.preprocess_config(), manifest.model.display,
                           manifest.weights_hash, manifest.precision, "onnxruntime",
                           **folder_encoders(folder, manifest, providers))

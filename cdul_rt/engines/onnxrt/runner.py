@@ -10,6 +10,7 @@ from typing import Callable
 
 import numpy as np
 
+from cdul_rt.aggregation import Aggregation
 from cdul_rt.engines.base import EMBEDDING_OUTPUT, LABELER_OUTPUTS, BaseRunner, LabelerRunnerMixin, TensorSpec
 from cdul_rt.errors import CdulError
 
@@ -42,20 +43,21 @@ class OnnxRunner(BaseRunner):
 
 
 class OnnxLabelerRunner(LabelerRunnerMixin, OnnxRunner):
-    """``labeler.onnx``: crops + text embeddings -> S_final, S_global, S_ag, image_embeddings; zeta and lambda fed
-    as [1] tensors. Graphs exported before ``image_embeddings`` existed still label (scores only); asking for their
-    embeddings raises :func:`~cdul_rt.engines.base.image_embeddings`'s re-export message."""
+    """``labeler.onnx``: crops + text embeddings -> S_final, S_global, S_ag, image_embeddings; the aggregation's
+    numbers (zeta, lambda) fed as [1] tensors where the graph's mode has them as inputs. Graphs exported before
+    ``image_embeddings`` existed still label (scores only); asking for their embeddings raises
+    :func:`~cdul_rt.engines.base.image_embeddings`'s re-export message."""
 
     def __init__(self, session_loader: Callable, crops_per_image: int, image_size: int, embed_dim: int,
                  zeta: float, lam: float) -> None:
         super().__init__(session_loader)
         self.crops_per_image, self.image_size, self.embed_dim = crops_per_image, image_size, embed_dim
-        self.zeta = np.array([zeta], dtype=np.float32)
-        self.lam = np.array([lam], dtype=np.float32)
+        self.zeta, self.lam = zeta, lam
+        self.params = Aggregation(zeta=zeta, lam=lam).graph_feeds()  # the mode is the graph's (baked in)
 
     def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         outputs = [*LABELER_OUTPUTS, *([EMBEDDING_OUTPUT] if EMBEDDING_OUTPUT in self.graph_outputs else [])]
-        return self._run({**feed, "zeta": self.zeta, "lambda": self.lam}, outputs)
+        return self._run({**feed, **self.params}, outputs)
 
 
 class OnnxVisualRunner(OnnxRunner):

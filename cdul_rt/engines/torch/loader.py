@@ -15,8 +15,8 @@ def open_labeler(cfg, vocab) -> LabelerSession:
     device = require_torch_cuda(cfg.device)  # before loading: a CPU-only torch or no GPU is a clear error
     bundle = load_clip(resolve_model(cfg.model, cfg.pretrained, cfg.weights), device=device)
     text = text_embeddings(bundle, vocab, cfg.template, model_key(bundle))
-    runner = TorchLabelerRunner(bundle, grid=cfg.grid, mode=cfg.mode, zeta=cfg.zeta, lam=cfg.lam,
-                                precision=cfg.precision, device=device, compile=getattr(cfg, "compile", False))
+    runner = TorchLabelerRunner(bundle, grid=cfg.grid, aggregation=cfg.aggregation, precision=cfg.precision,
+                                device=device, compile=getattr(cfg, "compile", False))
     return LabelerSession(runner, text, bundle.preprocess, bundle.model_id, bundle.weights_hash,
                           cfg.precision, "torch", **torch_encoders(bundle, runner))
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from cdul_rt.aggregation import Aggregation
 from cdul_rt.engines.base import EMBEDDING_OUTPUT, LABELER_OUTPUTS, BaseRunner, LabelerRunnerMixin, TensorSpec
 from cdul_rt.errors import CdulError
-from cdul_rt.aggregation import DEFAULT_LAM, DEFAULT_ZETA, aggregate_torch
 from cdul_rt.labeling import class_scores_torch
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -121,12 +121,11 @@ class TorchLabelerRunner(LabelerRunnerMixin, TorchVisualRunner):
 
     name = "torch"
 
-    def __init__(self, bundle, grid: int = 3, mode: str = "cdul", zeta: float = DEFAULT_ZETA,
-                 lam: float = DEFAULT_LAM, precision: str = "fp32", device: str = "cpu",
-                 compile: bool = False) -> None:
+    def __init__(self, bundle, grid: int = 3, aggregation: Aggregation = Aggregation(), precision: str = "fp32",
+                 device: str = "cpu", compile: bool = False) -> None:
         super().__init__(bundle, precision=precision, device=device, compile=compile)
         self.crops_per_image = 1 + grid * grid
-        self.mode, self.zeta, self.lam = mode, zeta, lam
+        self.aggregation = aggregation
         self.embed_dim = int(bundle.config["embed_dim"])
         self.logit_scale = bundle.logit_scale
 
@@ -158,7 +157,7 @@ class TorchLabelerRunner(LabelerRunnerMixin, TorchVisualRunner):
 
         s, global_emb = scored
         with torch.inference_mode():
-            outs = aggregate_torch(s, self.mode, self.zeta, self.lam)
+            outs = self.aggregation.apply_torch(s)
         result = {name: o.float().cpu().numpy() for name, o in zip(LABELER_OUTPUTS, outs)}
         result[EMBEDDING_OUTPUT] = global_emb.float().cpu().numpy()
         return result

@@ -68,7 +68,7 @@ def open_labeler(cfg, vocab) -> LabelerSession:
     text = class_embeddings(folder, manifest, vocab, cfg.template)
     built = labeler_engine(cfg, folder, device)
     runner = TrtLabelerRunner(built.plan, grid=cfg.grid, image_size=manifest.image_size,
-                              embed_dim=manifest.embed_dim, zeta=cfg.zeta, lam=cfg.lam, device=device,
+                              embed_dim=manifest.embed_dim, **cfg.aggregation.numbers(), device=device,
                               chunk_images=(cfg.extra or {}).get("chunk_images"))
     # texts: text.onnx on the CPU (once per vocabulary); images: the labeler engine's image_embeddings, on the GPU
     texts = folder_encoders(folder, manifest, ["CPUExecutionProvider"]).get("encode_texts")

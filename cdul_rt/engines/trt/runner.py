@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cdul_rt.aggregation import Aggregation
 from cdul_rt.engines.base import EMBEDDING_OUTPUT, LABELER_OUTPUTS, BaseRunner, LabelerRunnerMixin, TensorSpec
 from cdul_rt.errors import CdulError
 
@@ -231,7 +232,8 @@ class TrtRunner(BaseRunner):
 
 
 class TrtLabelerRunner(LabelerRunnerMixin, TrtRunner):
-    """The fused labeler engine behind the common labeler contract; zeta and lambda are fed from the settings."""
+    """The fused labeler engine behind the common labeler contract; the aggregation's numbers (zeta, lambda) are
+    fed from the settings where the engine's mode has them as inputs."""
 
     name = "tensorrt"
 
@@ -240,6 +242,7 @@ class TrtLabelerRunner(LabelerRunnerMixin, TrtRunner):
         self.crops_per_image = 1 + grid * grid
         self.image_size, self.embed_dim = image_size, embed_dim
         self.zeta, self.lam = zeta, lam
+        self.params = Aggregation(zeta=zeta, lam=lam).graph_feeds()  # the mode is the engine's (baked in)
         TrtRunner.__init__(self, plan, {"crops": self.crops_per_image}, device, chunk_images)
 
     def _activate(self) -> None:
@@ -248,10 +251,7 @@ class TrtLabelerRunner(LabelerRunnerMixin, TrtRunner):
             raise CdulError(f"{self.plan_path.name} is not a labeler engine (outputs {self.outputs})")
 
     def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        full = dict(feed)
-        for name, value in (("zeta", self.zeta), ("lambda", self.lam)):  # graph inputs where the mode uses them
-            if name in self.inputs:
-                full[name] = np.array([value], dtype=np.float32)
+        full = {**feed, **{name: value for name, value in self.params.items() if name in self.inputs}}
         out = TrtRunner._infer(self, full)
         # engines built from labeler graphs that predate image_embeddings return scores only
         return {n: out[n] for n in (*LABELER_OUTPUTS, EMBEDDING_OUTPUT) if n in out}
