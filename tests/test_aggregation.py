@@ -121,3 +121,36 @@ def test_the_module_is_torch_free():
     code = "import sys, cdul_rt.aggregation as a; a.Aggregation().apply_np(__import__('numpy').ones((1, 2, 3)));" \
            "print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
+
+
+def test_option_objects_carry_the_value(tmp_path):
+    from cdul_rt.export.clip import ExportOptions
+    from cdul_rt.pipeline import LabelConfig
+
+    cfg = LabelConfig(input=tmp_path, out=tmp_path / "o.jsonl", mode="max", zeta=0.2, lam=0.5, runtime="torch",
+                      precision="fp32")
+    assert cfg.aggregation == Aggregation("max", 0.2, 0.5)
+    assert ExportOptions(out=tmp_path, model="m", **cfg.aggregation.options()).aggregation == cfg.aggregation
+    with pytest.raises(CdulError, match="--zeta must be in"):  # export refuses what label would refuse later
+        ExportOptions(out=tmp_path, model="m", zeta=1.5).validate()
+
+
+def test_recorded_options_name_lambda_lam():
+    record = {"grid": 3, "mode": "avg", "zeta": 0.1, "lambda": 0.9}
+    assert Aggregation.recorded_options(record) == {"mode": "avg", "zeta": 0.1, "lam": 0.9}
+    assert Aggregation.recorded_options({"mode": "cdul"}) == {"mode": "cdul", "zeta": None, "lam": None}
+
+
+@pytest.mark.parametrize("command_name", ["label", "export", "serve"])
+def test_cli_options_are_the_values_fields(command_name):
+    import importlib
+
+    import click
+
+    command = importlib.import_module(f"cdul_rt.cli.{command_name}").command
+    ctx = click.Context(command)
+    params = {p.name: p for p in command.params}
+    for name, value in Aggregation().options().items():
+        default = params[name].get_default(ctx)
+        assert default == (None if command_name == "serve" else value), (name, default)
+    assert list(params["mode"].type.choices) == list(MODES)
