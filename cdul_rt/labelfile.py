@@ -130,13 +130,16 @@ class LabelWriter:
         if self.before_open is not None:
             self.before_open()
         if self.journal != self.path and self.path.is_file() and not self.journal.is_file():
-            # a finished parquet/npz gets more rows: carry its rows into a fresh journal first
-            carry, rows = self.journal_format.open(self.journal, self.classes, self.save_parts), self.format.rows(self.path)
-            try:
-                while chunk := list(itertools.islice(rows, 8192)):
-                    carry.append(chunk)
-            finally:
-                carry.close()
+            # a finished parquet/npz gets more rows: carry its rows into a fresh journal first, whole or not at all
+            # (a journal cut short by a crash would be finalised without the rows it did not reach)
+            rows = self.format.rows(self.path)
+            with atomic_path(self.journal, suffix=".carry") as tmp:
+                carry = self.journal_format.open(tmp, self.classes, self.save_parts)
+                try:
+                    while chunk := list(itertools.islice(rows, 8192)):
+                        carry.append(chunk)
+                finally:
+                    carry.close()
         self._file = self.journal_format.open(self.journal, self.classes, self.save_parts)
         return self._file
 

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from cdul_rt.fileio import atomic_path
-from cdul_rt.formats.base import EMBEDDING_DTYPE, PARTS, LabelFormat, LabelTable, display_name, is_text
+from cdul_rt.formats.base import (EMBEDDING_DTYPE, PARTS, LabelFormat, LabelTable, display_name, is_text,
+                                  table_rows)
 
 CLASSES_KEY = b"cdul_rt.classes"
 EMBEDDING_COLUMN = "embedding"
@@ -69,6 +70,15 @@ class Parquet(LabelFormat):
         import pyarrow.parquet as pq
 
         return label_table(pq.read_table(path), meta)
+
+    def rows(self, path: Path) -> Iterator[dict]:
+        """The rows with their ``labels`` (a table holds scores only; a finished file that gets more rows keeps
+        the labels its first run selected)."""
+        import pyarrow.parquet as pq
+
+        labels = pq.read_table(path, columns=["labels"]).column("labels").to_pylist()
+        for row, chosen in zip(table_rows(self.read(path, {})), labels):
+            yield {"path": row["path"], "labels": chosen or [], **{k: v for k, v in row.items() if k != "path"}}
 
     def done_paths(self, path: Path) -> set[str]:
         return set(self.read(path, {}).paths)
