@@ -10,10 +10,11 @@ from pathlib import Path
 from cdul_rt.crops import check_grid
 from cdul_rt.errors import CdulError
 from cdul_rt.imageio import DEFAULT_MAX_PIXELS, iter_images, relative_name
-from cdul_rt.labelfile import LabelWriter, output_format, read_meta
 from cdul_rt.aggregation import DEFAULT_LAM, DEFAULT_ZETA, Aggregation
+from cdul_rt.labelfile import LabelWriter, output_format
 from cdul_rt.presets import DEFAULT_MODEL
-from cdul_rt.runmeta import (RunFiles, check_config, check_out_path, check_resume, locked_output, write_meta)
+from cdul_rt.runmeta import (RunFiles, check_out_path, check_resume, locked_output, meta_extra, recorded_config,
+                              write_run_meta)
 from cdul_rt.vocab import DEFAULT_TEMPLATE, Vocabulary, check_template, load_vocabulary
 
 
@@ -123,44 +124,6 @@ class LabelSummary:
             self.failures.append((rel, reason))
 
 
-def _recorded_config(cfg: LabelConfig, vocab: Vocabulary, session, decode_on: str | None = None) -> dict:
-    agg = cfg.aggregation
-    return {
-        "classes": list(vocab.classes), "prompts": list(vocab.prompt_names), "template": cfg.template,
-        "model": session.model, "weights_hash": session.weights_hash, "runtime": session.runtime,
-        "precision": session.precision, "grid": cfg.grid, **agg.params_dict(), "mode": agg.mode,
-        "threshold": cfg.threshold, "top_k": cfg.top_k, "save_parts": cfg.save_parts,
-        "preprocess": session.preprocess.to_dict(),
-        # recorded only when on, so label files made before the option existed still resume
-        **({"jpeg_draft": True} if cfg.jpeg_draft else {}),
-        **({"decode": "gpu"} if decode_on is not None else {}),  # likewise: a resume never mixes decode paths
-        **({"save_embeddings": True} if cfg.save_embeddings else {}),
-    }
-
-
-def _check_existing(cfg: LabelConfig, config: dict) -> None:
-    """The recorded configuration must match (also used by the Ray path, whose --out is a folder)."""
-    check_config(cfg.out, read_meta(cfg.out).get("config"), config)
-
-
-def _meta_extra(cfg: LabelConfig) -> dict:
-    if cfg.save_embeddings:  # what `cdul-rt similar` loads to embed a query in the same space
-        return {"embeddings": {"dtype": "float16", "space": "L2-normalised global view",
-                               "model": cfg.model, "pretrained": cfg.pretrained, "weights": cfg.weights,
-                **({"engine_dir": str(Path(cfg.engine_dir).resolve())} if cfg.engine_dir else {})}}
-    return {}
-
-
-def _last_run(summary: LabelSummary) -> dict:
-    return {"labeled": summary.labeled, "skipped": summary.skipped, "failed": summary.failed,
-            "seconds": round(summary.seconds, 3), "images_per_second": round(summary.images_per_second, 3)}
-
-
-def _write_meta(cfg: LabelConfig, config: dict, status: str, summary: LabelSummary | None = None) -> None:
-    write_meta(cfg.out, cfg.input, config, status, _last_run(summary) if summary is not None else None,
-               _meta_extra(cfg))
-
-
 def open_session(cfg: LabelConfig, vocab: Vocabulary):
     """The runtime's session for ``cfg``: the artifact folder is found or exported first
     (:func:`cdul_rt.prepare.prepare_label_config`), then the runtime opens it."""
@@ -186,11 +149,11 @@ def _label_locked(cfg: LabelConfig, session) -> LabelSummary:
     from cdul_rt.devicedecode import resolve_decode
 
     decode_on = resolve_decode(cfg.decode, cfg.device, session.preprocess, cfg.jpeg_draft)
-    config = _recorded_config(cfg, vocab, session, decode_on)
+    config = recorded_config(cfg, vocab, session, decode_on)
     if not cfg.overwrite:
         check_resume(cfg.out, cfg.input, config)
     writer = LabelWriter(cfg.out, list(vocab.classes), cfg.threshold, cfg.top_k, cfg.save_parts)
-    files = RunFiles(cfg.out, cfg.input, config, cfg.overwrite, _meta_extra(cfg))
+    files = RunFiles(cfg.out, cfg.input, config, cfg.overwrite, meta_extra(cfg))
     writer.before_open = files.commit  # --overwrite removes the old output only here, at the first batch
     skip = set() if cfg.overwrite else writer.existing()  # failed files are not in it: they are retried
     summary = LabelSummary(cfg.out, skipped=len(skip))
@@ -216,11 +179,12 @@ def _label_locked(cfg: LabelConfig, session) -> LabelSummary:
             if embeddings is not None:
                 embeddings.finalize()
         files.close()
-    _write_meta(cfg, config, "complete", summary)
+    write_run_meta(cfg, config, "complete", summary)
     return summary
 
 
-def _progress(cfg: LabelConfig, total: int | None):
+def progress_bar(cfg: LabelConfig, total: int | None):
+    """The labeling progress bar of every front end (on stderr; off without ``cfg.progress``)."""
     from tqdm import tqdm
 
     return tqdm(desc="labeling", unit="img", total=total, disable=not cfg.progress, dynamic_ncols=True,
@@ -265,7 +229,7 @@ def _run(cfg, session, labeler, todo, writer, files, summary, writer_skip: set[s
 
     # a counting pass (paths are not kept) gives the bar a total and an ETA
     total = sum(1 for p in iter_images(root) if relative_name(p, root) not in writer_skip) if cfg.progress else None
-    with _progress(cfg, total) as bar:
+    with progress_bar(cfg, total) as bar:
         if decode_on is not None:  # --decode gpu: decode, crop and normalise on the device (cdul_rt.devicedecode)
             from cdul_rt.devicedecode import label_batches
 

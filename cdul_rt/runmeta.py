@@ -11,6 +11,11 @@ failed files retried, ``--overwrite`` that destroys nothing until the new run ha
   before (bad weights, missing engine) leaves the previous result as it was.
 - **Failures**: every run retries the files of ``<out>.failures.jsonl`` (they are not in the output). The file is
   rewritten at the commit point and then lists each file that failed in this run once.
+
+The one public module for a run's metadata, shared by every front end (``label`` on a folder, on a URL or
+webdataset, ``label --server``, ``label --cluster ray`` and :attr:`cdul_rt.api.Labeler.config`): what a run
+records (:func:`recorded_config`, :func:`meta_extra`), writing it (:func:`write_run_meta`), comparing it on resume
+(:func:`check_resume`, :func:`check_recorded_config`) and naming what differs (:func:`config_differences`).
 """
 
 from __future__ import annotations
@@ -23,11 +28,16 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from cdul_rt import __version__
 from cdul_rt.errors import CdulError
 from cdul_rt.fileio import atomic_write
 from cdul_rt.labelfile import sidecar
+
+if TYPE_CHECKING:
+    from cdul_rt.pipeline import LabelConfig, LabelSummary
+    from cdul_rt.vocab import Vocabulary
 
 def output_error(out: Path, exc: OSError) -> CdulError:
     """An OSError met while writing ``out`` as a message that says what happened and what to do next."""
@@ -131,14 +141,24 @@ def check_resume(out: Path, input_folder: Path, config: dict) -> None:
                         "or --overwrite to relabel from scratch")
 
 
+def config_differences(old: dict, new: dict) -> list[str]:
+    """The keys whose values differ between two recorded configurations, sorted: what a mismatch message names."""
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
 def check_config(out: Path, old: dict | None, config: dict) -> None:
     """The configuration recorded in the meta must be this run's (no meta config: nothing to compare)."""
     if old is None:
         return
-    diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+    diff = config_differences(old, config)
     if diff:
         raise CdulError(f"{out} was made with a different configuration ({', '.join(diff)} differ); "
                         "use --overwrite to start fresh or choose another --out")
+
+
+def check_recorded_config(out: Path, config: dict) -> None:
+    """Only the recorded configuration, not the folder identity (the Ray path: its --out is a folder of shards)."""
+    check_config(out, _read_meta(out).get("config"), config)
 
 
 def _read_meta(out: Path) -> dict:
@@ -159,6 +179,49 @@ def write_meta(out: Path, input_folder: Path, config: dict, status: str, last_ru
     if last_run is not None:
         meta.update({"finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "last_run": last_run})
     atomic_write(sidecar(out, "meta"), json.dumps(meta, indent=2))
+
+
+def update_meta(out: Path, fields: dict) -> None:
+    """Add or replace top-level ``fields`` of ``<out>.meta.json``, atomically (the Ray job's cluster facts)."""
+    meta = _read_meta(out)
+    meta.update(fields)
+    atomic_write(sidecar(out, "meta"), json.dumps(meta, indent=2))
+
+
+def recorded_config(cfg: LabelConfig, vocab: Vocabulary, session: Any, decode_on: str | None = None) -> dict:
+    """What the meta records as ``config`` for ``cfg`` run by ``session``: every option that changes a row."""
+    agg = cfg.aggregation
+    return {
+        "classes": list(vocab.classes), "prompts": list(vocab.prompt_names), "template": cfg.template,
+        "model": session.model, "weights_hash": session.weights_hash, "runtime": session.runtime,
+        "precision": session.precision, "grid": cfg.grid, **agg.params_dict(), "mode": agg.mode,
+        "threshold": cfg.threshold, "top_k": cfg.top_k, "save_parts": cfg.save_parts,
+        "preprocess": session.preprocess.to_dict(),
+        # recorded only when on, so label files made before the option existed still resume
+        **({"jpeg_draft": True} if cfg.jpeg_draft else {}),
+        **({"decode": "gpu"} if decode_on is not None else {}),  # likewise: a resume never mixes decode paths
+        **({"save_embeddings": True} if cfg.save_embeddings else {}),
+    }
+
+
+def meta_extra(cfg: LabelConfig) -> dict:
+    """Meta fields beside ``config`` that ``cfg`` adds (what ``cdul-rt similar`` needs to embed a query)."""
+    if cfg.save_embeddings:  # what `cdul-rt similar` loads to embed a query in the same space
+        return {"embeddings": {"dtype": "float16", "space": "L2-normalised global view",
+                               "model": cfg.model, "pretrained": cfg.pretrained, "weights": cfg.weights,
+                **({"engine_dir": str(Path(cfg.engine_dir).resolve())} if cfg.engine_dir else {})}}
+    return {}
+
+
+def last_run(summary: LabelSummary) -> dict:
+    return {"labeled": summary.labeled, "skipped": summary.skipped, "failed": summary.failed,
+            "seconds": round(summary.seconds, 3), "images_per_second": round(summary.images_per_second, 3)}
+
+
+def write_run_meta(cfg: LabelConfig, config: dict, status: str, summary: LabelSummary | None = None) -> None:
+    """:func:`write_meta` for a ``label`` run of ``cfg``: its output, input, extra fields and (when done) counts."""
+    write_meta(cfg.out, cfg.input, config, status, last_run(summary) if summary is not None else None,
+               meta_extra(cfg))
 
 
 def clear_outputs(out: Path) -> None:

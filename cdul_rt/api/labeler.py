@@ -169,9 +169,9 @@ class Labeler:
     @property
     def config(self) -> dict[str, Any]:
         """What a label file's meta records as ``config`` for these options (model, weights hash, runtime, ...)."""
-        from cdul_rt.pipeline import _recorded_config
+        from cdul_rt.runmeta import recorded_config
 
-        return _recorded_config(self._cfg, self._vocab, self._session)
+        return recorded_config(self._cfg, self._vocab, self._session)
 
     @property
     def options(self) -> Any:

@@ -14,7 +14,6 @@ one; the writer drops any path it has already written in this run, so retries ne
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import sys
@@ -27,10 +26,11 @@ from cdul_rt.distributed.shards import ShardWriter, done_paths, prepare_output
 from cdul_rt.distributed.sizing import RayPlan, plan_report, plan_resources
 from cdul_rt.distributed.sources import decode_uri, is_url, iter_listing
 from cdul_rt.errors import CdulError, require
-from cdul_rt.fileio import atomic_write
-from cdul_rt.labelfile import read_meta, sidecar
-from cdul_rt.pipeline import LabelConfig, LabelSummary, _check_existing, _recorded_config, _write_meta
+from cdul_rt.labelfile import sidecar
+from cdul_rt.pipeline import LabelConfig, LabelSummary
 from cdul_rt.preprocess import PreprocessConfig
+from cdul_rt.runmeta import (check_recorded_config, config_differences, recorded_config, update_meta,
+                             write_run_meta)
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +86,7 @@ class LabelActor:
 
         vocab = load_vocabulary(cfg.classes)
         self.session = open_session(cfg, vocab)
-        got = _recorded_config(cfg, vocab, self.session)
-        diff = sorted(k for k in set(got) | set(expected) if got.get(k) != expected.get(k))
+        diff = config_differences(recorded_config(cfg, vocab, self.session), expected)
         if diff:  # e.g. a node with other weights behind the same --weights path
             raise CdulError(f"an actor on {node_name()} loaded a different labeler ({', '.join(diff)} "
                             "differ); every node must see the same model files")
@@ -128,7 +127,7 @@ def _describe(cfg: LabelConfig) -> tuple[dict, PreprocessConfig]:
 
     vocab = load_vocabulary(cfg.classes)
     session = open_session(cfg, vocab)
-    return _recorded_config(cfg, vocab, session), session.preprocess
+    return recorded_config(cfg, vocab, session), session.preprocess
 
 
 # -- driver -----------------------------------------------------------------------------------------------------------
@@ -192,12 +191,6 @@ def _root_cause(exc: BaseException) -> BaseException:
     if marker in text:
         return CdulError(text.rsplit(marker, 1)[1].strip().splitlines()[0])
     return exc
-
-
-def _update_meta(out: Path, extra: dict) -> None:
-    meta = read_meta(out)
-    meta.update(extra)
-    atomic_write(sidecar(out, "meta"), json.dumps(meta, indent=2))
 
 
 def _decode_memory(cfg: LabelConfig, preprocess: PreprocessConfig) -> int:
@@ -371,7 +364,7 @@ def _run(ray, cfg: LabelConfig, opts: RayOptions, source: str, plan: RayPlan, co
     from cdul_rt.distributed.wds import is_shard_source, list_shards
 
     out = Path(cfg.out)
-    _check_existing(cfg, config)
+    check_recorded_config(out, config)
     done, failed_before = remote.done_paths() if remote is not None else done_paths(out)
 
     def meta_written() -> None:
@@ -383,11 +376,11 @@ def _run(ray, cfg: LabelConfig, opts: RayOptions, source: str, plan: RayPlan, co
         refs, todo = shard_blocks(list_shards(source), done | failed_before, ray.put)
     else:  # streamed into the object store block by block (see listing_blocks)
         refs, todo = listing_blocks(iter_listing(source), _Either(done, failed_before), 4 * cfg.batch_size, ray.put)
-    _write_meta(cfg, config, "running")
+    write_run_meta(cfg, config, "running")
     ray_meta = {"input": redact(source), "output": "parquet-shards",
                 **({"output_url": redact(remote.url)} if remote is not None else {}),
                 "cluster": {"engine": "ray", **dataclasses.asdict(plan)}}
-    _update_meta(out, ray_meta)
+    update_meta(out, ray_meta)
     meta_written()
     summary = LabelSummary(out, skipped=len(done) + len(failed_before))
     writer = ShardWriter(out, config["classes"], cfg.threshold, cfg.top_k, cfg.save_parts, opts.shard_rows,
@@ -409,9 +402,9 @@ def _run(ray, cfg: LabelConfig, opts: RayOptions, source: str, plan: RayPlan, co
         bar.close()
         summary.seconds = time.perf_counter() - start
     summary.labeled, summary.failed = writer.written, writer.failed
-    _write_meta(cfg, config, "complete", summary)
+    write_run_meta(cfg, config, "complete", summary)
     ray_meta["cluster"]["rows_per_node"] = dict(sorted(nodes.items()))  # this run's, as the engine actors saw them
-    _update_meta(out, {**ray_meta, "shards": len(writer.shards), "duplicates_dropped": writer.duplicates})
+    update_meta(out, {**ray_meta, "shards": len(writer.shards), "duplicates_dropped": writer.duplicates})
     meta_written()
     return summary
 

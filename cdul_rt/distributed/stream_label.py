@@ -17,7 +17,8 @@ import numpy as np
 
 from cdul_rt.errors import CdulError
 from cdul_rt.labelfile import read_meta
-from cdul_rt.pipeline import LabelConfig, LabelSummary, _meta_extra, _progress, _recorded_config, _write_meta
+from cdul_rt.pipeline import LabelConfig, LabelSummary, progress_bar
+from cdul_rt.runmeta import meta_extra, recorded_config, write_run_meta
 
 
 def is_streamed_source(source: str) -> bool:
@@ -80,7 +81,7 @@ def _label_locked(cfg: LabelConfig, source: str) -> LabelSummary:
 
     vocab = load_vocabulary(cfg.classes)
     session = open_session(cfg, vocab)
-    config = _recorded_config(cfg, vocab, session)
+    config = recorded_config(cfg, vocab, session)
     src = source_name(source)
     if not cfg.overwrite:
         recorded = read_meta(cfg.out).get("source")
@@ -91,7 +92,7 @@ def _label_locked(cfg: LabelConfig, source: str) -> LabelSummary:
         check_resume(cfg.out, Path(read_meta(cfg.out).get("input_resolved") or cfg.input) if recorded else cfg.input,
                      config)
     writer = LabelWriter(cfg.out, list(vocab.classes), cfg.threshold, cfg.top_k, cfg.save_parts)
-    files = RunFiles(cfg.out, cfg.input, config, cfg.overwrite, {**_meta_extra(cfg), "source": src})
+    files = RunFiles(cfg.out, cfg.input, config, cfg.overwrite, {**meta_extra(cfg), "source": src})
     writer.before_open = files.commit
     skip = set() if cfg.overwrite else writer.existing()  # failures are not in it: they are retried
     summary = LabelSummary(cfg.out, skipped=len(skip))
@@ -100,7 +101,7 @@ def _label_locked(cfg: LabelConfig, source: str) -> LabelSummary:
     paths: list[str] = []
     crops: list[np.ndarray] = []
     try:
-        with Labeler(session, cfg, vocab) as labeler, _progress(cfg, None) as bar:
+        with Labeler(session, cfg, vocab) as labeler, progress_bar(cfg, None) as bar:
             def flush() -> None:
                 if not paths:
                     return
@@ -134,7 +135,7 @@ def _label_locked(cfg: LabelConfig, source: str) -> LabelSummary:
         if files.committed:
             writer.close(finalize=True)
         files.close()
-    _write_meta(cfg, config, "complete", summary)
+    write_run_meta(cfg, config, "complete", summary)
     return summary
 
 

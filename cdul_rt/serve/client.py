@@ -153,8 +153,8 @@ def label_with_server(cfg: Any, server: str, in_flight: int = 16):
 def _label_locked(cfg: Any, client: ServerClient, info: dict, in_flight: int):
     from cdul_rt.imageio import iter_images, relative_name
     from cdul_rt.labelfile import LabelWriter
-    from cdul_rt.pipeline import LabelSummary, _progress, _write_meta
-    from cdul_rt.runmeta import RunFiles, check_resume
+    from cdul_rt.pipeline import LabelSummary, progress_bar
+    from cdul_rt.runmeta import RunFiles, check_resume, write_run_meta
 
     config = {**info["config"], "save_parts": cfg.save_parts}  # the server's options; the parts are the client's
     if not cfg.overwrite:
@@ -169,7 +169,7 @@ def _label_locked(cfg: Any, client: ServerClient, info: dict, in_flight: int):
     writer.open()
     try:
         with ThreadPoolExecutor(in_flight, thread_name_prefix="cdul-client") as pool, \
-                _progress(cfg, len(todo)) as bar:
+                progress_bar(cfg, len(todo)) as bar:
             _stream(cfg, client, pool, todo, in_flight, int(info["max_request_bytes"]), writer, files, summary, bar)
         files.commit()
     finally:
@@ -177,7 +177,7 @@ def _label_locked(cfg: Any, client: ServerClient, info: dict, in_flight: int):
         if files.committed:  # never leave an output behind a run that changed nothing
             writer.close(finalize=True)
         files.close()
-    _write_meta(cfg, config, "complete", summary)
+    write_run_meta(cfg, config, "complete", summary)
     return summary
 
 
