@@ -71,6 +71,7 @@ def measure_ort_gemm(precision: str, n: int = 2048, repeats: int = 5, threads: i
     """Median FLOP/s (OP/s for int8) of onnxruntime's CPU GEMM at ``precision`` with the labeler's thread count."""
     import numpy as np
 
+    from cdul_rt.engines.gpu import ort_providers
     from cdul_rt.engines.onnxrt.loader import cpu_threads
     from cdul_rt.errors import require
 
@@ -80,7 +81,7 @@ def measure_ort_gemm(precision: str, n: int = 2048, repeats: int = 5, threads: i
     model, a = _ort_gemm_model(precision, n, np.random.default_rng(0))
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads or cpu_threads()
-    session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(model.SerializeToString(), opts, providers=ort_providers("cpu"))
     return 2.0 * n**3 / _median_seconds(lambda: session.run(None, {"A": a}), repeats)
 
 

@@ -13,7 +13,6 @@ process. Models (names shared with ``export --triton`` where they mean the same 
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import shutil
 import signal
@@ -28,6 +27,7 @@ import numpy as np
 
 from cdul_rt import __version__
 from cdul_rt.errors import CdulError
+from cdul_rt.fileio import sha256_file
 
 MODELS = ("labels", "image_embedding", "text_embedding", "metadata")
 DEFAULT_MAX_REQUEST_BYTES = 8 * 1024 * 1024
@@ -96,7 +96,7 @@ def _manifest_hash(engine_dir: str | None) -> str | None:
     if not engine_dir:
         return None
     path = Path(engine_dir) / "manifest.json"
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+    return sha256_file(path) if path.is_file() else None
 
 
 def server_metadata(labeler: Any, opts: ServeOptions, models: list[str]) -> dict:

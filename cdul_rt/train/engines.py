@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from cdul_rt.engines.base import BaseRunner, TensorSpec
+from cdul_rt.engines.gpu import ort_providers
 from cdul_rt.errors import CdulError, require
 
 MANIFEST = "classifier.manifest.json"
@@ -87,7 +88,7 @@ class OnnxClassifierRunner(ClassifierRunner):
                  threads: int = 0) -> None:
         super().__init__(info)
         self.onnx_path = Path(onnx_path)
-        self.providers = providers or ["CPUExecutionProvider"]
+        self.providers = providers or ort_providers("cpu")
         self.threads = threads
         self.session = None
 

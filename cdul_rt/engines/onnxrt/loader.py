@@ -14,6 +14,7 @@ import numpy as np
 
 from cdul_rt.artifacts.folder import check_request
 from cdul_rt.artifacts.manifest import Manifest, verify_artifacts
+from cdul_rt.engines import gpu
 from cdul_rt.engines.session import LabelerSession
 from cdul_rt.errors import CdulError, require
 from cdul_rt.vocab import Vocabulary
@@ -59,7 +60,7 @@ class SessionFromOnnx:
     def __init__(self, path: str | Path, providers: list | None = None, threads: int | None = None,
                  precision: str = "fp32") -> None:
         self.path = Path(path)
-        self.providers = providers or ["CPUExecutionProvider"]
+        self.providers = providers or gpu.ort_providers("cpu")
         self.threads = threads or cpu_threads()
         # Measured with onnxruntime 1.32 on CPU: the NCHWc layout transformer segfaults on our fp16 graphs (the
         # fp16 patch-embedding Conv); without it the graph runs and nothing else changes (one Conv per ViT).
@@ -98,7 +99,7 @@ def class_embeddings(folder: Path, manifest: Manifest, vocab: Vocabulary, templa
     emb = load_text_embeddings(folder, vocab, template, manifest.embed_dim, weights)
     if emb is not None:
         return emb
-    emb = _encode_vocabulary(folder, manifest, vocab.prompts(template), providers or ["CPUExecutionProvider"])
+    emb = _encode_vocabulary(folder, manifest, vocab.prompts(template), providers or gpu.ort_providers("cpu"))
     try:
         save_text_embeddings(folder, vocab, template, emb, weights)
     except OSError:  # a read-only artifact folder still works; the vocabulary is just encoded again next time

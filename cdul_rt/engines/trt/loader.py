@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cdul_rt.engines.gpu import ort_providers
 from cdul_rt.engines.session import LabelerSession
 from cdul_rt.errors import CdulError
 
@@ -71,6 +72,6 @@ def open_labeler(cfg, vocab) -> LabelerSession:
                               embed_dim=manifest.embed_dim, **cfg.aggregation.numbers(), device=device,
                               chunk_images=(cfg.extra or {}).get("chunk_images"))
     # texts: text.onnx on the CPU (once per vocabulary); images: the labeler engine's image_embeddings, on the GPU
-    texts = folder_encoders(folder, manifest, ["CPUExecutionProvider"]).get("encode_texts")
+    texts = folder_encoders(folder, manifest, ort_providers("cpu")).get("encode_texts")
     return LabelerSession(runner, text, manifest.preprocess_config(), manifest.model.display,
                           manifest.weights_hash, cfg.precision, "tensorrt", encode_texts=texts)
