@@ -51,12 +51,15 @@ class LabelConfig:
     engine_dir: str | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
     compile: bool = False  # torch runtime: torch.compile the visual encoder (minutes once, then faster)
+    ort_tensorrt: bool = False  # onnxruntime on CUDA: the labeler on onnxruntime's TensorRT execution provider
+    trt_workspace: float = 4.0  # tensorrt runtime: builder workspace limit in GiB (as `export --trt-workspace`)
+    trt_typing: str | None = None  # tensorrt runtime: flag | strong fp16 path (None: TensorRT major's default)
+    trt_chunk_images: int | None = None  # tensorrt runtime: images per engine run inside a call (None: 2 chunks)
     jpeg_draft: bool = False  # decode large JPEGs downscaled while every tile stays >= the model input
     decode: str = "auto"  # cpu: worker processes + PIL; gpu: nvJPEG + crops on the device; auto: gpu on CUDA
     save_embeddings: bool = False  # also keep each image's global-view embedding (cdul_rt/embeddings.py)
     overwrite: bool = False
     progress: bool = True
-    extra: dict = field(default_factory=dict)  # runtime-specific options (e.g. onnxruntime providers)
 
     def __post_init__(self) -> None:
         if self.batch_size is None:
@@ -92,6 +95,27 @@ class LabelConfig:
         self.device = str(parse_device(self.device))  # `gpu` / `CUDA` -> cuda:0, a bad name -> a clear error
 
         check_decode(self.decode, self.device, self.jpeg_draft)  # --decode gpu without CUDA: refused at once
+        self.runtime_options()  # its checks, and another runtime's options refused rather than ignored
+
+    def runtime_options(self):
+        """This runtime's own options, typed (:mod:`cdul_rt.engines.request`); options of another runtime that
+        were set are refused: they would be ignored."""
+        from cdul_rt.engines.request import runtime_options
+
+        return runtime_options(self.runtime, self.device, compile=self.compile, ort_tensorrt=self.ort_tensorrt,
+                               trt_workspace=self.trt_workspace, trt_typing=self.trt_typing,
+                               trt_chunk_images=self.trt_chunk_images)
+
+    def runtime_request(self):
+        """What the runtime receives (:class:`~cdul_rt.engines.request.RuntimeRequest`); ``engine_dir`` as given
+        (:func:`cdul_rt.prepare.prepare_request` fills in the cached export)."""
+        from cdul_rt.engines.request import RuntimeRequest
+        from cdul_rt.presets import ModelRequest
+
+        return RuntimeRequest(self.runtime, ModelRequest(self.model, self.pretrained, self.weights), self.precision,
+                              self.device, Path(self.engine_dir) if self.engine_dir else None, self.grid,
+                              self.aggregation, self.template, int(self.batch_size),
+                              self.runtime_options())
 
 
 def check_numbers(cfg: LabelConfig) -> None:
@@ -125,13 +149,13 @@ class LabelSummary:
 
 
 def open_session(cfg: LabelConfig, vocab: Vocabulary):
-    """The runtime's session for ``cfg``: the artifact folder is found or exported first
-    (:func:`cdul_rt.prepare.prepare_label_config`), then the runtime opens it."""
+    """The runtime's session for ``cfg``: its typed request, with the artifact folder found or exported first
+    (:func:`cdul_rt.prepare.prepare_request`), then the runtime opens it."""
     from cdul_rt.engines import runtime_module
-    from cdul_rt.prepare import prepare_label_config
+    from cdul_rt.prepare import prepare_request
 
-    ready = prepare_label_config(cfg)
-    return runtime_module(ready.runtime).open_labeler(ready, vocab)
+    request = prepare_request(cfg)
+    return runtime_module(request.runtime).open_labeler(request, vocab)
 
 
 def label_folder(cfg: LabelConfig, session=None) -> LabelSummary:

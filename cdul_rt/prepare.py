@@ -4,7 +4,8 @@ runtime's).
 ``--runtime onnxruntime`` and ``tensorrt`` run an exported artifact folder. With ``--engine-dir`` it is the user's;
 without it, the export for these model options in the cache (``CDUL_RT_CACHE``/engines/<key>), made here once
 with the exporter (torch) and reused by every later run, Ray actor or server with the same options. The runtimes
-themselves only open a folder they are given, so ``engines/`` never imports ``export/``.
+themselves only open a folder they are given, so ``engines/`` never imports ``export/``. The result is the
+runtime's typed request (:class:`~cdul_rt.engines.request.RuntimeRequest`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from cdul_rt.artifacts.folder import FOLDER_RUNTIMES
 from cdul_rt.artifacts.manifest import MANIFEST, SCHEMA_VERSION, verify_artifacts
+from cdul_rt.engines.request import RuntimeRequest
 from cdul_rt.errors import CdulError
 
 
@@ -37,19 +39,29 @@ def cached_folder(cfg) -> Path:
             print(f"cached ONNX export in {folder} is damaged ({exc}); exporting it again", file=sys.stderr)
     print(f"no --engine-dir given: exporting {cfg.model} to ONNX ({cfg.precision}) once into {folder}; "
           "later runs with the same model options reuse it", file=sys.stderr)
-    from cdul_rt.export.clip import ExportOptions, export_clip
+    from cdul_rt.export.clip import export_clip
 
-    export_clip(ExportOptions(out=folder, model=cfg.model, pretrained=cfg.pretrained, weights=cfg.weights,
-                              classes=cfg.classes, template=cfg.template, grid=cfg.grid,
-                              **cfg.aggregation.options(), precision=cfg.precision))
+    export_clip(export_options(cfg, folder))
     return folder
 
 
-def prepare_label_config(cfg):
-    """``cfg`` (a :class:`~cdul_rt.pipeline.LabelConfig`) as the runtime opens it: runtime ``auto`` resolved by the
-    default rule, and for a graph runtime without ``engine_dir`` the cached export's folder (made once). The
-    runtime's own checks that need no folder (its package installed, the device it runs on) come first, so a
-    missing TensorRT or a CPU device is refused before minutes of export. ``cfg`` itself is not changed: what
+def export_options(cfg, out: Path):
+    """The export of ``cfg``'s model, vocabulary and labeler into ``out``: :class:`~cdul_rt.export.clip.ExportOptions`
+    names its fields as ``label`` names the options, so they are taken by name (the export's own ``opset`` keeps its
+    default)."""
+    from dataclasses import fields
+
+    from cdul_rt.export.clip import ExportOptions
+
+    names = [f.name for f in fields(ExportOptions) if f.name not in ("out", "opset")]
+    return ExportOptions(out=out, **{name: getattr(cfg, name) for name in names})
+
+
+def prepare_request(cfg) -> RuntimeRequest:
+    """The typed request the runtime opens for ``cfg`` (a :class:`~cdul_rt.pipeline.LabelConfig`): runtime ``auto``
+    resolved by the default rule, and for a graph runtime without ``engine_dir`` the cached export's folder (made
+    once). The runtime's own checks that need no folder (its package installed, the device it runs on) come first,
+    so a missing TensorRT or a CPU device is refused before minutes of export. ``cfg`` itself is not changed: what
     the label file records stays what the user asked for."""
     from cdul_rt.engines import runtime_module
 
@@ -58,7 +70,8 @@ def prepare_label_config(cfg):
 
         cand = choose(cfg.runtime, cfg.precision, cfg.device, cfg.engine_dir)
         cfg = replace(cfg, runtime=cand.runtime, precision=cand.precision)
-    if cfg.runtime not in FOLDER_RUNTIMES or cfg.engine_dir:
-        return cfg
-    runtime_module(cfg.runtime).check_available(cfg)
-    return replace(cfg, engine_dir=str(cached_folder(cfg)))
+    request = cfg.runtime_request()
+    if request.runtime not in FOLDER_RUNTIMES or request.engine_dir is not None:
+        return request
+    runtime_module(request.runtime).check_available(request)
+    return replace(request, engine_dir=cached_folder(cfg))

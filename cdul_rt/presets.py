@@ -122,3 +122,27 @@ def resolve_model(model: str, pretrained: str | None = None, weights: str | Path
         raise did_you_mean(tag, tags, f"pretrained tag for {arch}",
                            f"Tags: {', '.join(tags) or 'none'}; or --pretrained {RANDOM} for random weights.")
     return ModelSpec(arch, tag)
+
+
+@dataclass(frozen=True)
+class ModelRequest:
+    """``--model`` / ``--pretrained`` / ``--weights`` as given. :meth:`spec` is the one resolution to a
+    :class:`ModelSpec` (the torch runtime and the exporter); an artifact folder is matched against the names
+    without resolving them, so the onnxruntime path never imports open_clip."""
+
+    name: str = DEFAULT_MODEL
+    pretrained: str | None = None
+    weights: str | None = None
+
+    def spec(self) -> ModelSpec:
+        return resolve_model(self.name, self.pretrained, self.weights)
+
+    @property
+    def config_file(self) -> Path | None:
+        """The open_clip config JSON named by ``--model FILE.json``, else None."""
+        return Path(self.name) if self.name.endswith(".json") else None
+
+    @property
+    def short_name(self) -> str:
+        """The name a folder is matched by: a config file's stem, else the name as given."""
+        return self.config_file.stem if self.config_file is not None else self.name

@@ -100,7 +100,8 @@ class Labeler:
              lam: float | None = None, threshold: float | None = None, top_k: int | None = None,
              batch_size: int | None = None, max_pixels: int | None = None, compile: bool = False,
              jpeg_draft: bool = False, save_parts: bool = False, progress: bool = False,
-             extra: dict[str, Any] | None = None) -> "Labeler":
+             ort_tensorrt: bool = False, trt_workspace: float | None = None, trt_typing: str | None = None,
+             trt_chunk_images: int | None = None) -> "Labeler":
         """Load a labeler with the options of ``cdul-rt label`` (same names, defaults, checks and errors).
 
         Args:
@@ -119,7 +120,9 @@ class Labeler:
             grid, mode, zeta, lam: the CDUL crops and aggregation (3, ``cdul``, 0.3, 1.0).
             threshold, top_k: which classes go into ``labels`` (0.5; or the ``top_k`` best).
             batch_size: images per encoder call (8; 64 on CUDA). max_pixels: larger images are refused.
-            compile, jpeg_draft, extra: as ``label --compile``, ``--jpeg-draft`` and runtime options.
+            compile, jpeg_draft: as ``label --compile``, ``--jpeg-draft``.
+            ort_tensorrt, trt_workspace, trt_typing, trt_chunk_images: as ``label --ort-tensorrt`` (onnxruntime on
+                CUDA) and ``--trt-workspace``, ``--trt-typing``, ``--trt-chunk-images`` (``runtime="tensorrt"``).
             progress: runtime messages and a progress bar for long lists.
 
         Raises:

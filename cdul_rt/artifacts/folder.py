@@ -18,6 +18,7 @@ from pathlib import Path
 from cdul_rt.aggregation import OPTIONS as AGGREGATION_OPTIONS
 from cdul_rt.artifacts.manifest import Manifest, VocabularyInfo, read_manifest
 from cdul_rt.errors import CdulError
+from cdul_rt.presets import ModelRequest
 
 # label options a folder can supply (the user's value, when given, is checked against the folder instead)
 FOLDER_OPTIONS = ("model", "pretrained", "weights", "grid", *AGGREGATION_OPTIONS, "precision", "classes", "template")
@@ -69,28 +70,27 @@ def label_options_from_folder(opts: dict, given: set[str]) -> dict:
     return {**opts, **folder_options(read_manifest(Path(opts["engine_dir"])), given)}
 
 
-def _normal_name(model: str) -> str:
-    return Path(model).stem if model.endswith(".json") else model
-
-
-def check_request(manifest: Manifest, folder: Path, model: str, pretrained: str | None, weights: str | None,
-                  precision: str, grid: int, mode: str) -> None:
-    """Refuse a folder exported for another model, weights, precision, grid or aggregation mode."""
+def check_request(manifest: Manifest, folder: Path, model: ModelRequest, precision: str, grid: int,
+                  mode: str) -> None:
+    """Refuse a folder exported for another model, weights, precision, grid or aggregation mode (the model is
+    matched by name, unresolved: no open_clip import)."""
     from cdul_rt.cache import file_sha256
 
     m = manifest.model
-    names = {m.arch, m.display, f"{m.arch}.{m.pretrained}", _normal_name(m.request.model or "")}
+    request_name = ModelRequest(m.request.model or "").short_name
+    names = {m.arch, m.display, f"{m.arch}.{m.pretrained}", request_name}
     fix = "pass the options it was exported with, or export a folder for yours (`cdul-rt export --out DIR ...`)"
-    if _normal_name(model) not in names:
-        raise CdulError(f"{folder} holds model {m.display}, not {model}; {fix}")
-    if model.endswith(".json") and Path(model).is_file():
-        if json.loads(Path(model).read_text(encoding="utf-8")) != m.config:
-            raise CdulError(f"{folder} holds a model with another config than {model}; {fix}")
-    if pretrained is not None and pretrained not in (m.pretrained, m.request.pretrained):
-        raise CdulError(f"{folder} holds {m.display} (weights {m.pretrained}), not --pretrained {pretrained}; "
+    if model.short_name not in names:
+        raise CdulError(f"{folder} holds model {m.display}, not {model.name}; {fix}")
+    config = model.config_file
+    if config is not None and config.is_file():
+        if json.loads(config.read_text(encoding="utf-8")) != m.config:
+            raise CdulError(f"{folder} holds a model with another config than {model.name}; {fix}")
+    if model.pretrained is not None and model.pretrained not in (m.pretrained, m.request.pretrained):
+        raise CdulError(f"{folder} holds {m.display} (weights {m.pretrained}), not --pretrained {model.pretrained}; "
                         f"{fix}")
-    if weights is not None and file_sha256(weights) != m.weights_hash:
-        raise CdulError(f"{folder} was exported from other weights than {weights} (sha256 differs); {fix}")
+    if model.weights is not None and file_sha256(model.weights) != m.weights_hash:
+        raise CdulError(f"{folder} was exported from other weights than {model.weights} (sha256 differs); {fix}")
     lab = manifest.labeler
     for what, mine, theirs in (("precision", precision, manifest.precision), ("grid", grid, lab.grid),
                                ("mode", mode, lab.aggregation.mode)):

@@ -129,11 +129,11 @@ def command(out: Path | None, verify: bool, verify_images: tuple[Path, ...], eng
         return
     from cdul_rt.export.clip import ExportOptions, export_clip
     from cdul_rt.models import load_clip
-    from cdul_rt.presets import resolve_model
 
     out = out or default_out(opts["model"], opts["pretrained"], opts["precision"], opts["grid"], opts["mode"])
-    bundle = load_clip(resolve_model(opts["model"], opts["pretrained"], opts["weights"]))
-    export_clip(ExportOptions(out=out, **opts), log=lambda m: click.echo(m, err=True), bundle=bundle)
+    export_opts = ExportOptions(out=out, **opts)
+    bundle = load_clip(export_opts.model_request.spec())  # loaded once: the export and --verify share it
+    export_clip(export_opts, log=lambda m: click.echo(m, err=True), bundle=bundle)
     if verify:
         _verify(out, bundle, verify_images)
     if engine == "tensorrt":

@@ -58,6 +58,15 @@ def _default_workers() -> int:
 @click.option("--ort-tensorrt", is_flag=True,
               help="--runtime onnxruntime --device cuda: run the labeler on onnxruntime's TensorRT execution provider "
                    "(fp16 per --precision, engine and timing caches in the cdul-rt cache, profile sized in images).")
+@click.option("--trt-workspace", type=click.FloatRange(0, min_open=True), default=4.0, show_default=True,
+              help="--runtime tensorrt: builder workspace limit in GiB for the engine built on first use (as "
+                   "`export --trt-workspace`).")
+@click.option("--trt-typing", type=click.Choice(["flag", "strong"]), default=None,
+              help="--runtime tensorrt: fp16 path of the engine built on first use (as `export --trt-typing`). "
+                   "Default: flag on TRT 10, strong on TRT 11.")
+@click.option("--trt-chunk-images", type=click.IntRange(1), default=None,
+              help="--runtime tensorrt: images per engine run inside one batch (default: two chunks per batch, so "
+                   "the upload of one overlaps the compute of the other).")
 @click.option("--max-pixels", default=178_956_970, show_default=True,
               help="Refuse images larger than this many pixels (decompression-bomb guard).")
 @click.option("--compile", is_flag=True,
@@ -106,11 +115,10 @@ def command(images: str, out: Path | None, quiet: bool, cluster: str, ray_addres
     out_url = out if out is not None and is_url(out) else None  # staged locally, uploaded (remote_out.py)
     out = Path(out) if out is not None else None
     opts = label_options(opts, given_options(click.get_current_context(), FOLDER_OPTIONS))  # the default rule
-    if opts.pop("ort_tensorrt"):
+    if opts["ort_tensorrt"]:
         from cdul_rt.engines.gpu import check_ort_tensorrt
 
         check_ort_tensorrt(opts["runtime"], opts["device"])
-        opts["extra"] = {"ort_tensorrt": True}
     if cluster == "ray":
         if opts["decode"] == "gpu":
             raise click.UsageError("--decode gpu is not available with --cluster ray yet (its actors decode on the "

@@ -18,9 +18,13 @@ RUNTIMES = {
 }
 
 
+def check_runtime(name: str) -> str:
+    if name not in RUNTIMES:
+        raise did_you_mean(name, list(RUNTIMES), "runtime", f"Runtimes: {', '.join(RUNTIMES)}.")
+    return name
+
+
 def runtime_module(name: str):
     import importlib
 
-    if name not in RUNTIMES:
-        raise did_you_mean(name, list(RUNTIMES), "runtime", f"Runtimes: {', '.join(RUNTIMES)}.")
-    return importlib.import_module(RUNTIMES[name])
+    return importlib.import_module(RUNTIMES[check_runtime(name)])

@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Callable
 
 from cdul_rt.aggregation import DEFAULT_LAM, DEFAULT_ZETA, GRAPH_PARAMS, Aggregation
-from cdul_rt.errors import CdulError, require
 from cdul_rt.artifacts.manifest import (MANIFEST, PRECISIONS, ExportRequest, LabelerInfo, Manifest, ModelInfo,
                                         TokenizerInfo, VocabularyInfo)
+from cdul_rt.errors import CdulError, require
+from cdul_rt.presets import ModelRequest
 from cdul_rt.vocab import DEFAULT_TEMPLATE, check_template, load_vocabulary
 
 OPSET = 17
@@ -51,6 +52,10 @@ class ExportOptions:
     def aggregation(self) -> Aggregation:
         """``mode`` (baked into the labeler graph) and the default ``zeta``/``lam`` recorded in the manifest."""
         return Aggregation.from_options(self)
+
+    @property
+    def model_request(self) -> ModelRequest:
+        return ModelRequest(self.model, self.pretrained, self.weights)
 
     def validate(self) -> None:
         if self.precision not in PRECISIONS:
@@ -204,11 +209,10 @@ def export_clip(opts: ExportOptions, log: Callable[[str], None] = lambda m: prin
     require("onnxruntime", "onnx")
     from cdul_rt.artifacts.textstore import save_text_embeddings
     from cdul_rt.models import load_clip
-    from cdul_rt.presets import resolve_model
     from cdul_rt.textcache import encode_text_torch
 
     vocab = load_vocabulary(opts.classes)
-    bundle = bundle or load_clip(resolve_model(opts.model, opts.pretrained, opts.weights))
+    bundle = bundle or load_clip(opts.model_request.spec())
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)

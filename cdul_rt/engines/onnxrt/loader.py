@@ -15,6 +15,7 @@ import numpy as np
 from cdul_rt.artifacts.folder import check_request
 from cdul_rt.artifacts.manifest import Manifest, verify_artifacts
 from cdul_rt.engines import gpu
+from cdul_rt.engines.request import OrtOptions, RuntimeRequest, as_request
 from cdul_rt.engines.session import LabelerSession
 from cdul_rt.errors import CdulError, require
 from cdul_rt.vocab import Vocabulary
@@ -39,19 +40,27 @@ def ort_trt_profile(manifest: Manifest, batch_images: int, classes: int) -> dict
     return profile_shapes("labeler", inputs, spec, int(manifest.labeler["grid"]))
 
 
-def labeler_providers(cfg, manifest: Manifest, classes: int) -> tuple[list, list]:
-    """(providers of the text graph, providers of the labeler graph) for ``cfg.device`` through the one picker,
-    :func:`cdul_rt.engines.gpu.ort_providers`; with ``--ort-tensorrt`` the labeler gets onnxruntime's TensorRT
-    execution provider (its profile names the labeler's inputs, so the text graph stays on CUDA)."""
+def labeler_providers(request: RuntimeRequest, manifest: Manifest, classes: int) -> tuple[list, list]:
+    """(providers of the text graph, providers of the labeler graph) for ``request.device`` through the one picker,
+    :func:`cdul_rt.engines.gpu.ort_providers`; with ``--ort-tensorrt`` (:class:`OrtOptions` ``tensorrt_ep``) the
+    labeler gets onnxruntime's TensorRT execution provider (its profile names the labeler's inputs, so the text graph
+    stays on CUDA)."""
     from cdul_rt.engines.gpu import ort_providers
 
     require("onnxruntime", "runtime")
-    extra = cfg.extra or {}
-    base = ort_providers(cfg.device, manifest.precision, wanted=extra.get("providers"))
-    if not extra.get("ort_tensorrt") or extra.get("providers"):
+    base = ort_providers(request.device, manifest.precision)
+    if not _ort_options(request).tensorrt_ep:
         return base, base
-    profile = ort_trt_profile(manifest, int(cfg.batch_size), classes)
-    return base, ort_providers(cfg.device, manifest.precision, use_tensorrt=True, profile=profile)
+    profile = ort_trt_profile(manifest, int(request.batch_size), classes)
+    return base, ort_providers(request.device, manifest.precision, use_tensorrt=True, profile=profile)
+
+
+def _ort_options(request) -> OrtOptions:
+    """The request's :class:`OrtOptions`; a namespace in the shape label options had before the typed request
+    (``device``, ``batch_size``, an ``extra`` dict with ``ort_tensorrt``: issue 14's test builds one) is read too."""
+    if isinstance(request, RuntimeRequest):
+        return request.options
+    return OrtOptions(tensorrt_ep=bool((request.extra or {}).get("ort_tensorrt")))
 
 
 class SessionFromOnnx:
@@ -107,34 +116,36 @@ def class_embeddings(folder: Path, manifest: Manifest, vocab: Vocabulary, templa
     return emb
 
 
-def check_available(cfg) -> None:
-    """What can be refused before a folder exists (:func:`cdul_rt.prepare.prepare_label_config` asks first)."""
+def check_available(request: RuntimeRequest) -> None:
+    """What can be refused before a folder exists (:func:`cdul_rt.prepare.prepare_request` asks first)."""
     require("onnxruntime", "runtime")
 
 
-def artifact_folder(cfg, runtime: str) -> Path:
-    """The folder a graph runtime opens: ``cfg.engine_dir``, which :func:`cdul_rt.prepare.prepare_label_config`
+def artifact_folder(request: RuntimeRequest) -> Path:
+    """The folder a graph runtime opens: ``request.engine_dir``, which :func:`cdul_rt.prepare.prepare_request`
     fills (the cached export) before the runtime is called."""
-    if not cfg.engine_dir:
-        raise CdulError(f"--runtime {runtime} runs an exported artifact folder and none was given: pass --engine-dir "
-                        "DIR (`cdul-rt export --out DIR`), or open it through cdul_rt.pipeline.open_session, which "
-                        "finds or makes the cached export")
-    return Path(cfg.engine_dir)
+    if request.engine_dir is None:
+        raise CdulError(f"--runtime {request.runtime} runs an exported artifact folder and none was given: pass "
+                        "--engine-dir DIR (`cdul-rt export --out DIR`), or open it through "
+                        "cdul_rt.pipeline.open_session, which finds or makes the cached export")
+    return Path(request.engine_dir)
 
 
-def open_labeler(cfg, vocab: Vocabulary) -> LabelerSession:
-    """The ``--runtime onnxruntime`` session for ``cdul-rt label`` (cfg: :class:`cdul_rt.pipeline.LabelConfig`)."""
+def open_labeler(request: RuntimeRequest, vocab: Vocabulary) -> LabelerSession:
+    """The ``--runtime onnxruntime`` session (``request``: a :class:`RuntimeRequest` with :class:`OrtOptions`, or
+    label options naming their folder)."""
     from cdul_rt.engines.onnxrt.runner import OnnxLabelerRunner
 
-    check_available(cfg)
-    folder = artifact_folder(cfg, "onnxruntime")
+    req = as_request(request)
+    check_available(req)
+    folder = artifact_folder(req)
     manifest = verify_artifacts(folder)  # every file (size + sha256) before any runtime starts, as promised
-    check_request(manifest, folder, cfg.model, cfg.pretrained, cfg.weights, cfg.precision, cfg.grid, cfg.mode)
-    text_providers, providers = labeler_providers(cfg, manifest, len(vocab.prompts(cfg.template)))
-    text = class_embeddings(folder, manifest, vocab, cfg.template, text_providers)
+    check_request(manifest, folder, req.model, req.precision, req.grid, req.aggregation.mode)
+    text_providers, providers = labeler_providers(req, manifest, len(vocab.prompts(req.template)))
+    text = class_embeddings(folder, manifest, vocab, req.template, text_providers)
     session = SessionFromOnnx(folder / "labeler.onnx", providers, precision=manifest.precision)
     runner = OnnxLabelerRunner(session, manifest.crops_per_image, manifest.image_size, manifest.embed_dim,
-                               **cfg.aggregation.numbers())
+                               **req.aggregation.numbers())
     return LabelerSession(runner, text, manifest.preprocess_config(), manifest.model.display,
                           manifest.weights_hash, manifest.precision, "onnxruntime",
                           **folder_encoders(folder, manifest, providers))

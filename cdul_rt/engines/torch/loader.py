@@ -1,24 +1,26 @@
-"""Build a torch labeler session from the label options (loads CLIP, computes or reads cached text embeddings)."""
+"""Build a torch labeler session from a runtime request (loads CLIP, computes or reads cached text embeddings)."""
 
 from __future__ import annotations
 
+from cdul_rt.engines.request import RuntimeRequest, as_request
 from cdul_rt.engines.session import LabelerSession
 
 
-def open_labeler(cfg, vocab) -> LabelerSession:
+def open_labeler(request: RuntimeRequest, vocab) -> LabelerSession:
+    """``--runtime torch`` (``request``: a :class:`RuntimeRequest` with :class:`TorchOptions`, or label options)."""
     from cdul_rt.engines.gpu import require_torch_cuda
     from cdul_rt.engines.torch.runner import TorchLabelerRunner
     from cdul_rt.models import load_clip, model_key
-    from cdul_rt.presets import resolve_model
     from cdul_rt.textcache import text_embeddings
 
-    device = require_torch_cuda(cfg.device)  # before loading: a CPU-only torch or no GPU is a clear error
-    bundle = load_clip(resolve_model(cfg.model, cfg.pretrained, cfg.weights), device=device)
-    text = text_embeddings(bundle, vocab, cfg.template, model_key(bundle))
-    runner = TorchLabelerRunner(bundle, grid=cfg.grid, aggregation=cfg.aggregation, precision=cfg.precision,
-                                device=device, compile=getattr(cfg, "compile", False))
+    req = as_request(request)
+    device = require_torch_cuda(req.device)  # before loading: a CPU-only torch or no GPU is a clear error
+    bundle = load_clip(req.model.spec(), device=device)
+    text = text_embeddings(bundle, vocab, req.template, model_key(bundle))
+    runner = TorchLabelerRunner(bundle, grid=req.grid, aggregation=req.aggregation, precision=req.precision,
+                                device=device, compile=req.options.compile)
     return LabelerSession(runner, text, bundle.preprocess, bundle.model_id, bundle.weights_hash,
-                          cfg.precision, "torch", **torch_encoders(bundle, runner))
+                          req.precision, "torch", **torch_encoders(bundle, runner))
 
 
 def torch_encoders(bundle, runner) -> dict:

@@ -53,6 +53,18 @@ class TrtBuildConfig:
     force: bool = False
     verbose: bool = False
 
+    @property
+    def workspace_bytes(self) -> int:
+        return int(self.workspace_gib * (1 << 30))
+
+    def builder_options(self, typing: str | None, timing_cache: Path):
+        """What the TensorRT builder itself takes (:class:`~cdul_rt.engines.trt.builder.BuildOptions`): these
+        settings with the typing resolved for the installed TensorRT and the timing cache chosen for the device."""
+        from cdul_rt.engines.trt.builder import BuildOptions
+
+        return BuildOptions(self.precision, typing, self.workspace_bytes, timing_cache,
+                            self.builder_optimization_level, self.verbose)
+
 
 @dataclass(frozen=True)
 class BuiltEngine:
@@ -150,16 +162,15 @@ def build_engine(src: GraphSource, out_dir: Path, cfg: TrtBuildConfig,
                  log: Callable[[str], None] = print) -> BuiltEngine:
     from cdul_rt.cache import file_sha256
     from cdul_rt.engines.trt import cuda
-    from cdul_rt.engines.trt.builder import BuildOptions, build_serialized, choose_typing, import_tensorrt, trt_major
+    from cdul_rt.engines.trt.builder import build_serialized, choose_typing, import_tensorrt, trt_major
     from cdul_rt.engines.trt.cache import EngineCache, plan_stem
 
     trt = import_tensorrt()
     dev = cuda.device_info(cfg.device)
     cuda.set_device(cfg.device)
     typing = choose_typing(trt_major(trt.__version__), cfg.precision, cfg.typing)
-    workspace = int(cfg.workspace_gib * (1 << 30))
     key, shapes = engine_key(src, file_sha256(src.onnx), trt.__version__, dev.compute_capability, cfg.precision,
-                             typing, cfg.profile, dev.name, workspace, cfg.builder_optimization_level)
+                             typing, cfg.profile, dev.name, cfg.workspace_bytes, cfg.builder_optimization_level)
     cache, stem = EngineCache(out_dir), plan_stem(src.kind, cfg.precision, key)
     plan_path, reason = cache.lookup(stem, key)
     if plan_path is not None and not cfg.force:
@@ -174,9 +185,7 @@ def build_engine(src: GraphSource, out_dir: Path, cfg: TrtBuildConfig,
     log(f"{stem}: building from {src.onnx.name} on {dev.name} (sm {dev.compute_capability}), TensorRT "
         f"{trt.__version__}, {typing or 'fp32'} typing; this takes minutes")
     timing = cfg.timing_cache or out_dir / f"{TIMING_CACHE[:-len('.cache')]}.{key.device_tag()}.cache"  # per device
-    opts = BuildOptions(cfg.precision, typing, workspace, timing,
-                        cfg.builder_optimization_level, cfg.verbose)
-    plan, typed = build_serialized(src.onnx, shapes, opts, log)
+    plan, typed = build_serialized(src.onnx, shapes, cfg.builder_options(typing, timing), log)
     check = _verify_fp16(plan, shapes, src, cfg.verbose, typed) if cfg.precision == "fp16" else None
     path = cache.store(stem, key, plan, {"onnx": str(src.onnx), "onnx_precision": src.onnx_precision,
                                          "grid": src.grid, "device": dev.name, "precision_check": check})
