@@ -198,7 +198,9 @@ def label_options(opts: dict, given: set[str]) -> dict:
 
 
 def _folder_precision(engine_dir, runtime: str) -> str | None:
-    if not engine_dir or runtime not in ("onnxruntime", "tensorrt"):
+    from cdul_rt.artifacts.folder import FOLDER_RUNTIMES
+
+    if not engine_dir or runtime not in FOLDER_RUNTIMES:
         return None
     from cdul_rt.artifacts.manifest import read_manifest
 
