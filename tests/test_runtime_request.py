@@ -92,6 +92,12 @@ def test_label_trt_flags_are_refused_without_the_tensorrt_runtime(tmp_path, imag
     assert not (tmp_path / "x.jsonl").exists()
 
 
+def test_label_trt_flags_are_the_servers_with_server(tmp_path, image_folder):
+    r = CliRunner().invoke(main, ["label", str(image_folder), "--server", "http://127.0.0.1:9", "--trt-workspace", "2",
+                                  "--out", str(tmp_path / "x.jsonl"), "-q"])
+    assert r.exit_code != 0 and "--trt-workspace: with --server the server decides these" in r.output, r.output
+
+
 def test_the_pipeline_makes_the_cached_export_and_the_runtime_only_opens_it(tmp_path, tiny_config, monkeypatch):
     """The onnxruntime runtime given no folder refuses (it never exports); open_session's prepare step exports
     into the cache once and hands the runtime that folder; the label options keep engine_dir unset."""

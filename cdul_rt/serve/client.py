@@ -28,7 +28,7 @@ SCORES = ("S_final", "S_global", "S_ag")
 # label options the server decides (given with --server they are refused: set them on `cdul-rt serve`)
 SERVER_SIDE = ("model", "weights", "pretrained", "classes", "template", "grid", *AGGREGATION_OPTIONS, "threshold",
                "top_k", "runtime", "precision", "device", "engine_dir", "max_pixels", "compile", "jpeg_draft",
-               "decode", "ort_tensorrt")
+               "decode", "ort_tensorrt", "trt_workspace", "trt_typing", "trt_chunk_images")
 
 
 class ImageRefused(Exception):
