@@ -77,3 +77,38 @@ def test_preprocess_config_roundtrip_and_validation():
 @pytest.mark.parametrize("grid,expected", [(1, 2), (3, 10), (4, 17)])
 def test_crops_per_image_is_the_global_view_plus_the_grid(grid, expected):
     assert crops_per_image(grid) == expected
+
+
+# -- mutation survivors (issue 19 item 4): the grid limits and the crop buffer check --------------------------------
+def test_grid_limits_are_inclusive_and_their_messages_say_what_to_do():
+    from cdul_rt.crops import MAX_GRID, check_grid
+
+    check_grid(1)
+    check_grid(MAX_GRID)  # both ends are allowed
+    with pytest.raises(CdulError) as low:
+        check_grid(0)
+    assert str(low.value) == "--grid must be >= 1, got 0"
+    with pytest.raises(CdulError) as high:
+        check_grid(MAX_GRID + 1)
+    n = MAX_GRID + 1
+    assert f"--grid {n} is above the maximum of {MAX_GRID}: it would make {1 + n * n} crops per image (memory and " \
+           f"encoder time grow with g^2; the paper uses 3). Use --grid {MAX_GRID} or less." == str(high.value)
+
+
+def test_an_image_exactly_as_wide_or_high_as_the_grid_has_one_pixel_tiles():
+    assert grid_boxes(3, 3, 3)[4] == (1, 1, 2, 2)
+    assert grid_boxes(3, 5, 3)[0] == (0, 0, 1, 2) and grid_boxes(5, 3, 3)[0] == (0, 0, 2, 1)
+    with pytest.raises(CdulError, match="image of 3x2 px is too small for a 3x3 grid"):
+        grid_boxes(3, 2, 3)
+
+
+def test_crops_are_written_into_a_given_buffer_of_the_right_shape_and_dtype_only():
+    img = Image.fromarray(np.random.default_rng(1).integers(0, 256, (20, 30, 3), dtype=np.uint8))
+    cfg = PreprocessConfig(size=8)
+    buf = np.zeros((5, 8, 8, 3), dtype=np.uint8)
+    assert image_crops(img, 2, cfg, out=buf) is buf
+    np.testing.assert_array_equal(buf, image_crops(img, 2, cfg))
+    for bad in (np.zeros((4, 8, 8, 3), np.uint8), np.zeros((5, 8, 8, 3), np.float32)):
+        with pytest.raises(CdulError) as e:
+            image_crops(img, 2, cfg, out=bad)
+        assert str(e.value) == f"crop buffer must be uint8 (5, 8, 8, 3), got {bad.dtype} {bad.shape}"

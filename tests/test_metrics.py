@@ -76,3 +76,63 @@ def test_map_shape_errors_are_clear():
         mean_average_precision(np.zeros((3, 1)), np.zeros((3, 1)), ["a"])
     with pytest.raises(CdulError, match=r"differ in length \(3 vs 2\)"):
         average_precision(np.zeros(3), np.zeros(2))
+
+
+# -- mutation survivors (issue 19 item 4) ---------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [bool, np.uint8])
+def test_ap_of_hard_or_integer_scores_agrees_with_sklearn(dtype):
+    rng = np.random.default_rng(5)
+    targets = (rng.random(60) < 0.4).astype(int)
+    scores = (rng.random(60) < 0.5) if dtype is bool else rng.integers(0, 256, 60).astype(np.uint8)
+    scores[0] = targets[0] = 1  # a positive, and a score of 0 that must rank last (uint8 negation would wrap it)
+    assert average_precision(scores, targets) == pytest.approx(
+        sklearn_metrics.average_precision_score(targets, scores.astype(float)))
+    precision, recall = precision_recall_curve(scores, targets)
+    sk_precision, sk_recall, _ = sklearn_metrics.precision_recall_curve(targets, scores.astype(float))
+    np.testing.assert_allclose(precision, sk_precision[:-1][::-1])
+    np.testing.assert_allclose(recall, sk_recall[:-1][::-1])
+
+
+def test_pr_curve_without_a_positive_is_two_empty_arrays():
+    precision, recall = precision_recall_curve([0.3, 0.2, 0.9], [0, 0, IGNORE])
+    assert precision.shape == recall.shape == (0,)
+
+
+def test_check_predictions_names_the_repeated_and_the_empty():
+    from cdul_rt.metrics import check_predictions
+
+    with pytest.raises(CdulError) as e:
+        check_predictions([], np.zeros((0, 2)))
+    assert str(e.value) == "predictions holds no rows; nothing to evaluate (was the label run interrupted?)"
+    paths = ["a", "b", "c", "d", "e", "a", "b", "c", "d", "a"]
+    with pytest.raises(CdulError) as e:
+        check_predictions(paths, np.zeros((10, 2)), source="p.jsonl")
+    assert str(e.value) == ("p.jsonl has 4 images on more than one row (e.g. a, b, c); a label file holds one row per "
+                            "image: re-create it (cdul-rt label --overwrite) or drop the repeats")
+
+
+def test_check_predictions_ranks_nan_and_minus_inf_lowest_and_plus_inf_highest():
+    from cdul_rt.metrics import check_predictions
+
+    paths = ["a", "b", "c", "d"]
+    clean = np.array([[0.2, 0.5], [0.7, 0.1], [0.3, 0.4], [0.9, 0.6]])
+    assert check_predictions(paths, clean) == (pytest.approx(clean), [])
+    scores = clean.copy()
+    scores[1, 0], scores[2, 1], scores[3, 1] = np.nan, np.inf, -np.inf
+    got, warnings = check_predictions(paths, scores, source="p.csv")
+    assert warnings == ["3 scores in 3 rows of p.csv are NaN or infinite (e.g. b, c, d); NaN and -inf rank lowest, "
+                        "+inf highest"]
+    assert np.isfinite(got).all()
+    finite = ~np.isin(np.arange(8).reshape(4, 2), [2, 5, 7])
+    np.testing.assert_array_equal(got[finite], clean[finite])  # finite scores kept as they are
+    assert got[1, 0] < clean[finite].min() and got[3, 1] < clean[finite].min()
+    assert got[2, 1] > clean[finite].max()
+    # rows named: one row with two bad scores, five rows, only the first three listed
+    scores = np.zeros((5, 2))
+    scores[4] = np.nan
+    scores[:4, 1] = np.inf
+    assert check_predictions(list("vwxyz"), scores)[1][0].startswith("6 scores in 5 rows of predictions are NaN or "
+                                                                    "infinite (e.g. v, w, x);")
+    # nothing finite at all: NaN still below +inf
+    got, _ = check_predictions(["a", "b"], np.array([[np.nan, np.inf], [-np.inf, np.inf]]))
+    assert got[0, 0] < got[0, 1] and got[1, 0] < got[1, 1] and got[0, 0] == got[1, 0]

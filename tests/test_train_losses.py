@@ -124,3 +124,39 @@ def test_latent_from_labels_clamps():
     assert out[1].item() == 0.0
     assert torch.isfinite(out).all() and out[0].item() == pytest.approx(-out[2].item())
     assert out[2].item() == pytest.approx(_logit(1 - 1e-6))
+
+
+# -- mutation survivors (issue 19 item 4): the clamps at saturated logits -------------------------------------------
+EPS = 1e-6
+
+
+def _bernoulli_kl_ref(y: float, z: float) -> float:
+    """KL(Bernoulli(y) || Bernoulli(p)) with y and p = sigmoid(z) clamped to [eps, 1 - eps], in plain floats."""
+    y = min(max(y, EPS), 1 - EPS)
+    p = min(max(1 / (1 + math.exp(-z)), EPS), 1 - EPS)
+    return y * math.log(y / p) + (1 - y) * math.log((1 - y) / (1 - p))
+
+
+@pytest.mark.parametrize("y,z", [(1.0, 50.0), (0.0, -50.0), (0.0, 50.0), (1.0, -50.0), (0.5, 30.0), (0.5, -30.0)])
+def test_bernoulli_kl_clamps_the_prediction_like_the_label(y, z):
+    # float64 so that the clamp's 1e-6 is far above rounding: without it a saturated pair would give KL < 0 (agreeing)
+    # or grow with |z| (disagreeing) instead of stopping at KL(eps || 1 - eps) ~ 13.8
+    got = bernoulli_kl(torch.tensor([[y]], dtype=torch.float64), torch.tensor([[z]], dtype=torch.float64)).item()
+    assert got == pytest.approx(_bernoulli_kl_ref(y, z), rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.parametrize("y,z", [(1.0, 50.0), (0.0, -50.0), (1.0, 13.9), (0.0, -13.9)])
+def test_the_gradient_of_a_saturated_label_agreeing_with_a_saturated_prediction_is_zero(y, z):
+    grad = bernoulli_kl_grad_yu(torch.tensor([[y]], dtype=torch.float64), torch.tensor([[z]], dtype=torch.float64))
+    assert abs(grad.item()) < 1e-9
+
+
+@pytest.mark.parametrize("y,z", [(1.0, -50.0), (0.0, 50.0)])
+def test_the_gradient_of_a_saturated_disagreement_is_bounded_by_the_clamp(y, z):
+    grad = bernoulli_kl_grad_yu(torch.tensor([[y]], dtype=torch.float64), torch.tensor([[z]], dtype=torch.float64))
+    assert grad.item() == pytest.approx(math.copysign(2 * math.log((1 - EPS) / EPS), y - 0.5), rel=1e-9)
+
+
+def test_an_unknown_loss_is_named():
+    with pytest.raises(ValueError, match=r"^unknown loss 'hinge'$"):
+        latent_update(torch.zeros(1, 2), torch.zeros(1, 2), eta=1.0, sigma=0.2, c1=1.0, loss="hinge")
