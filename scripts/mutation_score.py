@@ -43,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--equivalent", type=Path, default=Path(__file__).with_name("mutation_equivalent.tsv"))
     ap.add_argument("--survivors", action="store_true", help="list the meaningful survivors too")
     ap.add_argument("--no-equivalent", action="store_true", help="count every survivor as meaningful")
+    ap.add_argument("--names", choices=["timeout", "not checked", "meaningful", "equivalent"],
+                    help="only print the names of the mutants in that state (one a line), e.g. to rerun them")
     args = ap.parse_args(argv)
     equivalent = {} if args.no_equivalent else load_equivalent(args.equivalent)
     metas = sorted(args.mutants.rglob("*.py.meta"))
@@ -51,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     rows: dict[str, Counter] = {}
     meaningful: list[str] = []
+    names: dict[str, list[str]] = {"timeout": [], "not checked": [], "meaningful": meaningful, "equivalent": []}
     seen_equivalent = set()
     for meta in metas:
         for name, code in json.loads(meta.read_text())["exit_code_by_key"].items():
@@ -62,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
                 if name in equivalent:
                     c["equivalent"] += 1
                     seen_equivalent.add(name)
+                    names["equivalent"].append(name)
                 else:
                     c["meaningful"] += 1
                     meaningful.append(name)
@@ -69,10 +73,15 @@ def main(argv: list[str] | None = None) -> int:
                 c["no tests"] += 1
             elif code in TIMEOUT:
                 c["timeout"] += 1
+                names["timeout"].append(name)
             elif code in NOT_CHECKED:
                 c["not checked"] += 1
+                names["not checked"].append(name)
             else:
                 c["other"] += 1
+    if args.names:
+        print("\n".join(names[args.names]))
+        return 0
     cols = ["mutants", "killed", "equivalent", "meaningful", "timeout", "no tests", "not checked", "other"]
     head = f"{'module':28s}" + "".join(f"{c:>12s}" for c in cols) + f"{'score':>9s}"
     print(head)

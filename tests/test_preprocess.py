@@ -99,13 +99,13 @@ def test_non_rgb_images_come_out_as_rgb():
 def test_normalize_batch_joins_parts_in_order_and_applies_mean_and_std_per_channel():
     cfg = PreprocessConfig(size=4, mean=(0.1, 0.5, 0.9), std=(0.2, 0.25, 0.5))
     rng = np.random.default_rng(2)
-    a, b = rng.integers(0, 256, (2, 4, 4, 3), dtype=np.uint8), rng.integers(0, 256, (3, 4, 4, 3), dtype=np.uint8)
-    joined = normalize_batch(np.concatenate([a, b]), cfg)
-    assert joined.shape == (5, 3, 4, 4) and joined.dtype == np.float32
-    want = (np.concatenate([a, b]).transpose(0, 3, 1, 2) / 255.0 - np.array(cfg.mean)[:, None, None]) \
+    a, b, c = (rng.integers(0, 256, (n, 4, 4, 3), dtype=np.uint8) for n in (2, 3, 1))
+    joined = normalize_batch(np.concatenate([a, b, c]), cfg)
+    assert joined.shape == (6, 3, 4, 4) and joined.dtype == np.float32
+    want = (np.concatenate([a, b, c]).transpose(0, 3, 1, 2) / 255.0 - np.array(cfg.mean)[:, None, None]) \
         / np.array(cfg.std)[:, None, None]
     np.testing.assert_allclose(joined, want, rtol=1e-5, atol=1e-5)
-    np.testing.assert_array_equal(normalize_batch([a, b], cfg), joined)
-    np.testing.assert_array_equal(normalize_batch((p for p in [a, b]), cfg), joined)
+    np.testing.assert_array_equal(normalize_batch([a, b, c], cfg), joined)
+    np.testing.assert_array_equal(normalize_batch((p for p in [a, b, c]), cfg), joined)
     empty = normalize_batch([], cfg)
     assert empty.shape == (0, 3, 4, 4) and empty.dtype == np.float32

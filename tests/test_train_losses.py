@@ -160,3 +160,11 @@ def test_the_gradient_of_a_saturated_disagreement_is_bounded_by_the_clamp(y, z):
 def test_an_unknown_loss_is_named():
     with pytest.raises(ValueError, match=r"^unknown loss 'hinge'$"):
         latent_update(torch.zeros(1, 2), torch.zeros(1, 2), eta=1.0, sigma=0.2, c1=1.0, loss="hinge")
+
+
+def test_the_categorical_gradient_uses_the_given_eps():
+    y_u = torch.tensor([[0.0, 0.3, 0.7], [0.05, 0.0, 0.9]], dtype=torch.float64)
+    logits = torch.tensor([[0.5, -1.0, 2.0], [1.0, 0.0, -0.5]], dtype=torch.float64)
+    y = y_u.clamp(min=0.1).requires_grad_(True)
+    (want,) = torch.autograd.grad(categorical_kl(y, logits, eps=0.1) * 2, y)
+    torch.testing.assert_close(categorical_kl_grad_yu(y_u, logits, eps=0.1), want)
