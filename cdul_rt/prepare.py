@@ -1,11 +1,13 @@
-"""Before a runtime opens: find or make the artifact folder a graph runtime runs (the pipeline's step, not the
-runtime's).
+"""Before a runtime opens: find or make the artifact folder a graph runtime runs, and the TensorRT engine built
+from it (the pipeline's step, not the runtime's).
 
 ``--runtime onnxruntime`` and ``tensorrt`` run an exported artifact folder. With ``--engine-dir`` it is the user's;
 without it, the export for these model options in the cache (``CDUL_RT_CACHE``/engines/<key>), made here once
 with the exporter (torch) and reused by every later run, Ray actor or server with the same options. The runtimes
-themselves only open a folder they are given, so ``engines/`` never imports ``export/``. The result is the
-runtime's typed request (:class:`~cdul_rt.engines.request.RuntimeRequest`).
+themselves only open a folder they are given, so ``engines/`` never imports ``export/``. For ``--runtime
+tensorrt`` the labeler engine for this GPU, TensorRT and request is then found in the folder's ``tensorrt/`` or built
+there once (:mod:`cdul_rt.engines.trt.build`); the runtime only opens it. The result is the runtime's typed request
+(:class:`~cdul_rt.engines.request.RuntimeRequest`).
 """
 
 from __future__ import annotations
@@ -71,7 +73,32 @@ def prepare_request(cfg) -> RuntimeRequest:
         cand = choose(cfg.runtime, cfg.precision, cfg.device, cfg.engine_dir)
         cfg = replace(cfg, runtime=cand.runtime, precision=cand.precision)
     request = cfg.runtime_request()
-    if request.runtime not in FOLDER_RUNTIMES or request.engine_dir is not None:
+    if request.runtime not in FOLDER_RUNTIMES:
         return request
-    runtime_module(request.runtime).check_available(request)
-    return replace(request, engine_dir=cached_folder(cfg))
+    if request.engine_dir is None:
+        runtime_module(request.runtime).check_available(request)
+        request = replace(request, engine_dir=cached_folder(cfg))
+    if request.runtime == "tensorrt":
+        tensorrt_engine(request)
+    return request
+
+
+def tensorrt_engine(request: RuntimeRequest) -> None:
+    """Find or build (minutes, once per GPU, TensorRT version and build options) the labeler engine the TensorRT
+    runtime will open from ``request.engine_dir``. Refused before any build: no TensorRT or no CUDA device, and a
+    folder exported for other options; before a build every file of the folder is checked against its manifest."""
+    from cdul_rt.artifacts.folder import check_request
+    from cdul_rt.artifacts.manifest import read_manifest
+    from cdul_rt.engines.trt.build import ENGINE_FOLDER, build_engine, find_engine, labeler_build
+    from cdul_rt.engines.trt.loader import check_available
+
+    device = check_available(request)
+    folder = Path(request.engine_dir)
+    manifest = read_manifest(folder)
+    # same model, weights, grid and mode; the precision may differ (TRT 10 builds fp16 from the fp32 graph)
+    check_request(manifest, folder, request.model, manifest.precision, request.grid, request.aggregation.mode)
+    src, build = labeler_build(request, folder, device)
+    found = find_engine(src, folder / ENGINE_FOLDER, build)
+    if found.plan is None:
+        verify_artifacts(folder)  # the runtime verifies again when it opens; a damaged folder fails before minutes
+    build_engine(src, folder / ENGINE_FOLDER, build, found=found)  # "up to date", or the build with its messages

@@ -135,7 +135,7 @@ def test_tensorrt_runtime_takes_the_folder_options_too(tmp_path, folder, images,
     import shutil
 
     from cdul_rt.engines.trt import builder, cuda
-    from cdul_rt.engines.trt.loader import open_labeler
+    from cdul_rt.pipeline import open_session as open_labeler
     from cdul_rt.pipeline import LabelConfig
     from cdul_rt.vocab import load_vocabulary
 

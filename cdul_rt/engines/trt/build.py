@@ -1,5 +1,6 @@
-"""TensorRT engines from the ONNX graphs of an artifact folder (``cdul-rt export --engine tensorrt``, and
-``label --runtime tensorrt`` on first use). :mod:`~cdul_rt.engines.trt.builder` holds the TensorRT API calls;
+"""TensorRT engines from the ONNX graphs of an artifact folder (``cdul-rt export --engine tensorrt``, and the
+pipeline's prepare step before ``label --runtime tensorrt``, which only looks engines up).
+:mod:`~cdul_rt.engines.trt.builder` holds the TensorRT API calls;
 this module decides what to build, from which graph, and whether a stored engine is still good.
 
 For each graph (fused labeler, visual encoder, text encoder, classifier when exported) this picks the ONNX file the
@@ -19,11 +20,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from cdul_rt.artifacts.manifest import MANIFEST, FileEntry, check_file, read_manifest
 from cdul_rt.engines.trt.profiles import EngineKey, ProfileSpec, profile_shapes, shapes_to_json
 from cdul_rt.errors import CdulError
+
+if TYPE_CHECKING:
+    from cdul_rt.engines.trt.cache import EngineCache
+    from cdul_rt.engines.trt.cuda import DeviceInfo
 
 ENGINE_FOLDER = "tensorrt"
 TIMING_CACHE = "timing.cache"
@@ -158,11 +163,27 @@ def _verify_fp16(plan: bytes, shapes: dict, src: GraphSource, verbose: bool, typ
     return f"{check.method}: {check.detail}"
 
 
-def build_engine(src: GraphSource, out_dir: Path, cfg: TrtBuildConfig,
-                 log: Callable[[str], None] = print) -> BuiltEngine:
+@dataclass(frozen=True)
+class EngineLookup:
+    """One graph's engine on this GPU and TensorRT: the key it must have, and the stored plan when it matches
+    (``plan`` None: ``reason`` says why it cannot be used, or None when there is none)."""
+
+    trt_version: str
+    device: DeviceInfo
+    typing: str | None
+    key: EngineKey
+    shapes: dict
+    cache: EngineCache
+    stem: str
+    plan: Path | None
+    reason: str | None
+
+
+def find_engine(src: GraphSource, out_dir: Path, cfg: TrtBuildConfig) -> EngineLookup:
+    """The stored engine for ``src`` with these settings on this GPU, if there is a good one; builds nothing."""
     from cdul_rt.cache import file_sha256
     from cdul_rt.engines.trt import cuda
-    from cdul_rt.engines.trt.builder import build_serialized, choose_typing, import_tensorrt, trt_major
+    from cdul_rt.engines.trt.builder import choose_typing, import_tensorrt, trt_major
     from cdul_rt.engines.trt.cache import EngineCache, plan_stem
 
     trt = import_tensorrt()
@@ -173,24 +194,51 @@ def build_engine(src: GraphSource, out_dir: Path, cfg: TrtBuildConfig,
                              typing, cfg.profile, dev.name, cfg.workspace_bytes, cfg.builder_optimization_level)
     cache, stem = EngineCache(out_dir), plan_stem(src.kind, cfg.precision, key)
     plan_path, reason = cache.lookup(stem, key)
-    if plan_path is not None and not cfg.force:
-        log(f"{stem}: up to date ({plan_path})")
-        return BuiltEngine(src.kind, plan_path, False, None, None)
-    others = cache.others(src.kind, cfg.precision, stem)
+    return EngineLookup(trt.__version__, dev, typing, key, shapes, cache, stem, plan_path, reason)
+
+
+def build_engine(src: GraphSource, out_dir: Path, cfg: TrtBuildConfig,
+                 log: Callable[[str], None] = print, found: EngineLookup | None = None) -> BuiltEngine:
+    """Reuse the stored engine for ``src`` or build it (``found``: this graph's :func:`find_engine`, when the caller
+    already looked)."""
+    from cdul_rt.engines.trt.builder import build_serialized
+
+    f = found or find_engine(src, out_dir, cfg)
+    stem, reason, key, dev = f.stem, f.reason, f.key, f.device
+    if f.plan is not None and not cfg.force:
+        log(f"{stem}: up to date ({f.plan})")
+        return BuiltEngine(src.kind, f.plan, False, None, None)
+    others = f.cache.others(src.kind, cfg.precision, stem)
     if reason:
         log(f"{stem}: rebuilding ({reason})")
     elif others:
         reason = f"no engine for this GPU and TensorRT yet (the folder has {', '.join(others)})"
         log(f"{stem}: {reason}")
     log(f"{stem}: building from {src.onnx.name} on {dev.name} (sm {dev.compute_capability}), TensorRT "
-        f"{trt.__version__}, {typing or 'fp32'} typing; this takes minutes")
+        f"{f.trt_version}, {f.typing or 'fp32'} typing; this takes minutes")
     timing = cfg.timing_cache or out_dir / f"{TIMING_CACHE[:-len('.cache')]}.{key.device_tag()}.cache"  # per device
-    plan, typed = build_serialized(src.onnx, shapes, cfg.builder_options(typing, timing), log)
-    check = _verify_fp16(plan, shapes, src, cfg.verbose, typed) if cfg.precision == "fp16" else None
-    path = cache.store(stem, key, plan, {"onnx": str(src.onnx), "onnx_precision": src.onnx_precision,
-                                         "grid": src.grid, "device": dev.name, "precision_check": check})
+    plan, typed = build_serialized(src.onnx, f.shapes, cfg.builder_options(f.typing, timing), log)
+    check = _verify_fp16(plan, f.shapes, src, cfg.verbose, typed) if cfg.precision == "fp16" else None
+    path = f.cache.store(stem, key, plan, {"onnx": str(src.onnx), "onnx_precision": src.onnx_precision,
+                                           "grid": src.grid, "device": dev.name, "precision_check": check})
     log(f"{stem}: wrote {path} ({len(plan) / 2**20:.1f} MiB){f'; fp16 verified by {check}' if check else ''}")
     return BuiltEngine(src.kind, path, True, reason, check)
+
+
+def labeler_build(request, folder: Path, device: int) -> tuple[GraphSource, TrtBuildConfig]:
+    """The labeler graph and build settings of a ``label --runtime tensorrt`` request (a
+    :class:`~cdul_rt.engines.request.RuntimeRequest` with :class:`TrtOptions`): its precision, ``--trt-workspace``
+    and ``--trt-typing`` (resolved for the installed TensorRT and the graphs in ``folder``) on CUDA ``device``.
+    The pipeline builds this engine (:func:`cdul_rt.prepare.prepare_request`); the runtime looks it up."""
+    from cdul_rt.engines.trt.builder import import_tensorrt, resolve_typing, trt_major
+
+    trt = import_tensorrt()
+    options = request.options
+    typing = resolve_typing(trt_major(trt.__version__), request.precision, options.typing,
+                            available_precisions([folder]))
+    (src,) = plan_sources([folder], ("labeler",), request.precision, typing)
+    return src, TrtBuildConfig(precision=request.precision, typing=typing, device=device,
+                               workspace_gib=float(options.workspace_gib))
 
 
 def available_precisions(artifact_dirs: list[Path], classifier_dir: Path | None = None) -> set[str]:

@@ -1,10 +1,11 @@
-"""``--runtime tensorrt``: a labeler session from an artifact folder, building (or rebuilding) its engine on first use.
+"""``--runtime tensorrt``: a labeler session from an artifact folder and the TensorRT engine built for it.
 
 The artifact folder (``--engine-dir``, written by ``cdul-rt export``; without it the same cached export as
-``--runtime onnxruntime``, which :mod:`cdul_rt.prepare` finds or makes before the runtime opens it) holds the ONNX
-graphs and ``manifest.json``; engines live in its ``tensorrt/`` subfolder, keyed by ONNX hash, TensorRT version, GPU, precision and profile. A missing or stale engine
-is built here with a message, so moving the folder to another GPU or upgrading TensorRT costs one build instead of
-a crash. Torch is never imported when the folder exists.
+``--runtime onnxruntime``) holds the ONNX graphs and ``manifest.json``; engines live in its ``tensorrt/`` subfolder,
+keyed by ONNX hash, TensorRT version, GPU, precision and profile. Finding or building them is the pipeline's step
+(:func:`cdul_rt.prepare.prepare_request` calls :mod:`cdul_rt.engines.trt.build`), so moving the folder to another
+GPU or upgrading TensorRT costs one build there instead of a crash. This runtime only opens an engine that exists
+for the request, and says which command builds it when there is none. Torch is never imported.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cdul_rt.engines.gpu import ort_providers
-from cdul_rt.engines.request import RuntimeRequest, as_request
+from cdul_rt.engines.request import RuntimeRequest, TrtOptions, as_request
 from cdul_rt.engines.session import LabelerSession
 from cdul_rt.errors import CdulError
 
@@ -40,20 +41,31 @@ def check_available(request: RuntimeRequest) -> int:
     return device
 
 
-def labeler_engine(request: RuntimeRequest, folder: Path, device: int):
-    """Build or reuse the labeler engine from the artifact folder (into its ``tensorrt/``) with the request's
-    :class:`TrtOptions` (workspace, typing); returns a :class:`BuiltEngine`."""
-    from cdul_rt.engines.trt.build import ENGINE_FOLDER, TrtBuildConfig, available_precisions, build_engine, plan_sources
-    from cdul_rt.engines.trt.builder import import_tensorrt, resolve_typing, trt_major
+def build_command(request: RuntimeRequest, folder: Path) -> str:
+    """The ``label`` command whose prepare step builds the engine ``request`` runs (its build options included)."""
+    import shlex
 
-    trt = import_tensorrt()
-    options = request.options
-    typing = resolve_typing(trt_major(trt.__version__), request.precision, options.typing,
-                            available_precisions([folder]))
-    (src,) = plan_sources([folder], ("labeler",), request.precision, typing)
-    build = TrtBuildConfig(precision=request.precision, typing=typing, device=device,
-                           workspace_gib=float(options.workspace_gib))
-    return build_engine(src, folder / ENGINE_FOLDER, build)
+    opts = request.options
+    extra = f" --trt-workspace {opts.workspace_gib:g}" if opts.workspace_gib != TrtOptions().workspace_gib else ""
+    extra += f" --trt-typing {opts.typing}" if opts.typing else ""
+    return (f"cdul-rt label IMAGES --runtime tensorrt --engine-dir {shlex.quote(str(folder))} "
+            f"--device {request.device} --precision {request.precision}{extra}")
+
+
+def labeler_plan(request: RuntimeRequest, folder: Path, device: int) -> Path:
+    """The labeler engine built for ``request`` in the folder's ``tensorrt/``; a CdulError naming the command that
+    builds it when there is none (or only a stale one). Builds nothing."""
+    from cdul_rt.engines.trt.build import ENGINE_FOLDER, find_engine, labeler_build
+
+    src, build = labeler_build(request, folder, device)
+    found = find_engine(src, folder / ENGINE_FOLDER, build)
+    if found.plan is None:
+        why = found.reason or f"no {found.stem}.plan"
+        raise CdulError(f"no usable TensorRT labeler engine in {folder / ENGINE_FOLDER} for this request ({why}); "
+                        "the TensorRT runtime runs engines that exist and does not build them. Build it with "
+                        f"`{build_command(request, folder)}` (its first run builds the engine, minutes), or open it "
+                        "through cdul_rt.pipeline.open_session / cdul_rt.Labeler.open, which build it first")
+    return found.plan
 
 
 def open_labeler(request: RuntimeRequest, vocab) -> LabelerSession:
@@ -71,8 +83,8 @@ def open_labeler(request: RuntimeRequest, vocab) -> LabelerSession:
     # same model, weights, grid and mode; the precision may differ (TRT 10 builds fp16 from the fp32 graph)
     check_artifacts(manifest, folder, req.model, manifest.precision, req.grid, req.aggregation.mode)
     text = class_embeddings(folder, manifest, vocab, req.template)
-    built = labeler_engine(req, folder, device)
-    runner = TrtLabelerRunner(built.plan, grid=req.grid, image_size=manifest.image_size,
+    plan = labeler_plan(req, folder, device)
+    runner = TrtLabelerRunner(plan, grid=req.grid, image_size=manifest.image_size,
                               embed_dim=manifest.embed_dim, **req.aggregation.numbers(), device=device,
                               chunk_images=req.options.chunk_images)
     # texts: text.onnx on the CPU (once per vocabulary); images: the labeler engine's image_embeddings, on the GPU
