@@ -28,12 +28,14 @@ import sys
 import time
 from pathlib import Path
 
-VARIANTS = {"no-alignment": ["--no-alignment"], "hard": ["--hard-labels"], "no-psi": ["--no-psi"], "cdul": []}
+VARIANTS = {"no-alignment": {"alignment": False}, "hard": {"hard_labels": True}, "no-psi": {"use_psi": False},
+            "cdul": {}}  # TrainConfig changes of each variant
 SCENE_SEED = 2026
 
 
 def run_seed(root: Path, seed: int, args: argparse.Namespace) -> dict:
-    from cdul_rt.train.synth_world import World, make_world, run_train, train_args
+    from cdul_rt.cli.train import config_changes
+    from cdul_rt.train.synth_world import World, make_world, recipe_config, run_train, world_inputs
 
     started = time.perf_counter()
     folder = root / f"seed{seed}"
@@ -50,11 +52,12 @@ def run_seed(root: Path, seed: int, args: argparse.Namespace) -> dict:
                 out["variants"][name] = _numbers(rows)
                 continue
             raise SystemExit(f"{run_dir} holds a finished run of other settings; use another --work")
-        extra = [*VARIANTS[name], "--seed", str(seed), "--eval-every", str(args.epochs), *args.extra]
-        cmd = train_args(world, run_dir, args.epochs, *extra, threads=args.threads)
+        changes = {"threads": args.threads, "seed": seed, "eval_every": args.epochs, **VARIANTS[name],
+                   **config_changes(args.extra)}
+        config = recipe_config(args.epochs, **changes)
         log = io.StringIO()  # per-epoch log lines and the run's summary; metrics.jsonl keeps them
         with contextlib.redirect_stderr(log), contextlib.redirect_stdout(log):
-            rows = run_train(cmd)
+            rows = run_train(config, world_inputs(world, run_dir))
         out["variants"][name] = _numbers(rows)
         print(f"seed {seed} {name}: " + ", ".join(f"{k} {v:.4f}" for k, v in out["variants"][name].items()),
               file=sys.stderr, flush=True)

@@ -9,6 +9,7 @@ without alignment, and shows the paper's second claim: the classifier ends above
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -94,21 +95,17 @@ def _print_mode_table(scene_dir: Path, label_file: Path) -> None:
 
 def _train(world, out_dir: Path, epochs: int, weights: str, seed: int, threads: int, compare: bool) -> None:
     try:
-        from cdul_rt.train.synth_world import RECIPE, run_train, train_args
+        from cdul_rt.train.synth_world import recipe_config, run_train, world_inputs
     except ImportError:
         click.echo("\n(training is not available in this install; skipped)")
         return
-    recipe = {**RECIPE, "weights": weights, "seed": str(seed)}
-    args = train_args(world, out_dir / "run", epochs, recipe=recipe, threads=threads)
-    click.echo(f"\ntraining with gradient alignment: cdul-rt train {' '.join(args)}")
-    rows = run_train(args)
+    config = recipe_config(epochs, weights=weights, seed=seed, threads=threads)
+    click.echo(f"\ntraining with gradient alignment: {_describe(config)} -> {out_dir / 'run'}")
+    rows = run_train(config, world_inputs(world, out_dir / "run"))
     baseline = None
     if compare:
-        base_args = train_args(world, out_dir / NO_ALIGNMENT_DIR, epochs, "--no-alignment", recipe=recipe,
-                               threads=threads)
-        click.echo(f"\nthe same without alignment (labels fixed): cdul-rt train {' '.join(base_args[:4])} ... "
-                   "--no-alignment")
-        baseline = run_train(base_args)
+        click.echo(f"\nthe same without alignment (labels fixed) -> {out_dir / NO_ALIGNMENT_DIR}")
+        baseline = run_train(replace(config, alignment=False), world_inputs(world, out_dir / NO_ALIGNMENT_DIR))
     _print_epochs(rows, baseline)
     curves = out_dir / "curves.png"
     from cdul_rt.train.curves import plot_curves
@@ -117,6 +114,12 @@ def _train(world, out_dir: Path, epochs: int, weights: str, seed: int, threads: 
                                        f"{len(_paths(world.val_labels))} held-out", compare=baseline):
         click.echo(f"\ncurves: {curves} (and {out_dir / 'run' / 'curves.png'})")
     _print_story(rows, baseline, out_dir)
+
+
+def _describe(config) -> str:
+    """The run's recipe in words (cdul_rt.train.synth_world.RECIPE with this run's epochs, weights and seed)."""
+    return (f"{config.arch} (weights {config.weights}), {config.image_size} px, batch {config.batch_size}, Adam lr "
+            f"{config.lr:g}, warm-up {config.warmup_epochs} of {config.epochs} epochs, seed {config.seed}")
 
 
 def _paths(label_file: Path) -> list[str]:

@@ -64,36 +64,46 @@ _D = TrainConfig()  # defaults shown in --help come from the one config record
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def command(images: Path, labels: Path, run_dir: Path, **opts) -> None:
     """Train a multi-label classifier on pseudo labels LABELS (from `cdul-rt label`) of the images in IMAGES."""
-    from cdul_rt.fileio import sha256_file
-    from cdul_rt.labelfile import read_label_file
-    from cdul_rt.train.model import resolve_weights
-    from cdul_rt.train.run import run_training
+    from cdul_rt.train.run import summary_lines, train_on_labels
     from cdul_rt.train.trainer import TrainInputs
 
     def log(message: str) -> None:
         click.echo(message, err=True)
 
-    weights, description = resolve_weights(opts["arch"], opts.pop("weights"))
-    if weights == "none" and not description:
-        log(f"warning: no ImageNet weights for {opts['arch']} (none in the torchvision cache, no --weights FILE); "
-            "training from random initialisation, which needs far more data and epochs. Pass --weights FILE "
-            "(e.g. resnet101-cd907fc2.pth) or --weights none to silence this.")
-    elif not opts["resume"]:
-        log(f"backbone: {description}")
-    table = read_label_file(labels)
-    config = TrainConfig(
-        arch=opts["arch"], image_size=opts["image_size"], epochs=opts["epochs"], batch_size=opts["batch_size"],
-        lr=opts["lr"], weight_decay=opts["weight_decay"], warmup_epochs=opts["warmup_epochs"], eta=opts["eta"],
-        sigma=opts["sigma"], c1=opts["c1"], loss=opts["loss"], use_psi=not opts["no_psi"],
-        hard_labels=opts["hard_labels"], hard_threshold=opts["hard_threshold"], alignment=not opts["no_alignment"],
-        hflip=opts["hflip"], seed=opts["seed"], weights=weights, labels_sha256=sha256_file(labels),
-        classes=tuple(table.classes), precision=opts["precision"], device=opts["device"],
-        eval_every=opts["eval_every"], workers=opts["workers"], threads=opts["threads"],
-        progress=not opts["quiet"],
-    )
     inputs = TrainInputs(images=images, labels=labels, run_dir=run_dir, gt=opts["gt"],
                          val_images=opts["val_images"], val_gt=opts["val_gt"], val_labels=opts["val_labels"],
                          labels_out=opts["labels_out"])
-    summary = run_training(config, inputs, table, resume=opts["resume"], log=log)
-    click.echo(f"model: {summary['model']}\nrefined pseudo labels: {summary['refined_labels']}")
-    click.echo(f"next: cdul-rt predict IMAGES --run {run_dir} --out predictions.jsonl")
+    summary = train_on_labels(TrainConfig(**config_fields(opts)), inputs, resume=opts["resume"], log=log)
+    click.echo(summary_lines(summary))
+
+
+# options that are the run's inputs or its mode, not TrainConfig fields; and flags that negate a field
+NOT_CONFIG = ("resume", "gt", "val_images", "val_gt", "val_labels", "labels_out")
+NEGATED = {"no_psi": "use_psi", "no_alignment": "alignment", "quiet": "progress"}
+
+
+def config_fields(opts: dict) -> dict:
+    """TrainConfig fields from this command's options (named as the fields, except the negating flags);
+    ``weights`` stays the --weights request, which :func:`~cdul_rt.train.run.train_on_labels` resolves."""
+    return {NEGATED.get(k, k): (not v if k in NEGATED else v) for k, v in opts.items() if k not in NOT_CONFIG}
+
+
+def config_changes(flags: list[str]) -> dict:
+    """The TrainConfig fields that ``cdul-rt train`` FLAGS set, parsed once by this command's own options (typed,
+    checked, as the command takes them), for callers that pass options on to training as text from their own
+    command line (``bench/training.py --extra``). Inputs and --resume are refused: they are not training options."""
+    from click.core import ParameterSource
+
+    from cdul_rt.errors import CdulError
+
+    here = Path(__file__)  # stand-ins for the positional arguments the parser requires
+    try:
+        ctx = command.make_context("train", [str(here.parent), str(here), "--out", str(here.parent), *flags])
+    except click.ClickException as exc:
+        raise CdulError(f"`{' '.join(flags)}`: {exc.format_message()}") from None
+    given = {k: v for k, v in ctx.params.items() if k not in ("images", "labels", "run_dir")
+             and ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
+    if set(given) & set(NOT_CONFIG):
+        names = ", ".join("--" + k.replace("_", "-") for k in sorted(set(given) & set(NOT_CONFIG)))
+        raise CdulError(f"`{' '.join(flags)}`: training options only here, not {names}")
+    return config_fields(given)

@@ -221,3 +221,32 @@ def run_training(config: TrainConfig, inputs: TrainInputs, table: Any, resume: b
     model_path = ckpt.save_model(run_dir, _cpu_state(state.model), _model_meta(config, state.epoch))
     return {"run_dir": str(run_dir), "model": str(model_path), "refined_labels": str(refined),
             "epochs": state.epoch, "history": state.history}
+
+
+def train_on_labels(config: TrainConfig, inputs: TrainInputs, resume: bool = False,
+                    log: Log = print) -> dict[str, Any]:
+    """``cdul-rt train`` as a call (the CLI and the demo's runs): ``config.weights`` is the ``--weights`` request
+    (auto, none, synth or a file) and is resolved here, the pseudo labels are read and their classes and sha256 go
+    into the config, then :func:`run_training`."""
+    from dataclasses import replace
+
+    from cdul_rt.fileio import sha256_file
+    from cdul_rt.labelfile import read_label_file
+    from cdul_rt.train.model import resolve_weights
+
+    weights, description = resolve_weights(config.arch, config.weights)
+    if weights == "none" and not description:
+        log(f"warning: no ImageNet weights for {config.arch} (none in the torchvision cache, no --weights FILE); "
+            "training from random initialisation, which needs far more data and epochs. Pass --weights FILE "
+            "(e.g. resnet101-cd907fc2.pth) or --weights none to silence this.")
+    elif not resume:
+        log(f"backbone: {description}")
+    table = read_label_file(inputs.labels)
+    config = replace(config, weights=weights, labels_sha256=sha256_file(inputs.labels), classes=tuple(table.classes))
+    return run_training(config, inputs, table, resume=resume, log=log)
+
+
+def summary_lines(summary: dict[str, Any]) -> str:
+    """What ``cdul-rt train`` prints when a run ends: the model, the refined labels, the next command."""
+    return (f"model: {summary['model']}\nrefined pseudo labels: {summary['refined_labels']}\n"
+            f"next: cdul-rt predict IMAGES --run {summary['run_dir']} --out predictions.jsonl")

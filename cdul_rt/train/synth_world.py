@@ -7,22 +7,22 @@ held-out pseudo labels are the bar the classifier has to clear on the same image
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cdul_rt.train.config import TrainConfig
+
+if TYPE_CHECKING:
+    from cdul_rt.train.trainer import TrainInputs
 
 # The demo's classifier: tiny-resnet from its shipped synthetic pre-training, whole scene at 128 px (objects at
 # 19-38 px, the size of the pre-training views' objects), Adam 1e-4, warm-up 3 as in the paper (whose 1e-5 is
 # for ResNet-101 over 20 epochs of COCO). Learning rates tried on one world (240 scenes, 8 epochs, held-out
 # classifier mAP by epoch): 1e-3 overfits the noisy labels (peaks at 58 in epoch 4, ends at 54); 3e-4 ends near
 # 63 but swings by 1-2 points between epochs and ended at 49 on another seed; 1e-4 climbs steadily (61 -> 63).
-RECIPE: dict[str, str] = {
-    "arch": "tiny-resnet",
-    "weights": "synth",
-    "image-size": "128",
-    "batch-size": "16",
-    "lr": "1e-4",
-    "warmup-epochs": "3",
-}
+RECIPE = TrainConfig(arch="tiny-resnet", weights="synth", image_size=128, batch_size=16, lr=1e-4, warmup_epochs=3)
 
 
 @dataclass(frozen=True)
@@ -56,27 +56,31 @@ def make_world(out_dir: Path, scenes: int, val_scenes: int, seed: int) -> World:
     return world
 
 
-def train_args(world: World, run_dir: Path, epochs: int, *extra: str, recipe: dict[str, str] | None = None,
-               threads: int = 0) -> list[str]:
-    """`cdul-rt train` arguments of one run on ``world`` (``extra``: ablation flags, overrides)."""
-    args = [str(world.train / "images"), str(world.labels), "--out", str(run_dir), "--epochs", str(epochs)]
-    recipe = dict(RECIPE if recipe is None else recipe)
-    recipe["warmup-epochs"] = str(min(int(recipe.get("warmup-epochs", 3)), max(1, epochs - 1)))
-    for key, value in recipe.items():
-        args += [f"--{key}", value]
-    args += ["--gt", str(world.train / "labels.jsonl"), "--val-images", str(world.val / "images"),
-             "--val-gt", str(world.val / "labels.jsonl"), "--val-labels", str(world.val_labels), "--quiet"]
-    if threads:
-        args += ["--threads", str(threads)]
-    return args + list(extra)
+def recipe_config(epochs: int, recipe: TrainConfig = RECIPE, **changes) -> TrainConfig:
+    """``recipe`` for a run of ``epochs`` without progress bars (the warm-up capped to leave at least one epoch of
+    alignment), with ``changes`` on top (ablations such as ``alignment=False``, the seed, threads...)."""
+    warmup = min(recipe.warmup_epochs, max(1, epochs - 1))
+    return replace(recipe, **{"epochs": epochs, "warmup_epochs": warmup, "progress": False, **changes})
 
 
-def run_train(args: list[str]) -> list[dict]:
-    """Run `cdul-rt train` in this process; returns its metrics.jsonl rows."""
+def world_inputs(world: World, run_dir: Path) -> TrainInputs:
+    """A run on ``world``'s training scenes into ``run_dir``, scored against their ground truth and on the held-out
+    scenes (with their pseudo labels as the bar)."""
+    from cdul_rt.train.trainer import TrainInputs
+
+    return TrainInputs(images=world.train / "images", labels=world.labels, run_dir=run_dir,
+                       gt=world.train / "labels.jsonl", val_images=world.val / "images",
+                       val_gt=world.val / "labels.jsonl", val_labels=world.val_labels)
+
+
+def run_train(config: TrainConfig, inputs: TrainInputs, resume: bool = False) -> list[dict]:
+    """Train in this process as ``cdul-rt train`` does (its log on stderr, its closing lines on stdout); returns the
+    run's metrics.jsonl rows."""
     import json
 
-    from cdul_rt.cli.train import command
+    from cdul_rt.train.run import summary_lines, train_on_labels
 
-    command.main(args, standalone_mode=False)
-    run_dir = Path(args[args.index("--out") + 1])
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    summary = train_on_labels(config, inputs, resume=resume, log=lambda m: print(m, file=sys.stderr))
+    print(summary_lines(summary))
+    metrics = Path(inputs.run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
