@@ -154,3 +154,34 @@ def test_cli_options_are_the_values_fields(command_name):
         default = params[name].get_default(ctx)
         assert default == (None if command_name == "serve" else value), (name, default)
     assert list(params["mode"].type.choices) == list(MODES)
+
+
+# -- mutation survivors (issue 19 item 4) ---------------------------------------------------------------------------
+def test_one_snippet_or_one_class_is_enough_and_fewer_crops_are_refused():
+    # grid 1 gives two crops (global + one tile); a one-class vocabulary gives C = 1
+    for shape in [(2, 2, 5), (2, 3, 1)]:
+        s = _scores(1, k=shape[0], crops=shape[1], classes=shape[2])
+        final, s_global, s_ag = Aggregation("cdul", 0.0, 1.0).apply_np(s)
+        np.testing.assert_array_equal(s_global, s[:, 0])
+        np.testing.assert_allclose(final, np.maximum(s[:, 0], s[:, 1:].max(axis=1)), rtol=1e-6)
+    with pytest.raises(CdulError) as e:
+        Aggregation().apply_np(np.zeros((2, 1, 5), np.float32))
+    assert str(e.value) == "scores must be [images, 1 + snippets, classes], got shape (2, 1, 5)"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_every_part_comes_back_as_float32(mode):
+    parts = Aggregation(mode).apply_np(_scores(2).astype(np.float64))
+    assert [p.dtype for p in parts] == [np.float32] * 3
+
+
+def test_the_helpers_default_to_cdul():
+    import torch
+
+    s = _scores(3)
+    for got, want in zip(aggregate_np(s), Aggregation().apply_np(s)):
+        np.testing.assert_array_equal(got, want)
+    from cdul_rt.aggregation import aggregate_torch
+
+    for got, want in zip(aggregate_torch(torch.from_numpy(s)), Aggregation().apply_np(s)):
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-6)

@@ -129,3 +129,167 @@ def test_a_new_format_is_one_object_in_the_table(tmp_path, monkeypatch):
     with pytest.raises(CdulError, match=r"not a \.tsv file"):
         prepare_output(tmp_path / "x.tsv", overwrite=False)  # --cluster ray: shards, not a .tsv file
 
+
+
+# -- mutation survivors (issue 19 item 4): embeddings stored inside npz and Parquet ---------------------------------
+@pytest.mark.parametrize("suffix", [".npz", ".parquet"])
+def test_embeddings_inside_the_file_replace_older_ones_and_keep_the_rest(tmp_path, suffix):
+    fmt, out = FORMATS[suffix], tmp_path / f"l{suffix}"
+    paths = [f"{i}.png" for i in range(5)]
+    s = np.random.default_rng(4).random((5, 3)).astype(np.float32)
+    if suffix == ".parquet":  # several row groups, so each gets its own slice of the embeddings
+        fmt.finalize(lambda: iter([{"path": p, "labels": ["cat"], "scores": dict(zip(CLASSES, map(float, r)))}
+                                   for p, r in zip(paths, s)]), out, CLASSES, False, rows_per_group=2)
+    else:
+        _write(out, paths, s, save_parts=True)
+    assert fmt.read_embeddings(out) is None and fmt.read_embeddings(tmp_path / f"missing{suffix}") is None
+    before = fmt.read(out, {})
+    rng = np.random.default_rng(5)
+    for width in (4, 6):  # a second call replaces the first (another width too)
+        emb = rng.normal(size=(5, width)).astype(np.float32)
+        fmt.add_embeddings(out, paths, emb)
+        got_paths, got = fmt.read_embeddings(out)
+        assert got_paths == paths and got.dtype == np.float16 and got.shape == (5, width)
+        np.testing.assert_array_equal(got, emb.astype(np.float16))
+    after = fmt.read(out, {})
+    assert after.paths == before.paths and sorted(after.parts) == sorted(before.parts)
+    np.testing.assert_array_equal(after.scores, before.scores)
+    for k in before.parts:
+        np.testing.assert_array_equal(after.parts[k], before.parts[k])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]  # nothing left beside it
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        assert pq.ParquetFile(out).num_row_groups == 3
+        assert [r["labels"] for r in fmt.rows(out)] == [["cat"]] * 5
+    else:
+        import zipfile
+
+        with zipfile.ZipFile(out) as z:
+            assert sorted(z.namelist()) == sorted(["paths.npy", "classes.npy", "scores.npy", "global.npy",
+                                                   "aggregate.npy", "embeddings.npy"])
+
+
+def test_an_unknown_format_name_lists_the_known_ones():
+    with pytest.raises(CdulError) as e:
+        formats.format_named("tsv")
+    assert str(e.value) == "unknown label format 'tsv'; use one of jsonl, csv, parquet, npz"
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_embeddings_beside_a_text_format_keep_exact_names_as_float16_memory_maps(tmp_path, suffix):
+    fmt, out = FORMATS[suffix], tmp_path / f"l{suffix}"
+    paths = ["caf\u00e9.png", "bad-\udcff.png"]  # non-ASCII, and a name that is not UTF-8 (a surrogate escape)
+    emb = np.random.default_rng(6).normal(size=(2, 4))  # float64 in: stored as float16
+    fmt.add_embeddings(out, paths, emb)
+    got_paths, got = fmt.read_embeddings(out)
+    assert got_paths == paths
+    assert isinstance(got, np.memmap) and got.dtype == np.float16  # mapped, not read into memory
+    np.testing.assert_array_equal(got, emb.astype(np.float16))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{out.name}.embeddings.npy",
+                                                          f"{out.name}.embeddings.paths.json"]
+
+
+def test_a_torn_csv_record_with_an_open_quote_is_cut_at_the_last_whole_record():
+    from cdul_rt.formats.csv import record_end
+
+    whole = b'path,labels,cat\na.png,cat,0.9\n"b\nc.png",,0.1\n'
+    assert record_end(whole) == len(whole)
+    for torn in (b'"d', b'"d.png",ca', b'"d\n', b'"d\ne'):  # a quote opened after the last whole record
+        assert record_end(whole + torn) == len(whole)
+
+
+# -- write_label_file (training's refined pseudo labels) ------------------------------------------------------------
+def test_write_label_file_labels_at_the_default_threshold_or_top_k_and_writes_the_meta(tmp_path):
+    from cdul_rt.labelfile import read_meta, write_label_file
+
+    s = np.array([[0.6, 0.4, 0.5], [0.1, 0.2, 0.9]], dtype=np.float32)
+    out = write_label_file(tmp_path / "l.jsonl", ["a", "b"], CLASSES, s, meta={"run": "x"})
+    assert [r["labels"] for r in iter_rows(out)] == [["cat", "car"], ["car"]]  # >= 0.5, highest first
+    assert read_meta(out) == {"run": "x", "classes": CLASSES}
+    out = write_label_file(tmp_path / "k.jsonl", ["a", "b"], CLASSES, s, top_k=2)
+    assert [r["labels"] for r in iter_rows(out)] == [["cat", "car"], ["car", "dog"]]
+    assert not sidecar(out, "meta").exists()
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_write_label_file_writes_every_row_once_past_its_batch_size(tmp_path, suffix):
+    from cdul_rt.labelfile import write_label_file
+
+    n = 4096 + 5
+    paths = [f"{i:05d}.png" for i in range(n)]
+    s = np.random.default_rng(7).random((n, 3)).astype(np.float32)
+    out = write_label_file(tmp_path / f"l{suffix}", paths, CLASSES, s, parts={"global": s * 0.5, "aggregate": s})
+    table = read_label_file(out)
+    assert table.paths == paths
+    np.testing.assert_allclose(table.scores, s, rtol=0, atol=1e-7)
+    np.testing.assert_allclose(table.parts["global"], s * 0.5, rtol=0, atol=1e-7)
+
+
+# -- reading back what each format holds ----------------------------------------------------------------------------
+@pytest.mark.parametrize("suffix", sorted(FORMATS))
+def test_labels_and_exact_names_survive_every_format(tmp_path, suffix):
+    out = tmp_path / f"l{suffix}"
+    paths = ["a.png", "b\rc.png", "d\r\ne.png", "f;g,h.png"]  # carriage returns and separators inside names
+    s = np.array([[0.9, 0.6, 0.1], [0.2, 0.3, 0.4], [0.7, 0.1, 0.8], [0.55, 0.5, 0.95]], dtype=np.float32)
+    _write(out, paths, s)
+    rows = list(iter_rows(out))
+    assert [r["path"] for r in rows] == paths
+    if suffix != ".npz":  # dense arrays: npz keeps the scores, not the selected labels
+        assert [r["labels"] for r in rows] == [["cat", "dog"], [], ["car", "cat"], ["car", "cat", "dog"]]
+
+
+def test_csv_rows_of_the_wrong_width_are_skipped_not_the_end(tmp_path):
+    out = tmp_path / "l.csv"
+    out.write_text("path,labels,cat,dog,car\na.png,cat,0.9,0.1,0.2\nb.png,0.5\nc.png,,0.1,0.2,0.3\n")
+    assert [r["path"] for r in FORMATS[".csv"].rows(out)] == ["a.png", "c.png"]
+
+
+@pytest.mark.parametrize("text", ["", "name,labels,cat\na.png,,0.5\n"])
+def test_a_csv_without_the_label_header_is_refused(tmp_path, text):
+    out = tmp_path / "l.csv"
+    out.write_text(text)
+    with pytest.raises(CdulError) as e:
+        list(FORMATS[".csv"].rows(out))
+    assert str(e.value) == f"{out} is not a cdul-rt label CSV (expected columns path,labels,<classes>...)"
+
+
+def test_npz_members_are_float32_and_the_meta_comes_back(tmp_path):
+    out = tmp_path / "l.npz"
+    s = np.random.default_rng(8).random((3, 3)).astype(np.float32)
+    _write(out, ["a", "b", "c"], s, save_parts=True)
+    with np.load(out) as z:
+        assert {k: z[k].dtype for k in ("scores", "global", "aggregate")} == dict.fromkeys(
+            ("scores", "global", "aggregate"), np.float32)
+    meta = {"classes": CLASSES, "run": 1}
+    table = FORMATS[".npz"].read(out, meta)
+    assert table.meta == meta and table.scores.dtype == np.float32
+    assert {k: v.dtype for k, v in table.parts.items()} == {"global": np.float32, "aggregate": np.float32}
+
+
+def test_an_older_npz_with_its_meta_inside_is_read_and_a_sidecar_meta_wins(tmp_path):
+    import json
+
+    out = tmp_path / "old.npz"
+    np.savez(out, paths=np.array(["a", "b"]), classes=np.array(CLASSES), scores=np.zeros((2, 3), np.float64),
+             meta=np.array(json.dumps({"classes": CLASSES, "writer": "old"})))
+    table = FORMATS[".npz"].read(out, {})
+    assert table.meta == {"classes": CLASSES, "writer": "old"} and table.scores.dtype == np.float32
+    assert FORMATS[".npz"].read(out, {"writer": "sidecar"}).meta == {"writer": "sidecar"}
+
+
+def test_an_npz_holding_pickled_objects_is_not_unpickled(tmp_path):
+    out = tmp_path / "evil.npz"
+    np.savez(out, paths=np.array([object(), "b"], dtype=object), classes=np.array(CLASSES),
+             scores=np.zeros((2, 3), np.float32))
+    with pytest.raises(ValueError, match="allow_pickle"):
+        FORMATS[".npz"].read(out, {})
+
+
+def test_npz_finalises_its_temporary_members_beside_the_output(tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-tmp"))  # the system temp dir is not used
+    out = tmp_path / "l.npz"
+    _write(out, ["a"], np.ones((1, 3), np.float32))
+    assert read_label_file(out).paths == ["a"] and sorted(p.name for p in tmp_path.iterdir()) == ["l.npz"]

@@ -98,3 +98,23 @@ def test_bad_mode_and_shape():
         aggregate_np(np.zeros((1, 10, 3)), "cdl")
     with pytest.raises(CdulError, match="shape"):
         aggregate_np(np.zeros((10, 3)), "cdul")
+
+
+# -- mutation survivors (issue 19 item 4) ---------------------------------------------------------------------------
+def test_class_scores_are_finite_for_rows_far_apart():
+    # one crop matches a class exactly (logit 100), another is opposite to every class (logits -100): a softmax
+    # shifted by the batch's maximum instead of each row's would underflow that row to 0/0
+    txt = np.eye(3, dtype=np.float32)
+    img = np.array([[1.0, 0.0, 0.0], [-1.0, -1.0, -1.0]], dtype=np.float32)
+    s = class_scores_np(img, txt, math.log(100.0))
+    assert np.isfinite(s).all()
+    np.testing.assert_allclose(s.sum(axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(s[1], 1 / 3, rtol=1e-5)
+
+
+def test_class_scores_of_crops_grouped_per_image_are_the_flat_ones():
+    rng = np.random.default_rng(4)
+    img, txt = rng.normal(size=(3, 5, 8)).astype(np.float32), rng.normal(size=(7, 8)).astype(np.float32)
+    grouped = class_scores_np(img, txt, 4.0)
+    assert grouped.shape == (3, 5, 7)
+    np.testing.assert_allclose(grouped, class_scores_np(img.reshape(15, 8), txt, 4.0).reshape(3, 5, 7), rtol=1e-6)

@@ -136,3 +136,10 @@ def test_check_predictions_ranks_nan_and_minus_inf_lowest_and_plus_inf_highest()
     # nothing finite at all: NaN still below +inf
     got, _ = check_predictions(["a", "b"], np.array([[np.nan, np.inf], [-np.inf, np.inf]]))
     assert got[0, 0] < got[0, 1] and got[1, 0] < got[1, 1] and got[0, 0] == got[1, 0]
+
+
+def test_check_predictions_stand_ins_bracket_scores_outside_zero_one():
+    from cdul_rt.metrics import check_predictions
+
+    got, _ = check_predictions(["a", "b", "c", "d"], np.array([[5.0], [-3.0], [np.nan], [np.inf]]))  # e.g. logits
+    assert got[2, 0] < -3.0 and got[3, 0] > 5.0
