@@ -5,7 +5,7 @@
 
 Per seed: fresh training and held-out scenes (scene seeds 2026 + 2*seed and + 1), both pseudo-labeled by the shipped
 tiny CLIP with the cdul aggregator, then `cdul-rt train` with the demo's recipe (`cdul_rt.train.synth_world.RECIPE`:
-tiny-resnet from its synthetic pre-training, 128 px, Adam 1e-3, warm-up 3) in each variant:
+tiny-resnet from its synthetic pre-training, 128 px, Adam 1e-4, warm-up 3) in each variant:
 
     no-alignment  classifier on the fixed soft initial labels (--no-alignment)
     hard          hard initial labels [S_final >= 0.5] (--hard-labels; psi is 0 at 0 and 1, so they stay fixed)
@@ -46,20 +46,27 @@ def run_seed(root: Path, seed: int, args: argparse.Namespace) -> dict:
     out = {"seed": seed, "label_seconds": round(time.perf_counter() - started, 1), "variants": {}}
     for name in args.variants:
         run_dir = folder / name
+        resume = False
         if (run_dir / "model.pt").is_file():
             rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
             if rows[-1].get("epoch") == args.epochs:
                 out["variants"][name] = _numbers(rows)
                 continue
-            raise SystemExit(f"{run_dir} holds a finished run of other settings; use another --work")
-        changes = {"threads": args.threads, "seed": seed, "eval_every": args.epochs, **VARIANTS[name],
-                   **config_changes(args.extra)}
+            if rows[-1].get("epoch", 0) > args.epochs:
+                raise SystemExit(f"{run_dir} holds a longer run; use another --work")
+            # a shorter run is extended: the schedule of epoch k does not depend on the total (constant lr, per-epoch
+            # generators), so the extended run equals a run started with the larger --epochs; the resume refuses
+            # one started with other settings
+            resume = True
+        changes = {"threads": args.threads, "seed": seed, "eval_every": args.eval_every or args.epochs,
+                   **VARIANTS[name], **config_changes(args.extra)}
         config = recipe_config(args.epochs, **changes)
         log = io.StringIO()  # per-epoch log lines and the run's summary; metrics.jsonl keeps them
         with contextlib.redirect_stderr(log), contextlib.redirect_stdout(log):
-            rows = run_train(config, world_inputs(world, run_dir))
+            rows = run_train(config, world_inputs(world, run_dir), resume=resume)
         out["variants"][name] = _numbers(rows)
-        print(f"seed {seed} {name}: " + ", ".join(f"{k} {v:.4f}" for k, v in out["variants"][name].items()),
+        print(f"seed {seed} {name}: " + ", ".join(f"{k} {v:.4f}" for k, v in out["variants"][name].items()
+                                                  if isinstance(v, float)),
               file=sys.stderr, flush=True)
     return out
 
@@ -77,7 +84,8 @@ def _numbers(rows: list[dict]) -> dict:
     seconds = round(sum(r.get("seconds", 0.0) for r in rows), 1)
     return {"labels_initial": first["map_pseudo"], "labels_final": last["map_pseudo"],
             "pseudo_val": first["map_pseudo_val"], "pred_val": last["map_pred_val"],
-            "pred_train": last["map_pred_train"], "seconds": seconds}
+            "pred_train": last["map_pred_train"], "seconds": seconds,
+            "pred_val_by_epoch": {r["epoch"]: r["map_pred_val"] for r in rows if "map_pred_val" in r}}
 
 
 def mean_sd(values: list[float]) -> tuple[float, float]:
@@ -97,6 +105,12 @@ def summarize(per_seed: list[dict]) -> dict:
         table[name] = {"labels": mean_sd(col(name, "labels_final")), "held_out": mean_sd(col(name, "pred_val")),
                        "train": mean_sd(col(name, "pred_train")),
                        "labels_start": mean_sd(col(name, "labels_initial"))}
+    by_epoch = {}  # held-out classifier mAP at every evaluated epoch (--eval-every), for the curve's shape
+    for name in names:
+        epochs = set.intersection(*(set(s["variants"][name].get("pred_val_by_epoch", {})) for s in per_seed))
+        if len(epochs) > 1:
+            by_epoch[name] = {e: mean_sd([100 * s["variants"][name]["pred_val_by_epoch"][e] for s in per_seed])
+                              for e in sorted(epochs, key=int)}
     diffs = {}
     if "cdul" in names:
         def diff(a: list[float], b: list[float]) -> dict:
@@ -114,7 +128,7 @@ def summarize(per_seed: list[dict]) -> dict:
         if "no-psi" in names:
             diffs["refined labels cdul - no-psi, training scenes"] = diff(col("cdul", "labels_final"),
                                                                           col("no-psi", "labels_final"))
-    return {"table": table, "differences": diffs}
+    return {"table": table, "differences": diffs, "held_out_by_epoch": by_epoch}
 
 
 def markdown(result: dict) -> str:
@@ -147,6 +161,13 @@ def markdown(result: dict) -> str:
     for key, v in d.items():
         lines.append(f"| {key} | {v['mean']:+.1f} ± {v['sd']:.1f} | "
                      + ", ".join(f"{x:+.1f}" for x in v["per_seed"]) + " |")
+    by_epoch = result["summary"].get("held_out_by_epoch", {})
+    if by_epoch:
+        epochs = list(next(iter(by_epoch.values())))
+        lines += ["", "Classifier on the held-out scenes by epoch (mAP %, mean ± sd over seeds):", "",
+                  "| | " + " | ".join(f"epoch {e}" for e in epochs) + " |", "|---|" + "---|" * len(epochs)]
+        for name, row in by_epoch.items():
+            lines.append(f"| {name} | " + " | ".join(ms(row[e]) if e in row else "" for e in epochs) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -160,6 +181,8 @@ def main() -> None:
     ap.add_argument("--scenes", type=int, default=240)
     ap.add_argument("--val-scenes", type=int, default=160)
     ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--eval-every", type=int, default=0,
+                    help="score the classifier every N epochs too (default: only after the last)")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run (1: steadiest on a shared CPU)")
     ap.add_argument("--work", type=Path, default=Path("runs/bench-training"), help="scenes and run folders")
