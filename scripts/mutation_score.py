@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--equivalent", type=Path, default=Path(__file__).with_name("mutation_equivalent.tsv"))
     ap.add_argument("--survivors", action="store_true", help="list the meaningful survivors too")
     ap.add_argument("--no-equivalent", action="store_true", help="count every survivor as meaningful")
-    ap.add_argument("--names", choices=["timeout", "not checked", "meaningful", "equivalent"],
+    ap.add_argument("--names", choices=["timeout", "not checked", "no tests", "meaningful", "equivalent"],
                     help="only print the names of the mutants in that state (one a line), e.g. to rerun them")
     args = ap.parse_args(argv)
     equivalent = {} if args.no_equivalent else load_equivalent(args.equivalent)
@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     rows: dict[str, Counter] = {}
     meaningful: list[str] = []
-    names: dict[str, list[str]] = {"timeout": [], "not checked": [], "meaningful": meaningful, "equivalent": []}
+    names: dict[str, list[str]] = {"timeout": [], "not checked": [], "no tests": [], "meaningful": meaningful,
+                                   "equivalent": []}
     seen_equivalent = set()
     for meta in metas:
         for name, code in json.loads(meta.read_text())["exit_code_by_key"].items():
@@ -71,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
                     meaningful.append(name)
             elif code in NO_TESTS:
                 c["no tests"] += 1
+                names["no tests"].append(name)
             elif code in TIMEOUT:
                 c["timeout"] += 1
                 names["timeout"].append(name)

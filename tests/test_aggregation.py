@@ -185,3 +185,31 @@ def test_the_helpers_default_to_cdul():
 
     for got, want in zip(aggregate_torch(torch.from_numpy(s)), Aggregation().apply_np(s)):
         np.testing.assert_allclose(got.numpy(), want, rtol=1e-6)
+
+
+def test_the_mode_and_record_errors_name_the_choices():
+    with pytest.raises(CdulError) as e:
+        Aggregation("cdl")
+    assert str(e.value) == "unknown aggregation mode 'cdl'; did you mean 'cdul'? Modes: cdul, global, avg, max."
+    with pytest.raises(CdulError) as e:
+        Aggregation.from_dict({"mode": "max", "x": 1})
+    assert str(e.value) == ("the aggregation record lacks zeta, lambda (has mode, x); it was not written by cdul-rt: "
+                            "export or label again")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_torch_twin_reads_every_snippet_and_keeps_a_max_equal_to_zeta(mode):
+    import torch
+
+    # [1 image, global + 3 snippets, 4 classes]; float32-exact values. Class 0: the max is snippet 1 and equals
+    # zeta (kept); class 1: every snippet below zeta, the min is snippet 1; class 2: max in snippet 1 above zeta;
+    # class 3: below zeta, min in snippet 3.
+    s = np.array([[[0.5, 0.5, 0.125, 0.25],
+                   [0.25, 0.0625, 0.75, 0.125],
+                   [0.125, 0.125, 0.5, 0.0625],
+                   [0.0625, 0.1875, 0.25, 0.03125]]], dtype=np.float32)
+    agg = Aggregation(mode, zeta=0.25, lam=0.5)
+    _, _, s_ag = agg.apply_np(s)
+    np.testing.assert_array_equal(s_ag[0], [0.25, 0.0625, 0.75, 0.03125])
+    for got, want in zip(agg.apply_torch(torch.from_numpy(s)), agg.apply_np(s)):
+        np.testing.assert_array_equal(got.numpy(), want)

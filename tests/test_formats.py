@@ -293,3 +293,202 @@ def test_npz_finalises_its_temporary_members_beside_the_output(tmp_path, monkeyp
     out = tmp_path / "l.npz"
     _write(out, ["a"], np.ones((1, 3), np.float32))
     assert read_label_file(out).paths == ["a"] and sorted(p.name for p in tmp_path.iterdir()) == ["l.npz"]
+
+
+def test_parquet_scores_are_fixed_width_float32_and_classes_fall_back_to_the_meta(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "l.parquet"
+    s = np.random.default_rng(9).random((2, 3)).astype(np.float32)
+    _write(out, ["a", "b"], s, save_parts=True)
+    schema = pq.read_schema(out)
+    for column in ("scores", "global", "aggregate"):
+        assert schema.field(column).type == pa.list_(pa.float32(), 3)
+    meta = {"classes": CLASSES, "run": 2}
+    table = FORMATS[".parquet"].read(out, meta)
+    assert table.meta == meta and table.scores.dtype == np.float32 and table.parts["global"].dtype == np.float32
+    bare = tmp_path / "bare.parquet"  # a table without the classes in its schema (written by another tool)
+    pq.write_table(pq.read_table(out).replace_schema_metadata(None), bare)
+    table = FORMATS[".parquet"].read(bare, meta)
+    assert table.classes == CLASSES and table.meta == meta
+    np.testing.assert_allclose(table.scores, s, rtol=0, atol=1e-7)  # stored rounded to 7 decimals
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_text_formats_read_float32_with_the_meta_classes_even_when_empty(tmp_path, suffix):
+    out = tmp_path / f"l{suffix}"
+    s = np.random.default_rng(10).random((2, 3)).astype(np.float32)
+    _write(out, ["a", "b"], s, save_parts=True)
+    meta = {"classes": CLASSES, "run": 3}
+    table = FORMATS[suffix].read(out, meta)
+    assert table.meta == meta and table.scores.dtype == np.float32
+    assert {k: v.dtype for k, v in table.parts.items()} == {"global": np.float32, "aggregate": np.float32}
+    empty = tmp_path / f"empty{suffix}"
+    LabelWriter(empty, CLASSES).close()  # a run that labeled nothing
+    table = FORMATS[suffix].read(empty, meta)
+    assert table.classes == CLASSES and table.scores.shape == (0, 3) and table.paths == []
+
+
+def test_parts_held_by_only_some_rows_are_left_out(tmp_path):
+    import json
+
+    out = tmp_path / "l.jsonl"
+    row = {"path": "a", "labels": [], "scores": {"cat": 0.1, "dog": 0.2, "car": 0.3}}
+    out.write_text(json.dumps({**row, "global": row["scores"], "aggregate": row["scores"]}) + "\n"
+                   + json.dumps({**row, "path": "b"}) + "\n")
+    table = read_label_file(out)
+    assert table.paths == ["a", "b"] and table.parts == {}
+
+
+# -- JSONL: torn tails, blank and broken lines ----------------------------------------------------------------------
+@pytest.mark.parametrize("tail,kept", [
+    (b'{"path": "c", "sc', 2),  # cut mid-line
+    (b'{"path": "c", "sc\n', 2),  # cut, then the newline of the next write landed: the line does not parse
+    (b"", 2),  # nothing torn: nothing cut
+    (b'{"path": "c", "labels": [], "scores": {}}\n', 3),
+])
+def test_jsonl_repair_keeps_every_whole_line_and_only_those(tmp_path, tail, kept):
+    import json
+
+    lines = [json.dumps({"path": p, "labels": [], "scores": {}}).encode() + b"\n" for p in "ab"]
+    out = tmp_path / "l.jsonl"
+    out.write_bytes(b"".join(lines) + tail)
+    FORMATS[".jsonl"].repair(out)
+    assert [r["path"] for r in iter_rows(out)] == ["a", "b", "c"][:kept]
+    assert out.read_bytes() == (b"".join(lines) + tail)[:len(b"".join(lines)) + (len(tail) if kept == 3 else 0)]
+    only = tmp_path / "only.jsonl"
+    only.write_bytes(b'{"path": "a", "sc')  # the very first line torn: an empty file
+    FORMATS[".jsonl"].repair(only)
+    assert only.read_bytes() == b""
+
+
+def test_jsonl_reading_skips_blank_lines_and_names_a_broken_one(tmp_path):
+    out = tmp_path / "l.jsonl"
+    out.write_text('{"path": "a"}\n\n{"path": "b"}\nnot json\n')
+    rows = FORMATS[".jsonl"].rows(out)
+    assert [next(rows)["path"], next(rows)["path"]] == ["a", "b"]
+    with pytest.raises(CdulError) as e:
+        next(rows)
+    assert str(e.value).startswith(f"{out}:4 is not valid JSON (")
+
+
+def test_jsonl_never_writes_a_non_finite_number(tmp_path):
+    appender = FORMATS[".jsonl"].open(tmp_path / "l.jsonl", CLASSES, False)
+    with pytest.raises(ValueError):
+        appender.append([{"path": "a", "labels": [], "scores": {"cat": float("nan"), "dog": 0.0, "car": 0.0}}])
+    appender.close()
+    assert (tmp_path / "l.jsonl").read_bytes() == b""
+
+
+def test_a_missing_label_file_is_named(tmp_path):
+    with pytest.raises(CdulError) as e:
+        read_label_file(tmp_path / "none.jsonl")
+    assert str(e.value) == f"label file {tmp_path / 'none.jsonl'} not found"
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".npz"])
+def test_rows_in_the_journal_of_a_crashed_resume_count_as_done(tmp_path, suffix):
+    out = tmp_path / f"l{suffix}"
+    s = np.random.default_rng(11).random((3, 3)).astype(np.float32)
+    _write(out, ["a", "b"], s[:2])
+    w = LabelWriter(out, CLASSES)
+    w.open()
+    w.write_batch(["c"], s[2:])  # the finished rows are carried into the journal, then c: and the run dies here
+    assert sidecar(out, "journal").is_file()
+    assert LabelWriter(out, CLASSES).existing() == {"a", "b", "c"}
+
+
+# -- LabelWriter and the label-file front -------------------------------------------------------------------------
+def test_sidecar_names():
+    out = Path("run/l.parquet")
+    assert {k: sidecar(out, k).name for k in ("meta", "failures", "journal", "lock")} == {
+        "meta": "l.parquet.meta.json", "failures": "l.parquet.failures.jsonl", "journal": "l.parquet.journal.jsonl",
+        "lock": "l.parquet.lock"}
+
+
+def test_tied_scores_keep_the_class_order():
+    from cdul_rt.labelfile import select_labels
+
+    classes = [f"c{i}" for i in range(40)]
+    scores = np.array([0.5] * 20 + [0.7] * 20, dtype=np.float32)
+    assert select_labels(scores, classes, 0.6, None) == classes[20:]
+    assert select_labels(scores, classes, 0.0, 25) == classes[20:] + classes[:5]
+
+
+def test_a_broken_meta_file_is_named_with_what_to_do(tmp_path):
+    from cdul_rt.labelfile import read_meta
+
+    out = tmp_path / "l.jsonl"
+    sidecar(out, "meta").write_text("{not json")
+    with pytest.raises(CdulError) as e:
+        read_meta(out)
+    assert str(e.value).startswith(f"{sidecar(out, 'meta')} is not valid JSON (")
+    assert str(e.value).endswith("); delete it or rerun with --overwrite")
+
+
+def test_the_writer_labels_at_the_default_threshold_or_top_k_and_counts_what_it_wrote(tmp_path):
+    s = np.array([[0.6, 0.4, 0.5], [0.1, 0.2, 0.9], [0.3, 0.8, 0.7]], dtype=np.float32)
+    w = LabelWriter(tmp_path / "deep" / "er" / "l.jsonl", CLASSES)  # missing parent folders are made
+    w.open()
+    assert w.written == 0
+    w.write_batch(["a", "b"], s[:2])
+    w.write_batch(["c"], s[2:])
+    w.close()
+    w.close()  # closing twice is harmless
+    assert w.written == 3
+    assert [r["labels"] for r in iter_rows(w.path)] == [["cat", "car"], ["car"], ["dog", "car"]]
+    k = LabelWriter(tmp_path / "k.jsonl", CLASSES, top_k=1)
+    k.open()
+    k.write_batch(["a", "b", "c"], s)
+    k.close()
+    assert [r["labels"] for r in iter_rows(k.path)] == [["cat"], ["car"], ["dog"]]
+
+
+def test_rows_with_a_non_finite_score_or_part_are_refused_and_the_rest_written(tmp_path):
+    s = np.random.default_rng(12).random((4, 3)).astype(np.float32)
+    g = s.copy()
+    g[1, 2] = np.nan  # only a part is broken
+    s2 = s.copy()
+    s2[2, 0] = np.inf
+    w = LabelWriter(tmp_path / "l.jsonl", CLASSES, save_parts=True)
+    w.open()
+    refused = w.write_batch(["a", "b", "c", "d"], s2, g, s)
+    w.close()
+    reason = "the model returned non-finite scores (NaN or inf); check --weights and --precision"
+    assert refused == [("b", reason), ("c", reason)] and w.written == 2
+    assert [r["path"] for r in iter_rows(w.path)] == ["a", "d"]
+
+
+@pytest.mark.parametrize("suffix", sorted(FORMATS))
+def test_a_resume_with_nothing_to_write_leaves_the_file_alone_and_an_empty_run_leaves_a_file(tmp_path, suffix):
+    out = tmp_path / f"l{suffix}"
+    _write(out, ["a"], np.ones((1, 3), np.float32))
+    before = out.stat()
+    w = LabelWriter(out, CLASSES)
+    assert w.existing() == {"a"}
+    w.open()
+    w.close()
+    after = out.stat()
+    assert (after.st_ino, after.st_mtime_ns, after.st_size) == (before.st_ino, before.st_mtime_ns, before.st_size)
+    assert not sidecar(out, "journal").exists()
+    empty = tmp_path / f"empty{suffix}"
+    LabelWriter(empty, CLASSES).close()
+    assert read_label_file(empty).paths == []
+
+
+def test_a_finished_file_is_carried_into_the_journal_in_bounded_chunks(tmp_path, monkeypatch):
+    from cdul_rt.formats.jsonl import JsonlAppender
+    from cdul_rt.labelfile import write_label_file
+
+    n = 8192 + 5
+    out = write_label_file(tmp_path / "l.parquet", [f"{i}" for i in range(n)], CLASSES, np.zeros((n, 3), np.float32))
+    sizes = []
+    append = JsonlAppender.append
+    monkeypatch.setattr(JsonlAppender, "append", lambda self, rows: (sizes.append(len(rows)), append(self, rows)))
+    w = LabelWriter(out, CLASSES)
+    w.open()
+    w.write_batch(["new"], np.ones((1, 3), np.float32))
+    w.close()
+    assert sizes == [8192, 5, 1]  # memory stays flat: the carry never holds the whole file
+    assert len(read_label_file(out).paths) == n + 1

@@ -118,3 +118,17 @@ def test_class_scores_of_crops_grouped_per_image_are_the_flat_ones():
     grouped = class_scores_np(img, txt, 4.0)
     assert grouped.shape == (3, 5, 7)
     np.testing.assert_allclose(grouped, class_scores_np(img.reshape(15, 8), txt, 4.0).reshape(3, 5, 7), rtol=1e-6)
+
+
+def test_the_torch_twin_handles_grouped_crops_and_keeps_the_input_precision():
+    import torch
+
+    rng = np.random.default_rng(5)
+    img, txt = rng.normal(size=(3, 5, 8)), rng.normal(size=(7, 8))
+    grouped = class_scores_torch(torch.from_numpy(img), torch.from_numpy(txt), 4.0)
+    assert grouped.dtype == torch.float64 and grouped.shape == (3, 5, 7)
+    # numpy rounds exp(logit_scale) to float32, torch keeps float64 here: agreement to ~1e-6
+    np.testing.assert_allclose(grouped.numpy(), class_scores_np(img.reshape(15, 8), txt, 4.0).reshape(3, 5, 7),
+                               rtol=1e-5)
+    half = class_scores_torch(torch.from_numpy(img).bfloat16(), torch.from_numpy(txt).bfloat16(), 4.0)
+    assert half.dtype == torch.bfloat16
