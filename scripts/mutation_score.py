@@ -2,7 +2,8 @@
 
 Reads ``mutants/**/*.py.meta`` (mutmut 3's per-file verdicts) and ``scripts/mutation_equivalent.tsv`` (mutants read
 and judged equivalent: no input can tell them from the original; one line each, ``name<TAB>reason``), and prints per
-module: mutants, killed, survived (equivalent / meaningful), timeout, no tests, not checked, and
+module: mutants, killed, equivalent (survivors, or mutants no test ran, listed there), meaningful survivors, timeout,
+no tests, not checked, and
 ``score = killed / (mutants - equivalent)``. Timeouts and unchecked mutants are neither kills nor survivors: rerun
 them (``mutmut run <names>``) before trusting a score. ``--survivors`` also lists the meaningful survivors.
 """
@@ -62,14 +63,13 @@ def main(argv: list[str] | None = None) -> int:
             c["mutants"] += 1
             if code in KILLED:
                 c["killed"] += 1
+            elif name in equivalent and code in SURVIVED | NO_TESTS:  # equivalent whether a test ran it or not
+                c["equivalent"] += 1
+                seen_equivalent.add(name)
+                names["equivalent"].append(name)
             elif code in SURVIVED:
-                if name in equivalent:
-                    c["equivalent"] += 1
-                    seen_equivalent.add(name)
-                    names["equivalent"].append(name)
-                else:
-                    c["meaningful"] += 1
-                    meaningful.append(name)
+                c["meaningful"] += 1
+                meaningful.append(name)
             elif code in NO_TESTS:
                 c["no tests"] += 1
                 names["no tests"].append(name)

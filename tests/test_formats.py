@@ -492,3 +492,35 @@ def test_a_finished_file_is_carried_into_the_journal_in_bounded_chunks(tmp_path,
     w.close()
     assert sizes == [8192, 5, 1]  # memory stays flat: the carry never holds the whole file
     assert len(read_label_file(out).paths) == n + 1
+
+
+def test_embeddings_of_an_npz_holding_pickled_objects_are_not_unpickled(tmp_path):
+    out = tmp_path / "evil.npz"
+    np.savez(out, paths=np.array([object()], dtype=object), classes=np.array(CLASSES), scores=np.zeros((1, 3)),
+             embeddings=np.zeros((1, 2), np.float16))
+    with pytest.raises(ValueError, match="allow_pickle"):
+        FORMATS[".npz"].read_embeddings(out)
+
+
+def test_a_torn_csv_record_whose_name_holds_two_newlines_is_cut_whole():
+    from cdul_rt.formats.csv import record_end
+
+    whole = b'path,labels,cat\na.png,cat,0.9\n'
+    for torn in (b'"d\ne\n', b'"d\ne\n"', b'"d\ne\nf.png",,0.'):
+        assert record_end(whole + torn) == len(whole)
+
+
+
+def test_an_empty_csv_opened_for_appending_gets_its_header(tmp_path):
+    out = tmp_path / "l.csv"
+    out.write_bytes(b"")
+    appender = FORMATS[".csv"].open(out, CLASSES, False)
+    appender.append([{"path": "a", "labels": ["cat"], "scores": dict(zip(CLASSES, (0.9, 0.1, 0.2)))}])
+    appender.close()
+    assert [r["path"] for r in FORMATS[".csv"].rows(out)] == ["a"]
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".npz"])
+def test_a_format_written_once_cannot_be_opened_for_appending(tmp_path, suffix):
+    with pytest.raises(TypeError, match=rf"^\{suffix} files are written once by finalize, not appended to$"):
+        FORMATS[suffix].open(tmp_path / f"l{suffix}", CLASSES, False)
