@@ -21,7 +21,7 @@ def did_you_mean(name: str, choices: Iterable[str], what: str, hint: str = "") -
     if close:
         msg += "; did you mean " + " or ".join(repr(c) for c in close) + "?"
     if hint:
-        msg += f" {hint}"
+        msg += f" {hint}" if close else f". {hint}"
     return CdulError(msg)
 
 

@@ -81,6 +81,11 @@ class Csv(LabelFormat):
             csv.writer(f).writerow(header)
         return CsvAppender(f, classes)
 
+    def done_paths(self, path: Path) -> set[str]:
+        if path.stat().st_size == 0:  # a crash cut the header line itself and repair left 0 bytes: start again
+            return set()
+        return super().done_paths(path)
+
     def repair(self, path: Path) -> None:
         """Cut off a partly written last record (left by a crash)."""
         if not path.is_file():

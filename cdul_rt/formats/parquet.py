@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cdul_rt.errors import CdulError
 from cdul_rt.fileio import atomic_path
 from cdul_rt.formats.base import (EMBEDDING_DTYPE, PARTS, LabelFormat, LabelTable, display_name, is_text,
                                   table_rows)
@@ -44,6 +45,10 @@ def classes_of(table, meta: dict) -> list[str]:
 def label_table(t, meta: dict) -> LabelTable:
     """An arrow label table (one file, or several shards concatenated) as a :class:`LabelTable`."""
     classes = classes_of(t, meta)
+    if not classes and len(t):
+        raise CdulError("a Parquet label file whose schema names no classes (metadata key 'cdul_rt.classes') and "
+                        "without its .meta.json: write it with cdul-rt (label, convert), or keep the .meta.json "
+                        "beside it")
 
     def dense(col: str) -> np.ndarray:
         return t.column(col).combine_chunks().flatten().to_numpy().astype(np.float32).reshape(len(t), len(classes))
