@@ -303,6 +303,29 @@ def test_sigkill_leaves_no_tritonserver_or_stub_behind(tiny_config):
     assert not left, f"left behind after SIGKILL: {left}"
 
 
+def test_a_sigkilled_servers_folder_is_removed_by_the_next_server(tiny_config):
+    import tempfile
+
+    def folders(pid):
+        return list(Path(tempfile.gettempdir()).glob(f"cdul-serve-{pid}-*"))
+
+    srv = Server(tiny_config)
+    pid = srv.proc.pid
+    (mine,) = folders(pid)
+    assert (mine / "workspace").is_dir() and (mine / "tritonserver.log").is_file()
+    srv.proc.kill()
+    srv.proc.wait(10)
+    assert folders(pid) == [mine]  # SIGKILL: nothing could clean up
+    nxt = Server(tiny_config)
+    try:
+        assert folders(pid) == []  # the next server removed the dead one's folder (workspace and all)
+        assert len(folders(nxt.proc.pid)) == 1
+    finally:
+        nxt.proc.send_signal(signal.SIGTERM)
+        nxt.proc.wait(60)
+    assert folders(nxt.proc.pid) == []  # a clean stop removes its own
+
+
 def test_a_port_in_use_is_a_clear_error(tiny_config):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

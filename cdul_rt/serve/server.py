@@ -188,7 +188,8 @@ def serve(labeler: Any, opts: ServeOptions, echo=print) -> None:
 
     if not opts.verbose:
         logging.getLogger("pytriton").setLevel(logging.WARNING)
-    log_file = None if opts.verbose else Path(tempfile.mkdtemp(prefix="cdul-serve-")) / "tritonserver.log"
+    run_dir = run_folder()
+    log_file = None if opts.verbose else run_dir / "tritonserver.log"
     config = TritonConfig(log_file=log_file, http_address=opts.host, http_port=opts.http_port, grpc_address=opts.host,
                           grpc_port=opts.grpc_port, metrics_address=opts.host, metrics_port=opts.metrics_port,
                           allow_metrics=True, allow_gpu_metrics=False, exit_timeout_secs=30,
@@ -197,7 +198,8 @@ def serve(labeler: Any, opts: ServeOptions, echo=print) -> None:
     info = server_metadata(labeler, opts, [])
     info["text_encoder"] = _has_text_encoder(labeler)
     previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
-    triton = Triton(config=config)
+    triton = Triton(config=config, workspace=run_dir / "workspace")  # PyTriton's copy of tritonserver (~25 MB)
+    keep_log = False
     try:
         models = _bind(triton, handlers, labeler, opts, info)
         try:
@@ -213,14 +215,40 @@ def serve(labeler: Any, opts: ServeOptions, echo=print) -> None:
     except KeyboardInterrupt:
         pass
     except CdulError:
-        log_file = None  # keep the log of a server that could not start: the error names it
+        keep_log = log_file is not None  # keep the log of a server that could not start: the error names it
         raise
     finally:
         triton.stop()  # SIGINT to tritonserver: it finishes in-flight requests (up to 30 s), then exits
         signal.signal(signal.SIGTERM, previous)
         handlers.close()
-        if log_file is not None:
-            shutil.rmtree(log_file.parent, ignore_errors=True)
+        shutil.rmtree(run_dir / "workspace", ignore_errors=True)
+        if not keep_log:
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+
+RUN_PREFIX = "cdul-serve-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def run_folder() -> Path:
+    """This server's folder in the temporary directory, named after its pid: Triton's log and PyTriton's workspace
+    (its copy of tritonserver, ~25 MB). A server killed with SIGKILL cannot remove its folder, so the folders of
+    servers that are no longer running are removed here first."""
+    root = Path(tempfile.gettempdir())
+    for old in root.glob(f"{RUN_PREFIX}*-*"):
+        pid = old.name[len(RUN_PREFIX):].split("-")[0]
+        if pid.isdigit() and old.is_dir() and not _pid_alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{RUN_PREFIX}{os.getpid()}-"))
 
 
 def _sigterm_as_interrupt(signum, frame) -> None:
