@@ -311,10 +311,12 @@ def test_a_sigkilled_servers_folder_is_removed_by_the_next_server(tiny_config):
 
     srv = Server(tiny_config)
     pid = srv.proc.pid
-    (mine,) = folders(pid)
-    assert (mine / "workspace").is_dir() and (mine / "tritonserver.log").is_file()
-    srv.proc.kill()
-    srv.proc.wait(10)
+    try:
+        (mine,) = folders(pid)
+        assert (mine / "workspace").is_dir() and (mine / "tritonserver.log").is_file()
+    finally:
+        srv.proc.kill()
+        srv.proc.wait(10)
     assert folders(pid) == [mine]  # SIGKILL: nothing could clean up
     nxt = Server(tiny_config)
     try:
