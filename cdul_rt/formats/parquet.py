@@ -81,8 +81,9 @@ class Parquet(LabelFormat):
         the labels its first run selected)."""
         import pyarrow.parquet as pq
 
-        labels = pq.read_table(path, columns=["labels"]).column("labels").to_pylist()
-        for row, chosen in zip(table_rows(self.read(path, {})), labels):
+        table = pq.read_table(path)
+        labels = table.column("labels").to_pylist()
+        for row, chosen in zip(table_rows(label_table(table, {})), labels):
             yield {"path": row["path"], "labels": chosen or [], **{k: v for k, v in row.items() if k != "path"}}
 
     def done_paths(self, path: Path) -> set[str]:
