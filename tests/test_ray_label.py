@@ -21,7 +21,7 @@ from click.testing import CliRunner  # noqa: E402
 
 from cdul_rt.cli import main  # noqa: E402
 from cdul_rt.distributed.ray_label import LabelActor, RayOptions, label_with_ray  # noqa: E402
-from cdul_rt.distributed.shards import label_shards, read_failures, read_shards  # noqa: E402
+from cdul_rt.distributed.shards import label_shards, merged_shards, read_failures, read_shards  # noqa: E402
 from cdul_rt.errors import CdulError  # noqa: E402
 from cdul_rt.labelfile import read_label_file, read_meta  # noqa: E402
 from cdul_rt.pipeline import LabelConfig, label_folder  # noqa: E402
@@ -87,6 +87,81 @@ def test_ray_job_equals_plain_label_and_resumes_from_urls(tmp_path, tiny_config,
     # a different configuration is refused, not mixed into the shards
     with pytest.raises(CdulError, match="different configuration"):
         label_with_ray(tiny_cfg(folder, out, tiny_config, save_parts=True, grid=2))
+
+
+def _bytes_copy(src: Path, folder: Path, raw: bytes) -> str:
+    """Copy ``src`` to ``folder/<raw>`` (a name that need not be UTF-8); returns the name as Python sees it."""
+    with open(os.fsencode(folder) + b"/" + raw, "wb") as f:
+        f.write(src.read_bytes())
+    return os.fsdecode(raw)
+
+
+def test_non_utf8_names_label_through_ray_as_plain_label_does_then_resume(tmp_path, tiny_config, local_ray):
+    """A file whose name is not valid UTF-8 crashed the whole job (Arrow string columns refuse lone surrogates):
+    now its row and a broken one's failure keep the exact bytes, the merged shards are plain label's Parquet file,
+    and a rerun skips them (the resume set reads path_bytes)."""
+    import pyarrow.parquet as pq
+
+    from cdul_rt.embeddings import read_embeddings
+    from cdul_rt.formats.parquet import exact_paths
+
+    folder = tmp_path / "images"
+    images = make_images(folder, 5)
+    bad = _bytes_copy(images[1], folder, b"caf\xe9.png")
+    (tmp_path / "no-image").write_bytes(b"not an image")
+    broken = "sub/" + _bytes_copy(tmp_path / "no-image", folder / "sub", b"bro\xffken.jpg")
+    out, plain_out = tmp_path / "labels.ray", tmp_path / "plain.parquet"
+    kw = {"batch_size": 2, "save_parts": True, "save_embeddings": True}
+    s = label_with_ray(tiny_cfg(folder, out, tiny_config, **kw), RayOptions(shard_rows=1))
+    assert (s.labeled, s.failed) == (6, 1)
+    label_folder(tiny_cfg(folder, plain_out, tiny_config, **kw))
+
+    dist = read_shards(out)
+    assert bad in dist.paths and os.fsencode(bad) == b"caf\xe9.png"  # the original bytes, not a lookalike
+    assert dist.paths == sorted(read_label_file(plain_out).paths)
+    merged, plain = merged_shards(out), pq.read_table(plain_out)
+    plain = plain.take(np.argsort(np.asarray(exact_paths(plain), dtype=object), kind="stable"))
+    assert merged.schema.equals(plain.schema, check_metadata=True)  # path_bytes, embedding, classes included
+    for col in ("path", "path_bytes", "labels"):
+        assert merged.column(col).to_pylist() == plain.column(col).to_pylist(), col
+    for col, atol in (("scores", 1e-5), ("global", 1e-5), ("aggregate", 1e-5), ("embedding", 2e-3)):  # f16
+        np.testing.assert_allclose(np.asarray(merged.column(col).to_pylist(), np.float32),
+                                   np.asarray(plain.column(col).to_pylist(), np.float32), rtol=0, atol=atol)
+    assert sorted(read_embeddings(out)[0]) == dist.paths
+    assert [p for p, _ in read_failures(out)] == [broken] and os.fsencode(broken) == b"sub/bro\xffken.jpg"
+
+    more = make_images(folder / "more", 2, seed=7)
+    bad2 = "more/" + _bytes_copy(more[0], folder / "more", b"\xfe\xfd.png")
+    s = label_with_ray(tiny_cfg(folder, out, tiny_config, **kw), RayOptions(shard_rows=1))
+    assert (s.labeled, s.skipped, s.failed) == (3, 7, 0)  # the non-UTF-8 row and failure are not redone
+    label_folder(tiny_cfg(folder, plain_out, tiny_config, **kw))
+    final = read_shards(out)
+    assert final.paths == sorted(read_label_file(plain_out).paths) and len(set(final.paths)) == 9
+    assert bad2 in final.paths and [p for p, _ in read_failures(out)] == [broken]
+
+
+def test_webdataset_keys_that_are_not_utf8_label_through_ray_and_resume(tmp_path, tiny_config, local_ray):
+    """A tar member name that is not valid UTF-8 (webdataset keys it with lone surrogates) crashed the job where
+    the decode stage handed its rows to Ray; a resume sends the written keys back to the decode tasks."""
+    pytest.importorskip("webdataset", reason="needs the webdataset extra: pip install 'cdul-rt[webdataset]'")
+    from cdul_rt.distributed.stream_label import label_source
+    from cdul_rt.distributed.wds import write_shard
+
+    images = make_images(tmp_path / "src", 2)
+    key, broken = os.fsdecode(b"caf\xe9"), os.fsdecode(b"bro\xffken")
+    shard = str(tmp_path / "00000.tar")
+    write_shard(shard, [(key, {"png": images[1].read_bytes()}), ("ok", {"jpg": images[0].read_bytes()}),
+                        (broken, {"jpg": b"not a jpeg"})])
+    out, plain_out = tmp_path / "wds.ray", tmp_path / "plain.parquet"
+    s = label_with_ray(tiny_cfg(shard, out, tiny_config, batch_size=2), RayOptions(), shard)
+    assert (s.labeled, s.failed) == (2, 1)
+    label_source(tiny_cfg(shard, plain_out, tiny_config), shard)
+    plain, dist = read_label_file(plain_out), read_shards(out)
+    assert dist.paths == sorted(plain.paths) == [f"00000.tar/{key}", "00000.tar/ok"]
+    np.testing.assert_allclose(dist.scores, plain.scores[[plain.paths.index(p) for p in dist.paths]], atol=1e-5)
+    assert [p for p, _ in read_failures(out)] == [f"00000.tar/{broken}"]
+    s = label_with_ray(tiny_cfg(shard, out, tiny_config, batch_size=2), RayOptions(), shard)
+    assert (s.labeled, s.skipped, s.failed) == (0, 3, 0)
 
 
 _JOB = """

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cdul_rt.distributed.shards import (FAILURES_DIR, ShardWriter, done_paths, label_shards, prepare_output,
-                                        read_failures, read_shards)
+from cdul_rt.distributed.shards import (FAILURES_DIR, ShardWriter, done_paths, label_shards, merged_shards,
+                                        prepare_output, read_failures, read_shards)
 from cdul_rt.distributed.sources import decode_uri, is_url, list_images
 from cdul_rt.errors import CdulError
 from cdul_rt.labelfile import read_label_file
@@ -101,3 +101,70 @@ def test_listing_blocks_keep_every_row_once_and_grow_with_the_listing():
     sizes = [b.num_rows for b in blocks[:-1]]
     assert sizes == sorted(sizes) and 900 <= max(sizes) <= MAX_LISTING_BLOCK  # rows so far / 256: few refs
     assert len(blocks) < n / 100
+
+
+def test_non_utf8_names_keep_their_bytes_in_shards_failures_resume_sets_and_ray_blocks(tmp_path):
+    """A name that is not valid UTF-8 (lone surrogates, as ``os.fsdecode`` gives it) is stored as plain ``label``'s
+    Parquet stores it (readable ``path`` + exact ``path_bytes``, only in the shards that need it), in label and
+    failures shards alike, comes back exact from every reader (local and store resume sets), and travels through
+    Ray's Arrow blocks (``pa.string()`` refused it: one such file crashed the whole job)."""
+    import os
+
+    import pyarrow.parquet as pq
+
+    from cdul_rt.distributed.ray_label import listing_blocks, shard_blocks
+    from cdul_rt.distributed.remote_out import RemoteOutput
+
+    bad, broken = os.fsdecode(b"caf\xe9.png"), os.fsdecode(b"sub/bro\xffken.jpg")
+    out = tmp_path / "labels.ray"
+    prepare_output(out, overwrite=False)
+    w = ShardWriter(out, CLASSES, shard_rows=1)
+    s = np.random.default_rng(0).random((3, 3), dtype=np.float32)
+    w.add(["a.jpg"], s[:1])  # shard 0: UTF-8 names only
+    w.add([bad, "b.jpg"], s[1:])  # shard 1
+    w.add_failures([broken], [f"cannot read {broken}"])  # a reason may quote the name
+    first, second = (pq.read_table(f) for f in label_shards(out))
+    assert first.column_names == ["path", "labels", "scores"]  # exactly plain label's schema for UTF-8 names
+    assert second.column("path").to_pylist() == ["caf\\xe9.png", "b.jpg"]
+    assert second.column("path_bytes").to_pylist() == [b"caf\xe9.png", None]
+    assert read_label_file(label_shards(out)[1]).paths == [bad, "b.jpg"]  # still a plain-label Parquet file
+    merged = merged_shards(out)  # plain label's column order, though the first shard has no path_bytes
+    assert merged.column_names == ["path", "labels", "scores", "path_bytes"]
+    assert merged.column("path_bytes").to_pylist() == [None, None, b"caf\xe9.png"]
+    table = read_shards(out)
+    assert table.paths == ["a.jpg", "b.jpg", bad]
+    np.testing.assert_array_equal(table.scores, s[[0, 2, 1]])
+    assert read_failures(out) == [(broken, "cannot read sub/bro\\xffken.jpg")]
+    assert os.fsencode(read_failures(out)[0][0]) == b"sub/bro\xffken.jpg"
+    expected = ({"a.jpg", "b.jpg", bad}, {broken})
+    assert done_paths(out) == expected == RemoteOutput(f"file://{out}").done_paths()
+
+    blocks, n = listing_blocks([("a.jpg", "/i/a.jpg"), (bad, f"/i/{bad}")], {"a.jpg"}, 32, lambda t: t)
+    assert n == 1 and [os.fsdecode(b) for b in blocks[0].column("uri").to_pylist()] == [f"/i/{bad}"]
+    assert [os.fsdecode(b) for b in blocks[0].column("path").to_pylist()] == [bad]
+    blocks, _ = shard_blocks([("00000.tar", "/s/00000.tar")], {f"00000.tar/{bad}"}, lambda t: t)
+    assert [os.fsdecode(k) for k in blocks[0].column("skip").to_pylist()[0]] == [bad]
+
+
+def test_decode_stage_opens_non_utf8_names_and_returns_arrow_text_reasons(tmp_path):
+    """The decode stage gets names as bytes (the Arrow blocks' type) and its reasons go back through Arrow: one that
+    quotes a name that is not valid UTF-8 (a failed download names its URL) is readable text."""
+    import os
+
+    import pyarrow as pa
+
+    from cdul_rt.distributed.ray_label import decode_batch
+
+    make_images(tmp_path / "src", 1)
+    image = next((tmp_path / "src" / "sub").iterdir())
+    raw = os.fsencode(tmp_path) + b"/caf\xe9.jpg"
+    with open(raw, "wb") as f:
+        f.write(image.read_bytes())
+    names = np.empty(2, dtype=object)
+    names[:] = [raw, os.fsencode(f"file://{tmp_path}/gone\udce9.jpg")]
+    cfg = PreprocessConfig(size=32)
+    out = decode_batch({"path": names, "uri": names}, 2, cfg, 10**8)
+    assert out["error"][0] == "" and out["path"] is names
+    np.testing.assert_array_equal(out["crops"][0], decode_uri(str(image), 2, cfg).crops)
+    assert f"cannot read file://{tmp_path}/gone\\xe9.jpg" in out["error"][1]
+    pa.array(out["error"], pa.string())  # what Ray does with the column

@@ -9,6 +9,11 @@ Ray Data's streaming executor overlaps the two stages and bounds the crops in fl
 per image against ~1.5 MB of crops), so the driver writes them: the output directory needs to exist only where the
 driver runs, and every shard is renamed into place whole. Ray retries the tasks of a crashed actor on a restarted
 one; the writer drops any path it has already written in this run, so retries never duplicate a row.
+
+Names (``path``, ``uri``, webdataset keys) travel through Ray's Arrow blocks as bytes (``os.fsencode``, undone by
+``os.fsdecode`` where they are used): a file name that is not valid UTF-8 is a string with lone surrogates in Python
+(``surrogateescape``), which an Arrow string column refuses. The shard writer then stores it as plain ``label``'s
+Parquet does (readable ``path`` plus exact ``path_bytes``).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from cdul_rt.distributed.shards import ShardWriter, done_paths, prepare_output
 from cdul_rt.distributed.sizing import RayPlan, plan_report, plan_resources
 from cdul_rt.distributed.sources import decode_uri, is_url, iter_listing
 from cdul_rt.errors import CdulError, require
-from cdul_rt.labelfile import sidecar
+from cdul_rt.labelfile import display_name, sidecar
 from cdul_rt.pipeline import LabelConfig, LabelSummary
 from cdul_rt.preprocess import PreprocessConfig
 from cdul_rt.runmeta import (check_recorded_config, config_differences, recorded_config, update_meta,
@@ -48,16 +53,24 @@ class RayOptions:
 
 
 # -- the two stages (run in Ray workers) ----------------------------------------------------------------------------
+def _names(names):
+    """Names as an Arrow column that any file name fits (see the module docstring)."""
+    import pyarrow as pa
+
+    return pa.array([os.fsencode(n) for n in names], pa.binary())
+
+
 def decode_batch(batch: dict[str, np.ndarray], grid: int, preprocess: PreprocessConfig, max_pixels: int,
                  jpeg_draft: bool = False) -> dict[str, np.ndarray]:
-    """Rows ``path, uri`` -> ``path, crops uint8 [n, 1+g^2, S, S, 3], error`` ("" when decoded; zero crops if not)."""
+    """Rows ``path, uri`` (bytes) -> ``path, crops uint8 [n, 1+g^2, S, S, 3], error`` ("" when decoded; zero crops
+    if not)."""
     s, k = preprocess.size, 1 + grid * grid
     crops = np.zeros((len(batch["uri"]), k, s, s, 3), np.uint8)
     errors = []
     for i, uri in enumerate(batch["uri"]):
-        d = decode_uri(str(uri), grid, preprocess, max_pixels, jpeg_draft)
+        d = decode_uri(os.fsdecode(uri), grid, preprocess, max_pixels, jpeg_draft)
         if d.crops is None:
-            errors.append(d.error or "unknown decoding error")
+            errors.append(display_name(d.error or "unknown decoding error"))  # Arrow text (a reason may quote a name)
         else:
             crops[i] = d.crops
             errors.append("")
@@ -221,7 +234,7 @@ def listing_blocks(listing, skip, rows_per_block: int, put) -> tuple[list, int]:
 
     def emit() -> None:
         nonlocal n
-        refs.append(put(pa.table({"path": pa.array(paths, pa.string()), "uri": pa.array(uris, pa.string())})))
+        refs.append(put(pa.table({"path": _names(paths), "uri": _names(uris)})))
         n += len(paths)
         paths.clear()
         uris.clear()
@@ -246,16 +259,17 @@ def shard_blocks(shards, done, put) -> tuple[list, int]:
     from cdul_rt.distributed.wds import done_keys
 
     keys = done_keys(done)
-    refs = [put(pa.table({"path": [name], "uri": [uri], "skip": pa.array([sorted(keys.get(name, ()))],
-                                                                        pa.list_(pa.string()))}))
+    refs = [put(pa.table({"path": _names([name]), "uri": _names([uri]),
+                          "skip": pa.array([_names(sorted(keys.get(name, ())))], pa.list_(pa.binary()))}))
             for name, uri in shards]
     return refs, len(refs)
 
 
 def decode_shards(batch: dict[str, np.ndarray], grid: int, preprocess: PreprocessConfig, max_pixels: int,
                   jpeg_draft: bool = False, batch_size: int = 8):
-    """Rows ``path`` (shard name), ``uri``, ``skip`` (keys already written) -> the :func:`decode_batch` rows of its
-    samples, ``batch_size`` at a time, streamed from the tar (a generator: a shard never sits whole in memory)."""
+    """Rows ``path`` (shard name), ``uri``, ``skip`` (keys already written; all bytes) -> the :func:`decode_batch`
+    rows of its samples, ``batch_size`` at a time, streamed from the tar (a generator: a shard never sits whole in
+    memory)."""
     from cdul_rt.distributed.wds import decode_shard
 
     s, k = preprocess.size, 1 + grid * grid
@@ -267,13 +281,15 @@ def decode_shards(batch: dict[str, np.ndarray], grid: int, preprocess: Preproces
             for i, c in enumerate(crops):
                 if c is not None:
                     out[i] = c
-            return {"path": np.asarray(paths, dtype=object), "crops": out,
-                    "error": np.asarray(errors, dtype=object)}
+            names = np.empty(len(paths), dtype=object)  # bytes; np.asarray would make a fixed-width bytes array
+            names[:] = [os.fsencode(p) for p in paths]
+            return {"path": names, "crops": out, "error": np.asarray(errors, dtype=object)}
 
-        for path, c, err in decode_shard(str(uri), set(skip), grid, preprocess, max_pixels, jpeg_draft):
+        for path, c, err in decode_shard(os.fsdecode(uri), {os.fsdecode(k) for k in skip}, grid, preprocess,
+                                         max_pixels, jpeg_draft):
             paths.append(path)
             crops.append(c)
-            errors.append("" if c is not None else (err or "unknown decoding error"))
+            errors.append("" if c is not None else display_name(err or "unknown decoding error"))
             if len(paths) >= batch_size:
                 yield emit()
                 paths, crops, errors = [], [], []
@@ -305,7 +321,7 @@ def _build_dataset(ray, refs: list, shards: bool, cfg: LabelConfig, plan: RayPla
 def _consume(ds, writer: ShardWriter, summary: LabelSummary, bar, nodes: dict[str, int]) -> None:
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         err = np.asarray([e != "" for e in batch["error"]], dtype=bool)
-        paths = [str(p) for p in batch["path"]]
+        paths = [os.fsdecode(p) for p in batch["path"]]
         for node in batch.get("node", ()):
             nodes[str(node)] = nodes.get(str(node), 0) + 1
         if err.any():

@@ -4,8 +4,8 @@ The writers of ``label`` keep working on local files (atomic renames, appends, l
 finish to the store, where one PUT is atomic (an object is there whole or not at all):
 
 - ``--cluster ray`` (a directory of Parquet shards): each shard is uploaded as soon as it is written, and the meta
-  after every update. A resume reads the ``path`` column of the shards already in the store (Parquet column
-  projection: byte ranges of that column only) and pulls only the meta. A job killed before an upload loses that
+  after every update. A resume reads the name columns of the shards already in the store (Parquet column
+  projection: byte ranges of those columns only) and pulls only the meta. A job killed before an upload loses that
   shard's rows only; the rerun labels them again, so never twice.
 - plain ``label`` (one label file): the file, its journal, meta and failures are downloaded before the run (the
   resume state), uploaded every minute and when the run ends.
@@ -112,15 +112,14 @@ class RemoteOutput:
                       if PurePosixPath(p).name.startswith("part-") and p.endswith(".parquet"))
 
     def done_paths(self) -> tuple[set[str], set[str]]:
-        """:func:`cdul_rt.distributed.shards.done_paths` of the store's shards, reading their ``path`` column only."""
-        import pyarrow.parquet as pq
-
+        """:func:`cdul_rt.distributed.shards.done_paths` of the store's shards, reading their name columns only."""
         from cdul_rt.distributed.shards import FAILURES_DIR
+        from cdul_rt.formats.parquet import read_paths
 
         def paths(objs: list[str]) -> set[str]:
             done: set[str] = set()
             for obj in objs:
-                done.update(pq.read_table(obj, columns=["path"], filesystem=self.fs).column("path").to_pylist())
+                done.update(read_paths(obj, filesystem=self.fs))
             return done
 
         return paths(self.shard_objects("")), paths(self.shard_objects(FAILURES_DIR))

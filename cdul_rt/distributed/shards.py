@@ -7,7 +7,11 @@ Layout of ``OUT/`` (a directory; ``OUT.meta.json`` beside it is the same sidecar
 
 Label shards have the schema of plain ``label``'s ``.parquet`` output (``scores`` a fixed-size list<float32>, the
 classes in the schema metadata), so any one shard reads with :func:`cdul_rt.labelfile.read_label_file`, and the
-directory reads as one dataset with pyarrow or pandas (they skip ``_``- and ``.``-prefixed names). A shard is
+directory reads as one dataset with pyarrow or pandas (they skip ``_``- and ``.``-prefixed names). Names are stored
+as plain ``label``'s Parquet stores them (:func:`cdul_rt.formats.parquet.path_columns`): a shard holding a name that
+is not valid UTF-8 has a ``path_bytes`` column with its exact bytes (failures shards too). pyarrow and pandas take a
+directory's columns from its first file, so they may miss that column; :func:`read_shards` and
+:func:`read_failures` read every shard's columns and give the exact names. A shard is
 written under a hidden temporary name and renamed into place, so a killed job leaves whole shards only; every run
 names its shards with a fresh run id, so a resumed job never overwrites earlier ones.
 """
@@ -23,7 +27,7 @@ import numpy as np
 from cdul_rt.errors import CdulError
 from cdul_rt.fileio import atomic_path
 from cdul_rt.formats import FORMATS, parquet
-from cdul_rt.labelfile import LabelTable, read_meta, select_labels, sidecar
+from cdul_rt.labelfile import LabelTable, display_name, read_meta, select_labels, sidecar
 
 FAILURES_DIR = "_failures"
 SHARD_GLOB = "part-*.parquet"
@@ -70,11 +74,9 @@ def prepare_output(out: Path, overwrite: bool) -> None:
 
 
 def _paths_of(files: list[Path]) -> set[str]:
-    import pyarrow.parquet as pq
-
     done: set[str] = set()
     for f in files:
-        done.update(pq.read_table(f, columns=["path"]).column("path").to_pylist())
+        done.update(parquet.read_paths(f))
     return done
 
 
@@ -157,17 +159,22 @@ class ShardWriter:
 
         name = f"part-{self.run_id}-{self._seq:05d}.parquet"
         if self._fails["path"]:
-            _atomic_write(pa.table(self._fails, schema=self.fail_schema), self.out / FAILURES_DIR / name)
+            fails = {**parquet.path_columns(self._fails["path"]),
+                     "reason": [display_name(r) for r in self._fails["reason"]]}  # a reason may quote a name
+            schema = self.fail_schema
+            if "path_bytes" in fails:
+                schema = schema.append(pa.field("path_bytes", pa.binary()))
+            _atomic_write(pa.table(fails, schema=schema), self.out / FAILURES_DIR / name)
             if self.on_shard is not None:
                 self.on_shard(self.out / FAILURES_DIR / name)
             self.failed += len(self._fails["path"])
             self._fails = {"path": [], "reason": []}
         if self._rows["path"]:
-            cols = {"path": pa.array(self._rows["path"], pa.string()),
+            cols = {**parquet.path_columns(self._rows["path"]),
                     "labels": pa.array(self._rows["labels"], pa.list_(pa.string()))}
             cols.update({k: parquet.arrow_vectors(v, len(self.classes)) for k, v in self._rows.items()
                          if k not in ("path", "labels")})
-            schema = self.schema
+            schema = parquet.schema(self.classes, self.save_parts, exact_paths="path_bytes" in cols)
             if self._embeddings:
                 emb, column = np.asarray(self._embeddings), parquet.EMBEDDING_COLUMN
                 cols[column] = parquet.arrow_vectors(emb, emb.shape[1], parquet.EMBEDDING_DTYPE)
@@ -183,22 +190,33 @@ class ShardWriter:
         self._last = time.monotonic()
 
 
-def read_shards(out: str | Path) -> LabelTable:
-    """All label rows of a distributed job's output directory as one table, sorted by path."""
+def merged_shards(out: str | Path):
+    """The label shards of ``out`` as one arrow table sorted by (exact) path, or None when there are none: the
+    table plain ``label --out x.parquet`` writes for the same images (its columns in its order, ``path_bytes``
+    when a name needs it), so ``pyarrow.parquet.write_table(merged_shards(DIR), "x.parquet")`` makes that file."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    out = Path(out)
-    files = label_shards(out)
-    meta = read_meta(out)
+    files = label_shards(Path(out))
     if not files:
+        return None
+    # "default" promotion: a shard without a name that needs path_bytes has no such column (null there)
+    t = pa.concat_tables([pq.read_table(f) for f in files], promote_options="default")
+    order = np.argsort(np.asarray(parquet.exact_paths(t), dtype=object), kind="stable")
+    columns = parquet.schema([], "global" in t.column_names, "path_bytes" in t.column_names).names
+    return t.take(pa.array(order)).select([*columns, *(c for c in t.column_names if c not in columns)])
+
+
+def read_shards(out: str | Path) -> LabelTable:
+    """All label rows of a distributed job's output directory as one table, sorted by (exact) path."""
+    out = Path(out)
+    t, meta = merged_shards(out), read_meta(out)
+    if t is None:
         if not out.is_dir():
             raise CdulError(f"{out} is not a directory of label shards")
         classes = meta.get("classes", [])
         return LabelTable([], classes, np.zeros((0, len(classes)), np.float32), {}, meta)
-    t = pa.concat_tables([pq.read_table(f) for f in files])
-    order = np.argsort(np.asarray(t.column("path").to_pylist(), dtype=object), kind="stable")
-    return parquet.label_table(t.take(pa.array(order)), meta)
+    return parquet.label_table(t, meta)
 
 
 def read_failures(out: str | Path) -> list[tuple[str, str]]:
@@ -208,5 +226,5 @@ def read_failures(out: str | Path) -> list[tuple[str, str]]:
     rows: list[tuple[str, str]] = []
     for f in failure_shards(Path(out)):
         t = pq.read_table(f)
-        rows.extend(zip(t.column("path").to_pylist(), t.column("reason").to_pylist()))
+        rows.extend(zip(parquet.exact_paths(t), t.column("reason").to_pylist()))
     return sorted(rows)

@@ -3,8 +3,8 @@ float32 lists, the classes in the schema metadata), finalised from a JSONL journ
 flat). ``label --cluster ray``'s shards use the same :func:`schema`, so a shard reads as a plain label file.
 
 A name that is not valid UTF-8 has a readable ``path`` (bad bytes shown as ``\\xNN``) plus a binary ``path_bytes``
-column holding the exact name (present only when needed). ``label --save-embeddings`` adds an ``embedding``
-column (fixed-size list of float16).
+column holding the exact name (present only when needed; :func:`path_columns`, :func:`exact_paths`).
+``label --save-embeddings`` adds an ``embedding`` column (fixed-size list of float16).
 """
 
 from __future__ import annotations
@@ -54,10 +54,37 @@ def label_table(t, meta: dict) -> LabelTable:
         return t.column(col).combine_chunks().flatten().to_numpy().astype(np.float32).reshape(len(t), len(classes))
 
     parts = {k: dense(k) for k in PARTS if k in t.column_names}
+    return LabelTable(exact_paths(t), classes, dense("scores"), parts, meta)
+
+
+def path_columns(paths: list[str], exact: bool | None = None) -> dict[str, list]:
+    """The ``path`` column of ``paths`` (readable text) and, with ``exact``, the ``path_bytes`` column (a name's
+    exact bytes where it is not valid UTF-8, else null): how every Parquet file of cdul-rt stores names.
+    ``exact=None``: only when one of ``paths`` needs it."""
+    if exact is None:
+        exact = not all(is_text(p) for p in paths)
+    cols: dict[str, list] = {"path": [display_name(p) for p in paths]}
+    if exact:
+        cols["path_bytes"] = [None if is_text(p) else os.fsencode(p) for p in paths]
+    return cols
+
+
+def exact_paths(t) -> list[str]:
+    """The names of an arrow table holding ``path`` [and ``path_bytes``], exact: the inverse of
+    :func:`path_columns`."""
     paths = t.column("path").to_pylist()
-    if "path_bytes" in t.column_names:  # exact names that are not valid UTF-8 (see the module docstring)
+    if "path_bytes" in t.column_names:
         paths = [os.fsdecode(b) if b is not None else p for p, b in zip(paths, t.column("path_bytes").to_pylist())]
-    return LabelTable(paths, classes, dense("scores"), parts, meta)
+    return paths
+
+
+def read_paths(source, filesystem=None) -> list[str]:
+    """The exact names in a Parquet file (a label file or shard, a failures shard), reading only the name columns
+    (on an object store: byte ranges of those columns)."""
+    import pyarrow.parquet as pq
+
+    with pq.ParquetFile(source, filesystem=filesystem) as f:
+        return exact_paths(f.read(columns=[c for c in ("path", "path_bytes") if c in f.schema_arrow.names]))
 
 
 def arrow_vectors(rows, width: int, dtype=np.float32):
@@ -87,7 +114,7 @@ class Parquet(LabelFormat):
             yield {"path": row["path"], "labels": chosen or [], **{k: v for k, v in row.items() if k != "path"}}
 
     def done_paths(self, path: Path) -> set[str]:
-        return set(self.read(path, {}).paths)
+        return set(read_paths(path))
 
     def finalize(self, rows: Callable[[], Iterator[dict]], out: Path, classes: list[str], save_parts: bool,
                  rows_per_group: int = 8192) -> None:
@@ -95,17 +122,15 @@ class Parquet(LabelFormat):
         import pyarrow.parquet as pq
 
         keys = ["scores", *(PARTS if save_parts else ())]
-        exact = any(not is_text(row["path"]) for row in rows())
+        exact = any(not is_text(row["path"]) for row in rows())  # one schema for every row group
         table_schema = schema(classes, save_parts, exact)
         with pq.ParquetWriter(out, table_schema) as writer:
             batch: list[dict] = []
 
             def flush() -> None:
-                cols = {"path": [display_name(r["path"]) for r in batch],
+                cols = {**path_columns([r["path"] for r in batch], exact),
                         "labels": [r.get("labels", []) for r in batch]}
                 cols.update({k: [[r[k][c] for c in classes] for r in batch] for k in keys})
-                if exact:
-                    cols["path_bytes"] = [None if is_text(r["path"]) else os.fsencode(r["path"]) for r in batch]
                 writer.write_table(pa.table(cols, schema=table_schema))
                 batch.clear()
 
@@ -139,15 +164,20 @@ class Parquet(LabelFormat):
     def read_embeddings(self, out: Path) -> tuple[list[str], np.ndarray] | None:
         import pyarrow.parquet as pq
 
-        if not out.is_file() or EMBEDDING_COLUMN not in pq.ParquetFile(out).schema_arrow.names:
+        if not out.is_file():
             return None
-        return embedding_column(pq.read_table(out, columns=["path", EMBEDDING_COLUMN]))
+        with pq.ParquetFile(out) as f:
+            names = f.schema_arrow.names
+            if EMBEDDING_COLUMN not in names:
+                return None
+            return embedding_column(f.read(columns=[c for c in ("path", "path_bytes", EMBEDDING_COLUMN)
+                                                    if c in names]))
 
 
 def embedding_column(table) -> tuple[list[str], np.ndarray]:
-    """``(paths, float16 [N, D])`` of an arrow table holding ``path`` and ``embedding``."""
+    """``(exact paths, float16 [N, D])`` of an arrow table holding ``path`` [, ``path_bytes``] and ``embedding``."""
     col = table.column(EMBEDDING_COLUMN).combine_chunks()
-    return (table.column("path").to_pylist(),
+    return (exact_paths(table),
             col.flatten().to_numpy(zero_copy_only=False).astype(EMBEDDING_DTYPE).reshape(-1, col.type.list_size))
 
 
