@@ -120,16 +120,17 @@ def test_non_utf8_names_keep_their_bytes_in_shards_failures_resume_sets_and_ray_
     prepare_output(out, overwrite=False)
     w = ShardWriter(out, CLASSES, shard_rows=1)
     s = np.random.default_rng(0).random((3, 3), dtype=np.float32)
-    w.add(["a.jpg"], s[:1])  # shard 0: UTF-8 names only
-    w.add([bad, "b.jpg"], s[1:])  # shard 1
+    emb = s.astype(np.float16)  # label --save-embeddings: a column after path_bytes in plain label's file
+    w.add(["a.jpg"], s[:1], embeddings=emb[:1])  # shard 0: UTF-8 names only
+    w.add([bad, "b.jpg"], s[1:], embeddings=emb[1:])  # shard 1
     w.add_failures([broken], [f"cannot read {broken}"])  # a reason may quote the name
     first, second = (pq.read_table(f) for f in label_shards(out))
-    assert first.column_names == ["path", "labels", "scores"]  # exactly plain label's schema for UTF-8 names
+    assert first.column_names == ["path", "labels", "scores", "embedding"]  # plain label's for UTF-8 names
     assert second.column("path").to_pylist() == ["caf\\xe9.png", "b.jpg"]
     assert second.column("path_bytes").to_pylist() == [b"caf\xe9.png", None]
     assert read_label_file(label_shards(out)[1]).paths == [bad, "b.jpg"]  # still a plain-label Parquet file
     merged = merged_shards(out)  # plain label's column order, though the first shard has no path_bytes
-    assert merged.column_names == ["path", "labels", "scores", "path_bytes"]
+    assert merged.column_names == ["path", "labels", "scores", "path_bytes", "embedding"]
     assert merged.column("path_bytes").to_pylist() == [None, None, b"caf\xe9.png"]
     table = read_shards(out)
     assert table.paths == ["a.jpg", "b.jpg", bad]
