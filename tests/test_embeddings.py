@@ -5,6 +5,7 @@ against open_clip's encode_image called directly), in every output format and ru
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -111,6 +112,24 @@ def test_resume_adds_the_new_images_embeddings(scenes, tiny_clip, tmp_path):
         paths, saved = read_embeddings(out)
         assert sorted(paths) == names and paths == read_label_file(out).paths
         check_parity(saved, encoder_reference(tiny_clip, images, paths))
+
+
+@pytest.mark.slow
+def test_parquet_resume_keeps_the_embedding_of_a_non_utf8_name(scenes, tmp_path):
+    """Parquet's embedding reader named rows by their readable ``path`` (``caf\\xe9.png``), not the name, so a
+    resume with --save-embeddings was refused ("labeled images have no embedding"); Ray shards read the same way."""
+    images = tmp_path / "images"
+    images.mkdir()
+    names = sorted(p.name for p in scenes.iterdir())
+    shutil.copy(scenes / names[0], images / names[0])
+    with open(os.fsencode(images) + b"/caf\xe9.png", "wb") as f:
+        f.write((scenes / names[1]).read_bytes())
+    out = tmp_path / "labels.parquet"
+    label(images, out, "--save-embeddings")
+    shutil.copy(scenes / names[2], images / names[2])
+    label(images, out, "--save-embeddings")  # resumes: carries the first two rows' embeddings by name
+    paths, _ = read_embeddings(out)
+    assert paths == read_label_file(out).paths and len(paths) == 3 and os.fsdecode(b"caf\xe9.png") in paths
 
 
 @pytest.mark.slow
