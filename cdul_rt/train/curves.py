@@ -39,7 +39,7 @@ def plot_curves(history: list[dict[str, Any]], path: Path, title: str = "",
         warnings.warn("matplotlib is not installed, so no curves.png; pip install 'cdul-rt[train]'", stacklevel=2)
         return False
     rows = [r for r in history if r.get("epoch", 0) >= 1]
-    fig, (map_ax, move_ax, loss_ax) = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, (map_ax, move_ax, loss_ax) = plt.subplots(1, 3, figsize=(15, 5.0))
     for key, (label, style) in MAP_SERIES.items():
         points = [(r["epoch"], 100 * r[key]) for r in history if r.get(key) is not None]
         if points:
@@ -50,7 +50,8 @@ def plot_curves(history: list[dict[str, Any]], path: Path, title: str = "",
                     label="classifier, held-out images, no alignment")
     map_ax.set(xlabel="epoch", ylabel="mAP (%)", title="mAP (epoch 0: initial pseudo labels)")
     if map_ax.lines:
-        map_ax.legend(fontsize=7, loc="best", framealpha=0.8)
+        # below the panel: inside it, the legend hid the curves wherever it went
+        map_ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
     move_ax.plot([r["epoch"] for r in rows], [r.get("label_change", 0.0) for r in rows], marker="o", color="C4")
     move_ax.set(xlabel="epoch", ylabel="mean |change| per label", title="pseudo-label change per epoch")
     loss_ax.plot([r["epoch"] for r in rows], [r["loss"] for r in rows], marker="o", color="C5")
