@@ -33,6 +33,10 @@ def test_demo_rejects_too_few_scenes(tmp_path):
 
     result = CliRunner().invoke(main, ["demo", str(tmp_path / "d"), "--scenes", "3", "--no-train"])
     assert result.exit_code != 0 and "at least 8 scenes" in result.output
+    result = CliRunner().invoke(main, ["demo", str(tmp_path / "d"), "--lr", "0"])
+    assert result.exit_code != 0 and "--lr must be a positive" in result.output and "Traceback" not in result.output
+    result = CliRunner().invoke(main, ["demo", str(tmp_path / "d"), "--quick", "--full"])
+    assert result.exit_code != 0 and "choose one" in result.output and not (tmp_path / "d").exists()
 
 
 @pytest.mark.slow
@@ -43,9 +47,10 @@ def test_demo_trains_from_random_weights_when_asked_and_can_skip_the_comparison(
 
     out = tmp_path / "d"
     result = CliRunner().invoke(main, ["demo", str(out), "--scenes", "8", "--val-scenes", "8", "--epochs", "2",
-                                       "--weights", "none", "--no-compare", "--threads", "1"])
+                                       "--weights", "none", "--no-compare", "--lr", "3e-4", "--threads", "1"])
     assert result.exit_code == 0, result.output
-    assert json.loads((out / "run" / "config.json").read_text())["weights"] == "none"
+    config = json.loads((out / "run" / "config.json").read_text())
+    assert config["weights"] == "none" and config["lr"] == 3e-4 and "Adam lr 0.0003," in result.output
     assert not (out / "run-no-alignment").exists() and "without alignment (" not in result.output
     rows = [json.loads(x) for x in (out / "run" / "metrics.jsonl").read_text().splitlines()]
     table = re.findall(r"^\s+(\d)\s+(initial|warmup|align)\s+([\d.]+)", result.output, re.M)
@@ -54,3 +59,12 @@ def test_demo_trains_from_random_weights_when_asked_and_can_skip_the_comparison(
     assert re.search(r"^held-out scenes: classifier [\d.]+ mAP vs its initial pseudo labels [\d.]+", result.output,
                      re.M)
     assert (out / "curves.png").is_file() and (out / "val_pseudo_labels.jsonl").is_file()
+
+
+def test_demo_presets_set_the_size_and_an_explicit_lr_stays():
+    from cdul_rt.cli.demo import demo_size
+
+    assert demo_size(False, False, 240, 120, 8, None) == (240, 120, 8, None)
+    assert demo_size(True, False, 240, 120, 8, None) == (120, 80, 6, None)
+    assert demo_size(False, True, 240, 120, 8, None) == (800, 160, 20, 2e-4)
+    assert demo_size(False, True, 240, 120, 8, 1e-4) == (800, 160, 20, 1e-4)
