@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 # classifier mAP by epoch): 1e-3 overfits the noisy labels (peaks at 58 in epoch 4, ends at 54); 3e-4 ends near
 # 63 but swings by 1-2 points between epochs and ended at 49 on another seed; 1e-4 climbs steadily (61 -> 63).
 # At 800 scenes over 20 epochs (5 seeds each, BENCHMARKS.md "Training"): 1e-4 peaks near epoch 12 and ends above
-# the initial labels on every seed; 3e-4 peaks at epoch 4-8 and then memorises the label noise without alignment.
+# the initial labels on every seed; 3e-4 peaks at epoch 4-8 and then memorises the label noise without alignment;
+# 2e-4 (demo --full) is where alignment beats fixed labels and the classifier stays above its labels (15 seeds).
 RECIPE = TrainConfig(arch="tiny-resnet", weights="synth", image_size=128, batch_size=16, lr=1e-4, warmup_epochs=3)
 
 
