@@ -68,3 +68,15 @@ def test_demo_presets_set_the_size_and_an_explicit_lr_stays():
     assert demo_size(True, False, 240, 120, 8, None) == (120, 80, 6, None)
     assert demo_size(False, True, 240, 120, 8, None) == (800, 160, 20, 2e-4)
     assert demo_size(False, True, 240, 120, 8, 1e-4) == (800, 160, 20, 1e-4)
+
+
+@pytest.mark.parametrize("no_alignment, hint", [(0.68, True), (0.64, True), (0.62, False)])
+def test_demo_story_points_to_full_only_when_alignment_did_not_win(tmp_path, capsys, no_alignment, hint):
+    from cdul_rt.cli.demo import _print_story
+
+    rows = [{"epoch": 0, "map_pseudo": 0.56, "map_pseudo_val": 0.58}, {"epoch": 8, "map_pseudo": 0.6,
+                                                                         "map_pred_val": 0.64}]
+    _print_story(rows, [{"epoch": 8, "map_pred_val": no_alignment}], tmp_path)
+    out = capsys.readouterr().out
+    assert "classifier 64.0 mAP vs its initial pseudo labels 58.0 on the same scenes (+6.0)" in out
+    assert ("cdul-rt demo --full" in out) is hint

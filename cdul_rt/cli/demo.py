@@ -188,6 +188,9 @@ def _print_story(rows: list[dict], baseline: list[dict] | None, out_dir: Path) -
         other = baseline[-1].get("map_pred_val")
         click.echo(f"held-out scenes: classifier {100 * pred:.1f} mAP vs {100 * other:.1f} without alignment "
                    f"({100 * (pred - other):+.1f}; {out_dir / NO_ALIGNMENT_DIR})")
+        if other is not None and pred <= other:
+            click.echo("  (alignment pays off where training on the fixed labels starts memorising their noise: "
+                       "`cdul-rt demo --full`, ~3 min; 15 seeds in BENCHMARKS.md 'Training')")
     if first.get("map_pseudo") is not None:
         click.echo(f"training scenes: pseudo labels {100 * first['map_pseudo']:.1f} -> "
                    f"{100 * last['map_pseudo']:.1f} mAP after alignment "
