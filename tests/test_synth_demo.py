@@ -35,6 +35,7 @@ def test_demo_rejects_too_few_scenes(tmp_path):
     assert result.exit_code != 0 and "at least 8 scenes" in result.output
     result = CliRunner().invoke(main, ["demo", str(tmp_path / "d"), "--lr", "0"])
     assert result.exit_code != 0 and "--lr must be a positive" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "d").exists()  # refused before any scene is written
     result = CliRunner().invoke(main, ["demo", str(tmp_path / "d"), "--quick", "--full"])
     assert result.exit_code != 0 and "choose one" in result.output and not (tmp_path / "d").exists()
 
@@ -68,6 +69,7 @@ def test_demo_presets_set_the_size_and_an_explicit_lr_stays():
     assert demo_size(True, False, 240, 120, 8, None) == (120, 80, 6, None)
     assert demo_size(False, True, 240, 120, 8, None) == (800, 160, 20, 2e-4)
     assert demo_size(False, True, 240, 120, 8, 1e-4) == (800, 160, 20, 1e-4)
+    assert demo_size(False, True, 240, 120, 8, 0.0) == (800, 160, 20, 0.0)  # kept, so the recipe refuses it
 
 
 @pytest.mark.parametrize("no_alignment, hint", [(0.68, True), (0.64, True), (0.62, False)])

@@ -17,7 +17,7 @@ import click
 from cdul_rt.errors import CdulError
 
 QUICK = {"scenes": 120, "val_scenes": 80, "epochs": 6}
-# bench/training.py's configuration where all three of the paper's training claims hold over 10 seeds (BENCHMARKS.md
+# bench/training.py's configuration where all three of the paper's training claims hold over 15 seeds (BENCHMARKS.md
 # "Training"): larger world, 20 epochs as the paper, and an lr at which the fixed-label run starts memorising
 FULL = {"scenes": 800, "val_scenes": 160, "epochs": 20, "lr": 2e-4}
 NO_ALIGNMENT_DIR = "run-no-alignment"
@@ -31,7 +31,7 @@ NO_ALIGNMENT_DIR = "run-no-alignment"
 @click.option("--quick", is_flag=True, help=f"Small run ({QUICK['scenes']} + {QUICK['val_scenes']} scenes, "
                                             f"{QUICK['epochs']} epochs).")
 @click.option("--full", is_flag=True, help=f"The benchmark's size ({FULL['scenes']} + {FULL['val_scenes']} scenes, "
-                                           f"{FULL['epochs']} epochs, lr {FULL['lr']:g}; ~5 min on 2 cores).")
+                                           f"{FULL['epochs']} epochs, lr {FULL['lr']:g}; ~3 min on 2 cores).")
 @click.option("--train/--no-train", "do_train", default=True, show_default=True,
               help="Also train and evaluate a classifier on the pseudo labels.")
 @click.option("--compare/--no-compare", default=True, show_default=True,
@@ -59,8 +59,7 @@ def demo(out_dir: Path, scenes: int, val_scenes: int, epochs: int, quick: bool, 
     scenes, val_scenes, epochs, lr = demo_size(quick, full, scenes, val_scenes, epochs, lr)
     if scenes < 8 or (do_train and val_scenes < 8):
         raise CdulError("use at least 8 scenes (--scenes), and 8 held-out scenes (--val-scenes) when training")
-    if lr is not None and not lr > 0:
-        raise CdulError(f"--lr must be a positive learning rate (got {lr:g}); the recipe's is 1e-4")
+    config = _recipe(epochs, weights, seed, threads, lr) if do_train else None  # a bad --lr stops here, before scenes
     train_dir = write_scene_folder(out_dir / "train", scenes, seed)
     click.echo(f"wrote {scenes} scenes to {train_dir / 'images'} (ground truth: {train_dir / 'labels.jsonl'})")
     labels = out_dir / "pseudo_labels.jsonl"
@@ -73,7 +72,7 @@ def demo(out_dir: Path, scenes: int, val_scenes: int, epochs: int, quick: bool, 
     world = World(train_dir, val_dir, labels, out_dir / "val_pseudo_labels.jsonl")
     label_scenes(val_dir / "images", world.val_labels)
     click.echo(f"\nwrote and labeled {val_scenes} held-out scenes (seed {seed + 1}) -> {world.val_labels}")
-    _train(world, out_dir, epochs, weights, seed, threads, compare, lr)
+    _train(world, out_dir, config, compare)
 
 
 def demo_size(quick: bool, full: bool, scenes: int, val_scenes: int, epochs: int,
@@ -84,7 +83,7 @@ def demo_size(quick: bool, full: bool, scenes: int, val_scenes: int, epochs: int
     if quick:
         return QUICK["scenes"], QUICK["val_scenes"], QUICK["epochs"], lr
     if full:
-        return FULL["scenes"], FULL["val_scenes"], FULL["epochs"], lr or FULL["lr"]
+        return FULL["scenes"], FULL["val_scenes"], FULL["epochs"], FULL["lr"] if lr is None else lr
     return scenes, val_scenes, epochs, lr
 
 
@@ -114,15 +113,22 @@ def _print_mode_table(scene_dir: Path, label_file: Path) -> None:
     click.echo(f"  label file ({label_file.name}, mode cdul): {100 * file_map:.1f}")
 
 
-def _train(world, out_dir: Path, epochs: int, weights: str, seed: int, threads: int, compare: bool,
-           lr: float | None = None) -> None:
+def _recipe(epochs: int, weights: str, seed: int, threads: int, lr: float | None):
+    """The demo's training config (``TrainConfig`` checks it, e.g. a non-positive --lr); None where training is not
+    installed."""
     try:
-        from cdul_rt.train.synth_world import recipe_config, run_train, world_inputs
+        from cdul_rt.train.synth_world import recipe_config
     except ImportError:
+        return None
+    return recipe_config(epochs, weights=weights, seed=seed, threads=threads, **({} if lr is None else {"lr": lr}))
+
+
+def _train(world, out_dir: Path, config, compare: bool) -> None:
+    if config is None:
         click.echo("\n(training is not available in this install; skipped)")
         return
-    changes = {} if lr is None else {"lr": lr}
-    config = recipe_config(epochs, weights=weights, seed=seed, threads=threads, **changes)
+    from cdul_rt.train.synth_world import run_train, world_inputs
+
     click.echo(f"\ntraining with gradient alignment: {_describe(config)} -> {out_dir / 'run'}")
     rows = run_train(config, world_inputs(world, out_dir / "run"))
     baseline = None

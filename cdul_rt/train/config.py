@@ -99,7 +99,7 @@ class TrainConfig:
             (self.image_size >= 16, "--image-size must be at least 16"),
             (self.epochs >= 1, "--epochs must be at least 1"),
             (self.batch_size >= 1, "--batch-size must be at least 1"),
-            (self.lr > 0, "--lr must be positive"),
+            (self.lr > 0, f"--lr must be a positive learning rate (got {self.lr:g})"),
             (self.warmup_epochs >= 0, "--warmup-epochs must be >= 0"),
             (self.eta >= 0, "--eta must be >= 0"),
             (self.sigma > 0, "--sigma must be positive"),
