@@ -101,17 +101,15 @@ class ShardWriter:
 
     def __init__(self, out: Path, classes: list[str], threshold: float = 0.5, top_k: int | None = None,
                  save_parts: bool = False, shard_rows: int = 50_000, flush_seconds: float = 60.0) -> None:
-        import pyarrow as pa
-
         if shard_rows < 1:
             raise CdulError(f"shard_rows (RayOptions) must be >= 1, got {shard_rows}")
         self.out, self.classes = Path(out), list(classes)
         self.threshold, self.top_k, self.save_parts = threshold, top_k, save_parts
         self.shard_rows, self.flush_seconds = shard_rows, flush_seconds
         self.run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
-        self.schema = parquet.schema(self.classes, save_parts)  # plain `label`'s .parquet schema
-        self.fail_schema = pa.schema([pa.field("path", pa.string()), pa.field("reason", pa.string())])
-        self._rows: dict[str, list] = {name: [] for name in self.schema.names}
+        # the columns of plain `label`'s .parquet schema; each shard's schema is made when it is written (flush), as
+        # it has path_bytes only when one of its names needs it
+        self._rows: dict[str, list] = {name: [] for name in parquet.schema(self.classes, save_parts).names}
         self._embeddings: list[np.ndarray] = []  # its width is known from the first rows
         self._fails: dict[str, list] = {"path": [], "reason": []}
         self._seen: set[str] = set()
@@ -161,9 +159,8 @@ class ShardWriter:
         if self._fails["path"]:
             fails = {**parquet.path_columns(self._fails["path"]),
                      "reason": [display_name(r) for r in self._fails["reason"]]}  # a reason may quote a name
-            schema = self.fail_schema
-            if "path_bytes" in fails:
-                schema = schema.append(pa.field("path_bytes", pa.binary()))
+            schema = pa.schema([pa.field("path", pa.string()), pa.field("reason", pa.string()),
+                                *([pa.field("path_bytes", pa.binary())] if "path_bytes" in fails else [])])
             _atomic_write(pa.table(fails, schema=schema), self.out / FAILURES_DIR / name)
             if self.on_shard is not None:
                 self.on_shard(self.out / FAILURES_DIR / name)
